@@ -1,0 +1,256 @@
+"""Typed configuration for every stage of nucleiseg.
+
+All settings live in dataclasses that serialise to plain JSON (and YAML for training recipes).
+A trained model is described by a :class:`ModelBundleConfig` saved as ``config.json`` beside its
+``weights.safetensors``; nothing is ever read from module-level globals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class NormalizeConfig:
+    """Intensity normalisation, identical in training and inference.
+
+    Parameters
+    ----------
+    mode : {"percentile", "minmax", "none"}
+        ``percentile`` maps the ``low``..``high`` percentiles of the whole image to 0..1.
+    low, high : float
+        Percentiles used by ``mode="percentile"``.
+    grayscale : bool
+        Convert to one gray channel first (the seed work's normalisation).
+    invert_bright : bool
+        Invert images whose background is brighter than the nuclei (brightfield, stained tissue).
+    channels : int
+        Number of channels handed to the network (gray is replicated, RGB averaged, as needed).
+    """
+
+    mode: str = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+    grayscale: bool = False
+    invert_bright: bool = False
+    channels: int = 3
+
+
+@dataclass
+class TargetConfig:
+    """How instance label images become training targets.
+
+    ``binary`` gives one channel (foreground). ``contour`` gives three: foreground, the nucleus
+    contour (inner boundary of each instance, ``contour_width`` pixels) and the separation zone
+    (background pixels within ``separation_width`` of two different nuclei).
+    """
+
+    mode: str = "contour"
+    contour_width: int = 2
+    separation_width: int = 3
+
+    @property
+    def channels(self) -> int:
+        """Number of target channels the mode produces."""
+        return {"binary": 1, "contour": 3}[self.mode]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture name plus its keyword arguments for :func:`nucleiseg.models.create_model`."""
+
+    arch: str = "unet"
+    in_channels: int = 3
+    out_channels: int = 3
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PostprocessConfig:
+    """Turning probabilities into instance labels.
+
+    Parameters
+    ----------
+    threshold : float
+        Foreground probability threshold (``threshold_method="fixed"``).
+    threshold_method : {"fixed", "otsu"}
+        Fixed value or Otsu's threshold on the foreground probability.
+    marker_threshold : float
+        Contour models: markers are ``fg * (1 - contour) * (1 - separation) > marker_threshold``.
+    min_size : int
+        Objects smaller than this many pixels are removed.
+    min_marker_size : int
+        Markers smaller than this are discarded before the watershed.
+    fill_holes : bool
+        Fill holes in the foreground mask.
+    marker_distance : float
+        Binary models: minimum distance between distance-transform peaks, as a fraction of the
+        typical nucleus diameter (``diameter``).
+    diameter : float
+        Typical nucleus diameter in pixels, for distance-transform markers.
+    """
+
+    threshold: float = 0.5
+    threshold_method: str = "fixed"
+    marker_threshold: float = 0.5
+    min_size: int = 10
+    min_marker_size: int = 4
+    fill_holes: bool = True
+    marker_distance: float = 0.35
+    diameter: float = 18.0
+
+
+@dataclass
+class AugmentConfig:
+    """Paired image/label augmentation (albumentations); probabilities per transform."""
+
+    flips: bool = True
+    rotate90: bool = True
+    scale_min: float = 0.6
+    scale_max: float = 1.6
+    rotate_limit: float = 30.0
+    shear: float = 8.0
+    affine_p: float = 0.5
+    elastic_p: float = 0.1
+    grid_distortion_p: float = 0.1
+    brightness_contrast_p: float = 0.5
+    gamma_p: float = 0.3
+    hue_p: float = 0.3
+    blur_p: float = 0.1
+    noise_p: float = 0.15
+    grayscale_p: float = 0.1
+    invert_p: float = 0.2
+
+
+@dataclass
+class LossConfig:
+    """Weighted sum of pixel losses, per target channel.
+
+    ``channel_weights`` scales each target channel; ``gap_weight`` multiplies BCE pixel weights
+    in the separation zone between touching nuclei (0 disables pixel weights).
+    """
+
+    bce: float = 1.0
+    dice: float = 1.0
+    jaccard: float = 0.0
+    focal: float = 0.0
+    focal_gamma: float = 2.0
+    channel_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.5])
+    gap_weight: float = 5.0
+
+
+@dataclass
+class TrainConfig:
+    """A full training recipe: data, model, targets, loss, optimisation and bookkeeping."""
+
+    data: str = "../shared/data/dsb2018/stage1_train"
+    out: str = "runs/unet"
+    val_fraction: float = 0.1
+    split_seed: int = 2018
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    crop_size: int = 256
+    batch_size: int = 8
+    epochs: int = 50
+    steps_per_epoch: int | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    patience: int = 10
+    max_minutes: float | None = None
+    val_max_images: int | None = None
+    threads: int | None = None
+    limit_images: int | None = None
+    oversample: bool = True
+
+
+@dataclass
+class InferConfig:
+    """Sliding-window prediction and test-time augmentation settings."""
+
+    tile: int = 512
+    overlap: float = 0.25
+    batch_size: int = 4
+    blend: str = "gaussian"
+    tta: bool = False
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    rescale: bool = True
+    diameter: float | None = None
+    target_diameter: float = 18.0
+
+
+@dataclass
+class ModelBundleConfig:
+    """Everything needed to rebuild and run a trained model; saved as ``config.json``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    name: str = "model"
+    version: str = ""
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Convert a (nested) config dataclass to a JSON-ready dict."""
+    return dataclasses.asdict(obj)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Build a value of annotated type ``tp`` from plain JSON data."""
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value) if len(args) == 1 else value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` holds a key that ``cls`` does not define.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
+    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    """Write a config dataclass as indented JSON, atomically."""
+    from nucleiseg.io.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n")
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    """Read a config dataclass of type ``cls`` from a JSON file."""
+    with open(path, encoding="utf-8") as fh:
+        return from_dict(cls, json.load(fh))
