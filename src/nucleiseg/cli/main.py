@@ -1,0 +1,236 @@
+"""``nucleiseg`` command line: parsers and commands only; heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from nucleiseg import __version__
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment nuclei in images, folders or DSB-layout folders",
+        description="Segment every image found under INPUT (files, folders recursively, DSB layout) "
+        "and write OUT/<id>_masks.tif per image plus OUT/run.json.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--model", default="default", help="bundled model name, run folder, or 'classical' (default: default)")
+    p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
+    p.add_argument("--tile", type=int, help="tile side in pixels (default from the model)")
+    p.add_argument("--overlap", type=float, help="tile overlap fraction (default 0.25)")
+    p.add_argument("--diameter", type=float, help="typical nucleus diameter in pixels (skips the estimate)")
+    p.add_argument("--no-rescale", action="store_true", help="segment at native scale only")
+    p.add_argument("--threshold", type=float, help="foreground probability threshold")
+    p.add_argument("--min-size", type=int, help="remove nuclei smaller than this many pixels")
+    p.add_argument("--png", action="store_true", help="also write <id>_masks.png (uint16)")
+    p.add_argument("--overlay", action="store_true", help="write <id>_overlay.png (and _diff.png with ground truth)")
+    p.add_argument("--measure", action="store_true", help="write <id>_measurements.csv")
+    p.add_argument("--rois", action="store_true", help="write <id>_rois.zip (ImageJ ROIs)")
+    p.add_argument("--rle", metavar="FILE", help="write a competition run-length CSV for all images")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_segment)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Run ``nucleiseg segment``."""
+    from dataclasses import replace
+
+    from nucleiseg.inference.batch import OutputOptions, segment_items
+    from nucleiseg.inference.segmenter import Segmenter
+    from nucleiseg.io.labels import discover_inputs
+
+    items = discover_inputs([Path(p) for p in args.inputs])
+    if not items:
+        print(f"error: no images found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 2
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device)
+    infer = segmenter.config.infer
+    overrides = {"tta": args.tta or infer.tta, "rescale": infer.rescale and not args.no_rescale}
+    for name in ("tile", "overlap", "diameter"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    infer = replace(infer, **overrides)
+    post = segmenter.config.postprocess
+    if args.threshold is not None:
+        post = replace(post, threshold=args.threshold)
+    if args.min_size is not None:
+        post = replace(post, min_size=args.min_size)
+    options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle)
+    summary = segment_items(items, args.out, segmenter, options, infer, post, progress=not args.quiet)
+    print(summary.line())
+    return 1 if summary.failures else 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predictions with the DSB 2018 competition metric",
+        description="Compare predicted label images with ground truth: competition score (mean over "
+        "IoU 0.5..0.95 of TP/(TP+FP+FN)), AP@0.5, F1, panoptic quality, foreground IoU and mean IoU.",
+    )
+    p.add_argument("--gt", required=True, help="DSB folder, label-image folder or run-length CSV (with Height,Width)")
+    p.add_argument("--pred", required=True, help="segment output folder, label-image folder or run-length CSV")
+    p.add_argument("-o", "--out", help="folder for per_image.csv and summary.json")
+    p.add_argument("--rows", type=int, default=20, help="per-image rows to print (default 20)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run ``nucleiseg evaluate``."""
+    from nucleiseg.api import evaluate_paths
+
+    report = evaluate_paths(args.gt, args.pred, progress=True)
+    print(report.format_table(max_rows=args.rows))
+    if args.out:
+        out = Path(args.out)
+        report.to_csv(out / "per_image.csv")
+        report.to_json(out / "summary.json")
+        print(f"written: {out / 'per_image.csv'}, {out / 'summary.json'}")
+    missing = report.summary.get("missing_predictions", [])
+    if missing:
+        print(f"warning: {len(missing)} ground-truth images had no prediction (scored as empty)", file=sys.stderr)
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="survey a dataset: sizes, colour modes, nuclei counts and diameters, mask problems",
+        description="Print dataset statistics; with -o also write images.csv, summary.json and a "
+        "samples.png grid of images with their nuclei outlined.",
+    )
+    p.add_argument("data", help="DSB folder or any folder of images (with optional label images)")
+    p.add_argument("-o", "--out", help="report folder")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Run ``nucleiseg inspect``."""
+    from nucleiseg.io.survey import survey, write_report
+
+    table, summary, grid = survey(args.data)
+    print(json.dumps(summary, indent=2))
+    problems = table[table["problems"] != ""] if len(table) else table
+    for _, row in problems.head(20).iterrows():
+        print(f"problem: {row['id']}: {row['problems']}")
+    if args.out:
+        write_report(args.out, table, summary, grid)
+        print(f"written: {args.out}/images.csv, summary.json, samples.png")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a U-Net family model on a DSB-layout folder",
+        description="Train with random augmented crops at native resolution; validate each epoch with "
+        "the full instance pipeline and the competition score; keep the best checkpoint. Every option "
+        "can also be set in a YAML/JSON file (--config) whose keys are TrainConfig fields; command-line "
+        "options win over the file.",
+    )
+    p.add_argument("--config", help="YAML or JSON recipe (see configs/)")
+    p.add_argument("--data", help="DSB-layout training folder")
+    p.add_argument("--out", help="run folder (e.g. runs/unet)")
+    p.add_argument("--model", dest="arch", help="unet, unetpp, linknet, hrnet, resunet")
+    p.add_argument("--targets", help="binary or contour")
+    p.add_argument("--epochs", type=int, help="maximum epochs")
+    p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: one pass over the images)")
+    p.add_argument("--batch-size", type=int, help="crops per batch")
+    p.add_argument("--crop-size", type=int, help="crop side in pixels")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", help="adam, adamw, sgd, rmsprop")
+    p.add_argument("--scheduler", help="cosine, plateau, none")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--max-minutes", type=float, help="stop after this much training time")
+    p.add_argument("--val-fraction", type=float, help="validation fraction of the image ids")
+    p.add_argument("--limit-images", type=int, help="train on the first N training images only")
+    p.add_argument("--val-max-images", type=int, help="validate on at most N images")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+
+def load_recipe(args: argparse.Namespace):
+    """Merge the YAML/JSON recipe file with command-line options into a TrainConfig."""
+    import yaml
+
+    from nucleiseg.config import TrainConfig, from_dict
+
+    data: dict = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    flat = {
+        "data": args.data, "out": args.out, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size, "crop_size": args.crop_size, "lr": args.lr, "optimizer": args.optimizer,
+        "scheduler": args.scheduler, "patience": args.patience, "max_minutes": args.max_minutes,
+        "val_fraction": args.val_fraction, "limit_images": args.limit_images, "val_max_images": args.val_max_images,
+        "threads": args.threads, "seed": args.seed,
+    }
+    data.update({k: v for k, v in flat.items() if v is not None})
+    if args.arch:
+        data.setdefault("model", {})["arch"] = args.arch
+    if args.targets:
+        data.setdefault("targets", {})["mode"] = args.targets
+    cfg = from_dict(TrainConfig, data)
+    if cfg.targets.mode == "binary" and len(cfg.loss.channel_weights) > 1:
+        cfg.loss.channel_weights = cfg.loss.channel_weights[:1]
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run ``nucleiseg train``."""
+    from nucleiseg.training import train
+
+    cfg = load_recipe(args)
+    out = train(cfg, resume=args.resume, progress=not args.quiet, device=args.device)
+    report = json.loads((out / "report.json").read_text())
+    print(f"run folder {out}: best validation score {report['best_val_score']:.4f} at epoch {report['best_epoch']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``nucleiseg`` parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="nucleiseg",
+        description="Find every cell nucleus in 2D microscopy images.",
+    )
+    parser.add_argument("--version", action="version", version=f"nucleiseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_segment, _add_evaluate, _add_inspect, _add_train):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nucleiseg`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are complete, nothing partial was written", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

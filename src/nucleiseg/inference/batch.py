@@ -1,0 +1,174 @@
+"""Segment many files into an output folder: per-image outputs, a summary and ``run.json``.
+
+One bad file never stops the batch: its error is recorded as one line naming the file, the rest
+continue, and the summary counts the failures. Every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from nucleiseg import __version__
+from nucleiseg.config import InferConfig, PostprocessConfig
+from nucleiseg.inference.segmenter import Result, Segmenter
+from nucleiseg.io.atomic import atomic_write_text
+from nucleiseg.io.labels import InputItem, load_item_gt
+from nucleiseg.io.images import read_image, to_uint8_rgb, write_image, write_labels
+from nucleiseg.io.outputs import difference_overlay, measure, overlay_outlines, write_measurements, write_rois
+from nucleiseg.io.rle import write_rle_csv
+
+
+@dataclass
+class OutputOptions:
+    """Which files to write for each image (``<id>_masks.tif`` is always written)."""
+
+    png: bool = False
+    overlay: bool = False
+    measure: bool = False
+    rois: bool = False
+    rle: str | None = None
+
+
+@dataclass
+class BatchSummary:
+    """What a batch did: per-image records, failures and the wall time."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def nuclei(self) -> int:
+        """Total nuclei over the successful images."""
+        return sum(int(r["count"]) for r in self.images)
+
+    def line(self) -> str:
+        """The one-line summary printed at the end of a command."""
+        return (
+            f"{len(self.images)} images segmented, {self.nuclei} nuclei, "
+            f"{len(self.failures)} failed, {self.seconds:.1f} s"
+        )
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, nucleiseg and the main libraries (for sidecars)."""
+    import skimage
+    import torch
+
+    return {
+        "nucleiseg": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "scikit-image": skimage.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_outputs(item: InputItem, image: np.ndarray, result: Result, out_dir: Path, options: OutputOptions) -> list[str]:
+    """Write the requested outputs of one image; returns the file names written."""
+    written = []
+    write_labels(out_dir / f"{item.id}_masks.tif", result.labels)
+    written.append(f"{item.id}_masks.tif")
+    if options.png:
+        write_labels(out_dir / f"{item.id}_masks.png", result.labels)
+        written.append(f"{item.id}_masks.png")
+    if options.overlay:
+        rgb = to_uint8_rgb(image)
+        truth = load_item_gt(item) if item.gt_path is not None else None
+        write_image(out_dir / f"{item.id}_overlay.png", overlay_outlines(rgb, result.labels))
+        written.append(f"{item.id}_overlay.png")
+        if truth is not None and truth.shape == result.labels.shape:
+            write_image(out_dir / f"{item.id}_diff.png", difference_overlay(rgb, truth, result.labels))
+            written.append(f"{item.id}_diff.png")
+    if options.measure:
+        write_measurements(out_dir / f"{item.id}_measurements.csv", measure(result.labels, image))
+        written.append(f"{item.id}_measurements.csv")
+    if options.rois:
+        write_rois(out_dir / f"{item.id}_rois.zip", result.labels)
+        written.append(f"{item.id}_rois.zip")
+    return written
+
+
+def segment_items(
+    items: list[InputItem],
+    out_dir: str | Path,
+    segmenter: Segmenter,
+    options: OutputOptions | None = None,
+    infer: InferConfig | None = None,
+    post: PostprocessConfig | None = None,
+    progress: bool = True,
+) -> BatchSummary:
+    """Segment every input item into ``out_dir`` and write ``run.json``.
+
+    Parameters
+    ----------
+    items : list of InputItem
+        From :func:`nucleiseg.io.labels.discover_inputs`.
+    out_dir : path
+        Output folder (created).
+    segmenter : Segmenter
+        The model.
+    options : OutputOptions
+        Extra outputs.
+    infer, post : optional
+        Override the model's inference and post-processing settings.
+    progress : bool
+        Show a progress bar.
+    """
+    options = options or OutputOptions()
+    infer = infer or segmenter.config.infer
+    post = post or segmenter.config.postprocess
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = BatchSummary()
+    rle_labels: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
+    bar = tqdm(items, desc="segment", unit="img", disable=not progress)
+    for item in bar:
+        t = time.perf_counter()
+        try:
+            image = read_image(item.image_path)
+            result = segmenter.segment(image, infer, post, keep_probabilities=False)
+            files = write_outputs(item, image, result, out, options)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one bad image never stops the batch
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if str(item.image_path) not in message:
+                message = f"{item.image_path}: {message}"
+            summary.failures.append({"id": item.id, "file": str(item.image_path), "error": message})
+            tqdm.write(f"error: {message}", file=sys.stderr)
+            continue
+        if options.rle:
+            rle_labels[item.id] = result.labels
+        summary.images.append({
+            "id": item.id,
+            "file": str(item.image_path),
+            "count": result.count,
+            "diameter": None if result.diameter is None else round(float(result.diameter), 2),
+            "scale": round(float(result.scale), 4),
+            "seconds": round(time.perf_counter() - t, 4),
+            "outputs": files,
+        })
+    summary.seconds = time.perf_counter() - start
+    if options.rle:
+        write_rle_csv(options.rle, rle_labels)
+    sidecar = {
+        **segmenter.describe(infer, post),
+        "versions": versions(),
+        "images": summary.images,
+        "failures": summary.failures,
+        "summary": {"images": len(summary.images), "nuclei": summary.nuclei, "failed": len(summary.failures), "seconds": round(summary.seconds, 3)},
+    }
+    atomic_write_text(out / "run.json", json.dumps(sidecar, indent=2))
+    return summary

@@ -1,0 +1,222 @@
+"""The one Python API that the CLI, the web app and Dask all call: :class:`Segmenter`."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucleiseg.config import InferConfig, ModelBundleConfig, PostprocessConfig, load_json, to_dict
+from nucleiseg.inference.predictors import Predictor
+from nucleiseg.inference.scale import rescale_image, resize_labels, scale_factor
+from nucleiseg.inference.tiling import predict_tiled
+from nucleiseg.inference.tta import multiscale_predictor, tta_predictor
+from nucleiseg.postprocess import classical_segment, estimate_diameter, probabilities_to_labels
+from nucleiseg.transforms import normalize_image
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+CLASSICAL = "classical"
+# Re-segment at a new scale only when nuclei are off the training scale by more than this factor.
+RESCALE_TOLERANCE = 1.3
+
+
+@dataclass
+class Result:
+    """The segmentation of one image.
+
+    Attributes
+    ----------
+    labels : ndarray of int32, shape (H, W)
+        Instance labels 1..n, 0 is background, at the input's resolution.
+    probabilities : ndarray of float32, shape (K, h, w), or None
+        Network outputs (at the scale the network saw; None for the classical model).
+    diameter : float or None
+        Estimated (or given) typical nucleus diameter in input pixels.
+    scale : float
+        Factor the image was rescaled by before the network (1.0 = native).
+    timings : dict
+        Seconds per stage.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    diameter: float | None
+    scale: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        """Number of nuclei found."""
+        return int(len(np.unique(self.labels)) - (1 if (self.labels == 0).any() else 0))
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """Find a model folder: a run folder path, or the name of a model bundled in the package.
+
+    Raises
+    ------
+    FileNotFoundError
+        With the list of bundled names when nothing matches.
+    """
+    path = Path(name_or_path)
+    if (path / "config.json").is_file():
+        return path
+    bundled = WEIGHTS_DIR / str(name_or_path)
+    if (bundled / "config.json").is_file():
+        return bundled
+    names = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file()) if WEIGHTS_DIR.is_dir() else []
+    raise FileNotFoundError(
+        f"{name_or_path}: no model there (a run folder needs config.json and weights.safetensors; "
+        f"bundled models: {', '.join(names + [CLASSICAL])})"
+    )
+
+
+class Segmenter:
+    """Segment nuclei with a trained network (or the classical baseline).
+
+    Use :meth:`from_pretrained` to load a bundled model by name or a run folder by path.
+
+    Parameters
+    ----------
+    config : ModelBundleConfig
+        Model, normalisation, post-processing and inference settings.
+    predictor : callable or None
+        ``(B, C, h, w) -> (B, K, h, w)`` probabilities; None selects the classical baseline.
+    stride : int
+        Side multiple the predictor needs.
+    name, model_hash : str
+        Written into every output's sidecar.
+    """
+
+    def __init__(
+        self,
+        config: ModelBundleConfig,
+        predictor: Predictor | None,
+        stride: int = 32,
+        name: str = CLASSICAL,
+        model_hash: str = "",
+    ) -> None:
+        self.config = config
+        self.predictor = predictor
+        self.stride = stride
+        self.name = name
+        self.model_hash = model_hash
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path = "default", device: str = "cpu", backend: str = "torch"
+    ) -> Segmenter:
+        """Load ``"classical"``, a bundled model name or a run folder.
+
+        Parameters
+        ----------
+        name_or_path : str or Path
+            ``"classical"``, a bundled name such as ``"default"``, or a folder holding
+            ``config.json`` and ``weights.safetensors``.
+        device : str
+            Torch device.
+        backend : {"torch"}
+            Inference engine.
+        """
+        if str(name_or_path) == CLASSICAL:
+            return cls(ModelBundleConfig(name=CLASSICAL), None)
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}")
+        from nucleiseg.inference.predictors import torch_predictor
+        from nucleiseg.models import create_model
+        from nucleiseg.training.checkpoint import file_hash, load_weights
+
+        folder = resolve_model_dir(name_or_path)
+        config = load_json(ModelBundleConfig, folder / "config.json")
+        weights = folder / "weights.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: weights file missing")
+        tuned = folder / "thresholds.json"
+        if tuned.is_file():
+            config = replace(config, postprocess=load_json(PostprocessConfig, tuned))
+        m = config.model
+        model = load_weights(create_model(m.arch, m.in_channels, m.out_channels, **m.params), weights)
+        return cls(config, torch_predictor(model, device), int(getattr(model, "stride", 32)), config.name or folder.name, file_hash(weights))
+
+    @property
+    def is_classical(self) -> bool:
+        """True for the network-free baseline."""
+        return self.predictor is None
+
+    def describe(self, infer: InferConfig | None = None, post: PostprocessConfig | None = None) -> dict[str, Any]:
+        """Model name, hash and the settings in force (for sidecars and the API)."""
+        return {
+            "model": self.name,
+            "model_hash": self.model_hash,
+            "arch": None if self.is_classical else self.config.model.arch,
+            "postprocess": to_dict(post or self.config.postprocess),
+            "infer": to_dict(infer or self.config.infer),
+        }
+
+    def _probabilities(self, image: np.ndarray, infer: InferConfig) -> np.ndarray:
+        assert self.predictor is not None
+        predictor = self.predictor
+        if infer.tta:
+            predictor = tta_predictor(predictor)
+        if len(infer.scales) > 1 or infer.scales[0] != 1.0:
+            predictor = multiscale_predictor(predictor, infer.scales, self.stride)
+        return predict_tiled(
+            predictor, image.transpose(2, 0, 1), tile=infer.tile, overlap=infer.overlap,
+            batch_size=infer.batch_size, stride=self.stride, blend=infer.blend,
+        )
+
+    def segment(
+        self,
+        image: np.ndarray,
+        infer: InferConfig | None = None,
+        post: PostprocessConfig | None = None,
+        keep_probabilities: bool = True,
+    ) -> Result:
+        """Segment one image array (``(H, W)`` gray or ``(H, W, 3|4)`` colour, any dtype).
+
+        With ``infer.rescale`` (default) and no ``infer.diameter``, a first pass at native
+        resolution estimates the typical nucleus diameter; if it is far from the training scale
+        (``infer.target_diameter``) the image is rescaled, segmented again and the labels mapped
+        back to the input's size.
+        """
+        infer = infer or self.config.infer
+        post = post or self.config.postprocess
+        image = np.asarray(image)
+        if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+            raise ValueError(f"expected a 2D gray or colour image, got shape {image.shape}")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if self.is_classical:
+            labels = classical_segment(image, post)
+            timings["total"] = time.perf_counter() - t0
+            return Result(labels, None, estimate_diameter(labels) if labels.any() else None, 1.0, timings)
+
+        norm = normalize_image(image, self.config.normalize)
+        timings["normalize"] = time.perf_counter() - t0
+        diameter = infer.diameter
+        factor = 1.0
+        probs = labels = None
+        if diameter is None and infer.rescale:
+            t = time.perf_counter()
+            probs = self._probabilities(norm, infer)
+            labels = probabilities_to_labels(probs, post)
+            timings["first_pass"] = time.perf_counter() - t
+            diameter = estimate_diameter(labels) if labels.any() else None
+        if diameter is not None and infer.rescale and math.isfinite(diameter) and diameter > 0:
+            factor = scale_factor(diameter, infer.target_diameter)
+            if max(factor, 1 / factor) < RESCALE_TOLERANCE and labels is not None:
+                factor = 1.0
+        if labels is None or factor != 1.0:
+            t = time.perf_counter()
+            scaled = rescale_image(norm, factor) if factor != 1.0 else norm
+            probs = self._probabilities(scaled, infer)
+            labels = probabilities_to_labels(probs, post)
+            if factor != 1.0:
+                labels = resize_labels(labels, image.shape[:2])
+            timings["predict"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings)

@@ -1,0 +1,182 @@
+"""Sliding-window prediction of images of any size with any batch predictor.
+
+The predictor is a plain callable ``(B, C, h, w) float32 -> (B, K, h, w)`` probabilities, so a
+torch model, an ONNX session and a test-time-augmented wrapper all share this code. Tiles
+overlap and are blended with a window (Gaussian by default, like MONAI's
+``sliding_window_inference``); memory stays bounded by ``batch_size`` tiles plus the ``(K, H, W)``
+output and an ``(H, W)`` weight map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+__all__ = ["Predictor", "blend_window", "predict_tiled", "tile_starts"]
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+BLENDS = ("gaussian", "linear", "constant")
+# Smallest blending weight relative to the window's maximum: tile borders never weigh zero.
+WEIGHT_FLOOR = 1e-3
+
+
+def _round_up(n: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``max(n, 1)``."""
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def tile_starts(size: int, window: int, step: int) -> list[int]:
+    """Start offsets of windows of length ``window`` covering ``0..size``; the last one ends at ``size``.
+
+    Parameters
+    ----------
+    size : int
+        Length of the axis.
+    window : int
+        Window length (``size`` when the axis is shorter than a tile).
+    step : int
+        Distance between consecutive starts.
+    """
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window + 1, step))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+def _window_1d(n: int, blend: str, ramp: int) -> np.ndarray:
+    """One axis of the blending window, maximum 1, minimum ``WEIGHT_FLOOR``."""
+    if blend == "constant" or n == 1:
+        return np.ones(n, np.float64)
+    pos = np.arange(n, dtype=np.float64)
+    if blend == "gaussian":
+        sigma = n / 8.0
+        w = np.exp(-0.5 * ((pos - (n - 1) / 2.0) / sigma) ** 2)
+    else:
+        edge = np.minimum(pos, n - 1 - pos) + 1.0
+        w = np.minimum(edge / max(1, ramp), 1.0)
+    return np.maximum(w / w.max(), WEIGHT_FLOOR)
+
+
+def blend_window(shape: tuple[int, int], blend: str = "gaussian", ramp: int = 1) -> np.ndarray:
+    """Separable float32 blending weights of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(h, w)`` of the tile.
+    blend : {"gaussian", "linear", "constant"}
+        Gaussian (sigma = side / 8), linear taper over ``ramp`` pixels from each border, or flat.
+    ramp : int
+        Taper length for ``blend="linear"`` (usually the overlap in pixels).
+    """
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    wy = _window_1d(shape[0], blend, ramp)
+    wx = _window_1d(shape[1], blend, ramp)
+    return np.outer(wy, wx).astype(np.float32)
+
+
+def _pad_tile(tile: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pad a ``(C, h, w)`` tile at the bottom/right to ``shape``: reflect, or zeros on 1-pixel axes."""
+    pad_y, pad_x = shape[0] - tile.shape[1], shape[1] - tile.shape[2]
+    if pad_y == 0 and pad_x == 0:
+        return tile
+    if pad_y and tile.shape[1] > 1:
+        tile = np.pad(tile, ((0, 0), (0, pad_y), (0, 0)), mode="reflect")
+    elif pad_y:
+        tile = np.pad(tile, ((0, 0), (0, pad_y), (0, 0)), mode="constant")
+    if pad_x and tile.shape[2] > 1:
+        tile = np.pad(tile, ((0, 0), (0, 0), (0, pad_x)), mode="reflect")
+    elif pad_x:
+        tile = np.pad(tile, ((0, 0), (0, 0), (0, pad_x)), mode="constant")
+    return tile
+
+
+def _windows(height: int, width: int, tile: int, step: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(y0, x0, h, w)`` of every window, row by row."""
+    th, tw = min(tile, height), min(tile, width)
+    for y0 in tile_starts(height, th, step):
+        for x0 in tile_starts(width, tw, step):
+            yield y0, x0, th, tw
+
+
+def predict_tiled(
+    predictor: Predictor,
+    image_chw: np.ndarray,
+    tile: int = 512,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    stride: int = 32,
+    blend: str = "gaussian",
+) -> np.ndarray:
+    """Predict a ``(C, H, W)`` image of any size by overlapping, blended tiles.
+
+    Axes no longer than ``tile`` are covered by one window padded up to a multiple of
+    ``stride``; longer axes get windows of ``tile`` pixels (rounded down to a multiple of
+    ``stride``) every ``tile * (1 - overlap)`` pixels, the last one aligned with the border.
+    Every tile handed to ``predictor`` therefore has both sides divisible by ``stride``.
+
+    Parameters
+    ----------
+    predictor : callable
+        ``(B, C, h, w) float32 -> (B, K, h, w)`` probabilities.
+    image_chw : np.ndarray
+        ``(C, H, W)`` image (already normalised).
+    tile : int
+        Tile side in pixels.
+    overlap : float
+        Fraction of a tile shared with its neighbour, in ``[0, 1)``.
+    batch_size : int
+        Maximum number of tiles per predictor call.
+    stride : int
+        The model's total downsampling factor; tile sides are multiples of it.
+    blend : {"gaussian", "linear", "constant"}
+        Blending window for overlapping tiles.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(K, H, W)`` blended probabilities.
+    """
+    image = np.asarray(image_chw)
+    if image.ndim != 3 or min(image.shape) < 1:
+        raise ValueError(f"image_chw must be a non-empty (C, H, W) array, got shape {image.shape}")
+    if stride < 1 or tile < 1 or batch_size < 1:
+        raise ValueError(f"tile, stride and batch_size must be >= 1, got {tile}, {stride}, {batch_size}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    image = image.astype(np.float32, copy=False)
+    _, height, width = image.shape
+    tile = max(stride, tile // stride * stride)
+    step = max(stride, int(tile * (1.0 - overlap)) // stride * stride)
+    windows = list(_windows(height, width, tile, step))
+    th, tw = windows[0][2], windows[0][3]
+    padded = (_round_up(th, stride), _round_up(tw, stride))
+    # Axes covered by a single window need no taper (it would only cost precision).
+    wy = _window_1d(th, blend if height > th else "constant", tile - step)
+    wx = _window_1d(tw, blend if width > tw else "constant", tile - step)
+    weight = np.outer(wy, wx).astype(np.float32)
+
+    out: np.ndarray | None = None
+    norm = np.zeros((height, width), np.float32)
+    for first in range(0, len(windows), batch_size):
+        group = windows[first : first + batch_size]
+        batch = np.stack([_pad_tile(image[:, y0 : y0 + th, x0 : x0 + tw], padded) for y0, x0, _, _ in group])
+        pred = np.asarray(predictor(batch))
+        if pred.ndim != 4 or pred.shape[0] != len(group) or pred.shape[2:] != padded:
+            raise ValueError(f"predictor returned shape {pred.shape} for a batch of shape {batch.shape}")
+        if out is None:
+            out = np.zeros((pred.shape[1], height, width), np.float32)
+        for (y0, x0, _, _), p in zip(group, pred, strict=True):
+            out[:, y0 : y0 + th, x0 : x0 + tw] += p[:, :th, :tw] * weight
+            norm[y0 : y0 + th, x0 : x0 + tw] += weight
+    if out is None:  # unreachable: there is always at least one window
+        raise RuntimeError("no tile was predicted")
+    out /= norm
+    return out

@@ -1,0 +1,423 @@
+"""Object matching between two instance label images: the Data Science Bowl 2018 metric.
+
+The Kaggle DSB 2018 score of one image is, for each IoU threshold ``t`` in
+``0.50, 0.55, ..., 0.95``::
+
+    score(t) = TP(t) / (TP(t) + FP(t) + FN(t))
+
+averaged over the thresholds; the leaderboard averages that over images ("macro").
+A true object and a predicted object match at ``t`` when their intersection over union is
+*strictly* greater than ``t`` (Kaggle's ``iou > t``, ``strict=True``). StarDist's
+``matching`` and Cellpose's ``average_precision`` use ``iou >= t`` (``strict=False``); the two
+rules differ only for pairs whose IoU equals a threshold exactly, which happens for small,
+pixel-aligned objects (e.g. a 10x30 box against the same box shifted by 10 pixels has IoU 0.5).
+
+Because an IoU above 0.5 can only be reached by one partner on each side, counting the pairs
+with ``iou > t`` is an exact one-to-one matching for ``t >= 0.5``. For lower thresholds, or for
+``iou >= 0.5`` (two exact halves of a true object each have IoU 0.5), the candidate pairs can
+conflict; they are then resolved by a maximum-cardinality assignment (ties broken by the larger
+total IoU), as StarDist does, so every object is matched at most once.
+
+Conventions for empty images (per threshold):
+
+* no true and no predicted objects: score, precision, recall, F1, panoptic quality and mean
+  matched IoU are 1.0 (the Kaggle convention: nothing to find and nothing falsely found is a
+  perfect answer). Cellpose returns 0/0 (nan with a warning) here and StarDist returns 0 for
+  some fields, so per-image numbers on empty images differ between tools;
+* true empty but predictions present, or true objects but no predictions: 0.0 for every field.
+
+A label image cannot represent overlapping ground-truth objects: each pixel has one id. The DSB
+loader resolves overlapping masks before scoring (overlap pixels go to the first mask), so the
+IoUs here are those of the resolved masks.
+
+Label ids need not be consecutive (``5, 900, 70000`` works); they are relabelled internally to
+``1..n`` and the original ids are kept in :attr:`ImageMatch.true_ids` / ``pred_ids``.
+Supported dtypes: any integer type (int32, uint16, uint32, int64, ...) and bool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "ImageMatch",
+    "Overlaps",
+    "aggregate",
+    "aggregate_per_threshold",
+    "competition_score",
+    "iou_matrix",
+    "match_labels",
+    "overlaps",
+]
+
+#: The ten DSB 2018 IoU thresholds 0.50, 0.55, ..., 0.95 (rounded so 0.6 == 0.6 exactly).
+DEFAULT_THRESHOLDS: np.ndarray = np.round(np.arange(0.5, 1.0, 0.05), 2)
+DEFAULT_THRESHOLDS.setflags(write=False)
+
+# Dense bincount tables are used while they stay this small relative to the image.
+_DENSE_SLACK = 1 << 20
+
+
+def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
+    """Validate one label image and return it as a flat ``intp`` array."""
+    if not isinstance(labels, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array, got {type(labels).__name__}")
+    if labels.dtype == bool:
+        return labels.ravel().astype(np.intp)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: label image must have an integer dtype, got {labels.dtype}")
+    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and int(labels.min()) < 0:
+        raise ValueError(f"{name}: label ids must be >= 0, found {int(labels.min())}")
+    if labels.size and int(labels.max()) > np.iinfo(np.intp).max:
+        raise ValueError(f"{name}: label id {int(labels.max())} does not fit in {np.dtype(np.intp)}")
+    return labels.ravel().astype(np.intp, copy=False)
+
+
+def _relabel(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map ids to ``1..n``; return (dense flat labels, original ids, areas)."""
+    top = int(flat.max()) if flat.size else 0
+    if top == 0:
+        empty = np.zeros(0, np.int64)
+        return flat, empty, empty
+    if top <= 4 * flat.size + _DENSE_SLACK:
+        counts = np.bincount(flat, minlength=top + 1)
+        ids = np.flatnonzero(counts[1:]) + 1
+        areas = counts[ids]
+        if ids.size == top:  # already consecutive
+            return flat, ids.astype(np.int64), areas.astype(np.int64)
+        lut = np.zeros(top + 1, np.intp)
+        lut[ids] = np.arange(1, ids.size + 1)
+        return lut[flat], ids.astype(np.int64), areas.astype(np.int64)
+    ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    dense = inverse.reshape(-1).astype(np.intp)
+    if ids[0] != 0:  # no background: shift so index 0 stays background
+        dense += 1
+        return dense, ids.astype(np.int64), counts.astype(np.int64)
+    return dense, ids[1:].astype(np.int64), counts[1:].astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class Overlaps:
+    """Every overlapping (true, predicted) pair of two label images, as a sparse table.
+
+    Object indices are 0-based positions into ``true_ids`` / ``pred_ids`` (the original ids).
+    """
+
+    true_ids: np.ndarray
+    pred_ids: np.ndarray
+    true_area: np.ndarray
+    pred_area: np.ndarray
+    pair_true: np.ndarray
+    pair_pred: np.ndarray
+    intersection: np.ndarray
+    iou: np.ndarray
+
+    @property
+    def n_true(self) -> int:
+        """Number of true objects."""
+        return int(self.true_ids.size)
+
+    @property
+    def n_pred(self) -> int:
+        """Number of predicted objects."""
+        return int(self.pred_ids.size)
+
+
+def overlaps(true: np.ndarray, pred: np.ndarray) -> Overlaps:
+    """Count the pixels shared by every pair of true and predicted objects.
+
+    Pairs are counted in one pass with ``np.bincount`` over the combined index
+    ``true * n_pred + pred`` of the pixels where both images are foreground (``np.unique``
+    when that table would be too large), so the cost does not grow with a loop over objects.
+
+    Parameters
+    ----------
+    true, pred : np.ndarray
+        Label images of the same shape, 0 = background, any non-negative integer ids.
+
+    Returns
+    -------
+    Overlaps
+        Ids, areas and the overlapping pairs with their intersection and IoU.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, a dtype is not integer/bool, or an id is negative.
+    """
+    if not isinstance(true, np.ndarray) or not isinstance(pred, np.ndarray):
+        raise ValueError("true and pred must be numpy arrays")
+    if true.shape != pred.shape:
+        raise ValueError(f"shape mismatch: true {true.shape} vs pred {pred.shape}")
+    t, true_ids, true_area = _relabel(_check_labels("true", true))
+    p, pred_ids, pred_area = _relabel(_check_labels("pred", pred))
+    n_t, n_p = true_ids.size, pred_ids.size
+    if n_t == 0 or n_p == 0:
+        nothing = np.zeros(0, np.int64)
+        return Overlaps(true_ids, pred_ids, true_area, pred_area, nothing, nothing, nothing, np.zeros(0))
+    both = (t > 0) & (p > 0)
+    key = (t[both] - 1) * n_p + (p[both] - 1)
+    if n_t * n_p <= 4 * t.size + _DENSE_SLACK:
+        counts = np.bincount(key, minlength=n_t * n_p)
+        nonzero = np.flatnonzero(counts)
+        inter = counts[nonzero]
+    else:
+        nonzero, inter = np.unique(key, return_counts=True)
+    pair_true, pair_pred = np.divmod(nonzero.astype(np.int64), n_p)
+    inter = inter.astype(np.int64)
+    union = true_area[pair_true] + pred_area[pair_pred] - inter
+    return Overlaps(true_ids, pred_ids, true_area, pred_area, pair_true, pair_pred, inter, inter / union)
+
+
+def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Dense IoU matrix ``(n_true, n_pred)``; rows/columns follow the sorted original ids.
+
+    Convenient for inspection of small images; :func:`overlaps` is the sparse equivalent.
+    """
+    ov = overlaps(true, pred)
+    out = np.zeros((ov.n_true, ov.n_pred))
+    out[ov.pair_true, ov.pair_pred] = ov.iou
+    return out
+
+
+def _match_at(ov: Overlaps, thr: float, strict: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-to-one matches at one threshold: (true indices, pred indices, IoUs)."""
+    ok = ov.iou > thr if strict else ov.iou >= thr
+    ti, pi, val = ov.pair_true[ok], ov.pair_pred[ok], ov.iou[ok]
+    if ti.size == 0 or (np.bincount(ti).max() <= 1 and np.bincount(pi).max() <= 1):
+        return ti, pi, val
+    rows, r_idx = np.unique(ti, return_inverse=True)
+    cols, c_idx = np.unique(pi, return_inverse=True)
+    score = np.zeros((rows.size, cols.size))
+    score[r_idx, c_idx] = val
+    allowed = np.zeros_like(score, dtype=bool)
+    allowed[r_idx, c_idx] = True
+    # Maximise the number of matches first; the IoU term (< 0.5 in total) only breaks ties.
+    cost = -allowed.astype(float) - score / (2 * min(rows.size, cols.size))
+    r, c = linear_sum_assignment(cost)
+    keep = allowed[r, c]
+    return rows[r[keep]], cols[c[keep]], score[r[keep], c[keep]]
+
+
+def _ratio(num: np.ndarray | float, den: np.ndarray | float, both_empty: bool) -> np.ndarray:
+    """``num / den`` with the empty-image convention where ``den == 0``."""
+    num = np.asarray(num, float)
+    den = np.asarray(den, float)
+    fill = 1.0 if both_empty else 0.0
+    return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, fill), where=den > 0)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageMatch:
+    """Matching result of one image: counts per threshold and the derived scores.
+
+    Attributes
+    ----------
+    thresholds : np.ndarray
+        IoU thresholds, shape ``(T,)``.
+    strict : bool
+        ``True``: match when ``iou > t`` (Kaggle); ``False``: ``iou >= t`` (StarDist/Cellpose).
+    n_true, n_pred : int
+        Number of true and predicted objects.
+    tp, fp, fn : np.ndarray
+        Integer counts per threshold, shape ``(T,)``.
+    tp50, fp50, fn50 : int
+        Counts at IoU 0.5 (computed even when 0.5 is not in ``thresholds``).
+    matched_pairs : np.ndarray
+        ``(TP50, 2)`` original ``(true_id, pred_id)`` pairs matched at 0.5.
+    matched_iou : np.ndarray
+        IoU of each pair in ``matched_pairs``.
+    true_ids, pred_ids : np.ndarray
+        Original ids, sorted; internal object ``i`` is ``true_ids[i]``.
+    """
+
+    thresholds: np.ndarray
+    strict: bool
+    n_true: int
+    n_pred: int
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    tp50: int
+    fp50: int
+    fn50: int
+    matched_pairs: np.ndarray
+    matched_iou: np.ndarray
+    true_ids: np.ndarray
+    pred_ids: np.ndarray
+
+    @property
+    def both_empty(self) -> bool:
+        """True when the image has neither true nor predicted objects."""
+        return self.n_true == 0 and self.n_pred == 0
+
+    @property
+    def score(self) -> np.ndarray:
+        """``TP / (TP + FP + FN)`` per threshold (the DSB per-threshold score)."""
+        return _ratio(self.tp, self.tp + self.fp + self.fn, self.both_empty)
+
+    @property
+    def precision(self) -> np.ndarray:
+        """``TP / (TP + FP)`` per threshold."""
+        return _ratio(self.tp, self.tp + self.fp, self.both_empty)
+
+    @property
+    def recall(self) -> np.ndarray:
+        """``TP / (TP + FN)`` per threshold."""
+        return _ratio(self.tp, self.tp + self.fn, self.both_empty)
+
+    @property
+    def f1(self) -> np.ndarray:
+        """``2 TP / (2 TP + FP + FN)`` per threshold."""
+        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, self.both_empty)
+
+    @property
+    def competition_score(self) -> float:
+        """Mean of :attr:`score` over the thresholds (the Kaggle per-image score)."""
+        return float(self.score.mean())
+
+    @property
+    def ap50(self) -> float:
+        """``TP / (TP + FP + FN)`` at IoU 0.5, what Kaggle and Cellpose call "AP"."""
+        return float(_ratio(self.tp50, self.tp50 + self.fp50 + self.fn50, self.both_empty))
+
+    @property
+    def f1_50(self) -> float:
+        """F1 at IoU 0.5."""
+        return float(_ratio(2 * self.tp50, 2 * self.tp50 + self.fp50 + self.fn50, self.both_empty))
+
+    @property
+    def precision50(self) -> float:
+        """Precision at IoU 0.5."""
+        return float(_ratio(self.tp50, self.tp50 + self.fp50, self.both_empty))
+
+    @property
+    def recall50(self) -> float:
+        """Recall at IoU 0.5."""
+        return float(_ratio(self.tp50, self.tp50 + self.fn50, self.both_empty))
+
+    @property
+    def panoptic_quality(self) -> float:
+        """Panoptic quality at 0.5: ``sum(matched IoU) / (TP + FP/2 + FN/2)``."""
+        den = self.tp50 + 0.5 * self.fp50 + 0.5 * self.fn50
+        return float(_ratio(self.matched_iou.sum(), den, self.both_empty))
+
+    @property
+    def mean_matched_iou(self) -> float:
+        """Mean IoU of the pairs matched at 0.5 (0.0 without matches, 1.0 if both empty)."""
+        return float(_ratio(self.matched_iou.sum(), self.tp50, self.both_empty))
+
+
+def _check_thresholds(thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Validate thresholds: a non-empty 1-D sequence of values in [0, 1]."""
+    thr = np.array(thresholds, dtype=float).reshape(-1)
+    if thr.size == 0 or not np.all((thr >= 0) & (thr <= 1)):
+        raise ValueError(f"thresholds must be a non-empty sequence of values in [0, 1], got {thresholds!r}")
+    return thr
+
+
+def match_labels(
+    true: np.ndarray,
+    pred: np.ndarray,
+    thresholds: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS,
+    strict: bool = True,
+) -> ImageMatch:
+    """Match true and predicted objects of one image at each IoU threshold.
+
+    Parameters
+    ----------
+    true, pred : np.ndarray
+        Label images of the same shape (0 = background, integer ids, not necessarily
+        consecutive).
+    thresholds : sequence of float
+        IoU thresholds; the default is the DSB 2018 set 0.50..0.95.
+    strict : bool
+        ``True`` (default): a pair matches when ``iou > t`` (Kaggle). ``False``: ``iou >= t``
+        (StarDist, Cellpose).
+
+    Returns
+    -------
+    ImageMatch
+        Counts per threshold and derived scores (see the module docstring for empty images).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.zeros((8, 8), np.int32); a[2:6, 2:6] = 7
+    >>> match_labels(a, a).competition_score
+    1.0
+    """
+    thr = _check_thresholds(thresholds)
+    ov = overlaps(true, pred)
+    tp = np.array([_match_at(ov, float(t), strict)[0].size for t in thr], dtype=np.int64)
+    ti, pi, iou50 = _match_at(ov, 0.5, strict)
+    order = np.argsort(ti, kind="stable")
+    pairs = np.stack([ov.true_ids[ti[order]], ov.pred_ids[pi[order]]], axis=1).reshape(-1, 2)
+    arrays = [thr, tp, ov.n_pred - tp, ov.n_true - tp, pairs, iou50[order], ov.true_ids, ov.pred_ids]
+    for arr in arrays:
+        arr.setflags(write=False)
+    return ImageMatch(
+        thresholds=thr,
+        strict=bool(strict),
+        n_true=ov.n_true,
+        n_pred=ov.n_pred,
+        tp=arrays[1],
+        fp=arrays[2],
+        fn=arrays[3],
+        tp50=int(ti.size),
+        fp50=int(ov.n_pred - ti.size),
+        fn50=int(ov.n_true - ti.size),
+        matched_pairs=arrays[4],
+        matched_iou=arrays[5],
+        true_ids=arrays[6],
+        pred_ids=arrays[7],
+    )
+
+
+def competition_score(true: np.ndarray, pred: np.ndarray, strict: bool = True) -> float:
+    """DSB 2018 score of one image: mean over IoU 0.50..0.95 of ``TP / (TP + FP + FN)``."""
+    return match_labels(true, pred, DEFAULT_THRESHOLDS, strict=strict).competition_score
+
+
+def aggregate_per_threshold(matches: Iterable[ImageMatch], mode: str = "macro") -> np.ndarray:
+    """Dataset score per threshold from per-image matches.
+
+    Parameters
+    ----------
+    matches : iterable of ImageMatch
+        Results computed with the same thresholds.
+    mode : {"macro", "micro"}
+        ``macro``: mean over images of each image's score (the Kaggle leaderboard; every image
+        counts equally). ``micro``: sum TP, FP and FN over all images first, then
+        ``TP / (TP + FP + FN)`` (StarDist's dataset-level style; crowded images weigh more).
+        If every image is empty, the micro score is 1.0 (the empty-image convention).
+
+    Returns
+    -------
+    np.ndarray
+        One score per threshold.
+    """
+    if mode not in ("macro", "micro"):
+        raise ValueError(f"mode must be 'macro' or 'micro', got {mode!r}")
+    items = list(matches)
+    if not items:
+        raise ValueError("no matches to aggregate")
+    thr = items[0].thresholds
+    if any(m.thresholds.shape != thr.shape or not np.array_equal(m.thresholds, thr) for m in items):
+        raise ValueError("all matches must use the same thresholds")
+    if mode == "macro":
+        return np.mean([m.score for m in items], axis=0)
+    tp = np.sum([m.tp for m in items], axis=0)
+    fp = np.sum([m.fp for m in items], axis=0)
+    fn = np.sum([m.fn for m in items], axis=0)
+    return _ratio(tp, tp + fp + fn, bool(np.all(tp + fp + fn == 0)))
+
+
+def aggregate(matches: Iterable[ImageMatch], mode: str = "macro") -> float:
+    """Dataset competition score: :func:`aggregate_per_threshold` averaged over thresholds."""
+    return float(aggregate_per_threshold(matches, mode).mean())

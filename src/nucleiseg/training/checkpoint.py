@@ -1,0 +1,109 @@
+"""Weights and resumable training state, stored as safetensors plus JSON (never pickle)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nucleiseg.io.atomic import atomic_path, atomic_write_text
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Save a model's state dict as safetensors, atomically.
+
+    Tensors are made contiguous and moved to the CPU so the file is identical whatever device
+    trained the model.
+    """
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load safetensors weights into ``model`` with a strict key check.
+
+    Raises
+    ------
+    ValueError
+        If the file's tensors do not fit the model (missing or unexpected keys, wrong shapes).
+    """
+    state = load_file(str(path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"{path}: weights do not fit the model ({first})") from None
+    return model
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 hex digest of a file (the model hash written into every output sidecar)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_training_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    info: dict[str, Any],
+) -> None:
+    """Save everything needed to resume: weights, optimizer tensors, scheduler and loop state.
+
+    Model weights and optimizer tensors go into one safetensors file (keys ``model.*`` and
+    ``optim.<param index>.<name>``); scalar optimizer state, hyper-parameters, the scheduler's
+    state and ``info`` (epoch, best score, history) into a JSON file beside it
+    (``<path>.json``).
+    """
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in opt_state["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value) and name != "step":
+                tensors[f"optim.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = float(value.item() if torch.is_tensor(value) else value)
+    meta = {
+        "optimizer_groups": opt_state["param_groups"],
+        "optimizer_scalars": scalars,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "info": info,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_text(Path(str(path) + ".json"), json.dumps(meta, indent=1, default=float))
+
+
+def load_training_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> dict[str, Any]:
+    """Restore a state written by :func:`save_training_state`; returns its ``info`` dict."""
+    tensors = load_file(str(path))
+    with open(str(path) + ".json", encoding="utf-8") as fh:
+        meta = json.load(fh)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta["optimizer_scalars"].items():
+        for name, value in values.items():
+            state.setdefault(int(idx), {})[name] = torch.tensor(value)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_groups"]})
+    if scheduler is not None and meta["scheduler"] is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    return meta["info"]

@@ -1,0 +1,195 @@
+"""The training loop: checkpoints, early stopping, resume, metrics CSV and curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from nucleiseg import __version__
+from nucleiseg.config import ModelBundleConfig, TrainConfig, save_json
+from nucleiseg.io.atomic import atomic_write_text
+from nucleiseg.losses import build_loss
+from nucleiseg.models import create_model
+from nucleiseg.training.checkpoint import load_training_state, save_training_state, save_weights
+from nucleiseg.training.data import CropDataset, available_ids, load_samples, split_ids
+from nucleiseg.training.report import write_curves, write_metrics_csv
+from nucleiseg.training.validation import validate
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    """Adam, AdamW, SGD (momentum 0.9, Nesterov) or RMSprop from the recipe."""
+    name = cfg.optimizer.lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd, rmsprop)")
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    """Cosine annealing over the epochs, reduce-on-plateau on the validation score, or none."""
+    name = cfg.scheduler.lower()
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * 0.01)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=max(cfg.patience // 3, 1))
+    if name == "none":
+        return None
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r} (cosine, plateau, none)")
+
+
+def bundle_config(cfg: TrainConfig) -> ModelBundleConfig:
+    """The inference-side configuration saved as ``config.json`` beside the weights."""
+    model = replace(cfg.model, in_channels=cfg.normalize.channels, out_channels=cfg.targets.channels)
+    return ModelBundleConfig(
+        model=model,
+        targets=cfg.targets,
+        normalize=cfg.normalize,
+        postprocess=cfg.postprocess,
+        name=Path(cfg.out).name,
+        version=__version__,
+    )
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device: str | None = None) -> Path:
+    """Train a model from a recipe and write a complete run folder.
+
+    The run folder holds ``config.json`` (inference config), ``train.json`` (this recipe),
+    ``split.json``, ``weights.safetensors`` (best validation competition score),
+    ``last.safetensors`` (+ ``.json``, for ``resume``), ``metrics.csv``, ``curves.png`` and
+    ``report.json``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The recipe.
+    resume : bool
+        Continue from ``last.safetensors`` in ``cfg.out`` if it exists.
+    progress : bool
+        Show progress bars.
+    device : str, optional
+        ``"cuda"`` or ``"cpu"``; defaults to CUDA when available.
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+
+    ids = available_ids(cfg.data)
+    if not ids:
+        raise ValueError(f"{cfg.data}: no DSB samples found (expected <id>/images/<id>.png)")
+    train_ids, val_ids = split_ids(ids, cfg.val_fraction, cfg.split_seed)
+    if cfg.limit_images:
+        train_ids = train_ids[: cfg.limit_images]
+    val_ids = val_ids[: cfg.val_max_images] if cfg.val_max_images else val_ids
+    save_json(cfg, out / "train.json")
+    bundle = bundle_config(cfg)
+    save_json(bundle, out / "config.json")
+    atomic_write_text(out / "split.json", json.dumps({"seed": cfg.split_seed, "train": train_ids, "val": val_ids}, indent=1))
+
+    train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress)
+    val_samples = load_samples(cfg.data, val_ids, cfg.normalize, progress)
+    steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_samples) / cfg.batch_size))
+    dataset = CropDataset(
+        train_samples, cfg.crop_size, cfg.targets, cfg.augment, steps * cfg.batch_size,
+        gap_weight=cfg.loss.gap_weight, oversample=cfg.oversample, seed=cfg.seed,
+    )
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=0, drop_last=True)
+
+    model = create_model(bundle.model.arch, bundle.model.in_channels, bundle.model.out_channels, **bundle.model.params)
+    model.to(device)
+    optimizer = build_optimizer(cfg, model.parameters())
+    scheduler = build_scheduler(cfg, optimizer)
+    loss_fn = build_loss(cfg.loss).to(device)
+
+    info: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
+    last = out / "last.safetensors"
+    if resume and last.exists():
+        info = load_training_state(last, model, optimizer, scheduler)
+    start_time = time.monotonic() - float(info["seconds"])
+    use_amp = device == "cuda"
+
+    for epoch in range(int(info["epoch"]) + 1, cfg.epochs + 1):
+        model.train()
+        dataset.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 100003 + epoch)
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        for images, targets, weights in bar:
+            images, targets, weights = images.to(device), targets.to(device), weights.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(images)
+            loss = loss_fn(logits.float(), targets, weights)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        val = validate(model, val_samples, bundle.infer, bundle.postprocess, device)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"], **val}
+        row["seconds"] = time.monotonic() - start_time
+        info["history"].append(row)
+        if scheduler is not None:
+            scheduler.step(val["val_score"]) if cfg.scheduler == "plateau" else scheduler.step()
+        if val["val_score"] > info["best_score"]:
+            info["best_score"], info["best_epoch"] = val["val_score"], epoch
+            save_weights(model, out / "weights.safetensors", metadata={"epoch": str(epoch), "arch": bundle.model.arch})
+        info["epoch"], info["seconds"] = epoch, row["seconds"]
+        save_training_state(last, model, optimizer, scheduler, info)
+        write_metrics_csv(out / "metrics.csv", info["history"])
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}: loss {row['train_loss']:.4f}  val score {val['val_score']:.4f}  "
+                f"AP50 {val['val_ap50']:.4f}  best {info['best_score']:.4f} (epoch {info['best_epoch']})"
+            )
+        if epoch - int(info["best_epoch"]) >= cfg.patience:
+            tqdm.write(f"early stop: no improvement for {cfg.patience} epochs") if progress else None
+            break
+        if cfg.max_minutes is not None and row["seconds"] > cfg.max_minutes * 60:
+            tqdm.write(f"time budget of {cfg.max_minutes} min reached") if progress else None
+            break
+
+    write_curves(out / "curves.png", info["history"])
+    report = {
+        "best_epoch": info["best_epoch"],
+        "best_val_score": info["best_score"],
+        "epochs_run": info["epoch"],
+        "train_seconds": info["seconds"],
+        "n_train": len(train_ids),
+        "n_val": len(val_ids),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "nucleiseg": __version__,
+        "final": info["history"][-1] if info["history"] else None,
+    }
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    return out
