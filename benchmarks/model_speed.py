@@ -71,7 +71,9 @@ def measure_speed(name: str, size: int, warmup: int, repeats: int, channels_last
     }
 
 
-def measure_train(name: str, batch: int, size: int, warmup: int, repeats: int, channels_last: bool = False) -> dict[str, Any]:
+def measure_train(
+    name: str, batch: int, size: int, warmup: int, repeats: int, channels_last: bool = False
+) -> dict[str, Any]:
     """Training images/s of model ``name`` (forward, backward, Adam step) on random crops."""
     torch.manual_seed(0)
     model, x = _prepare(create_model(name).train(), torch.rand(batch, 3, size, size), channels_last)
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None, default_mode: str = "speed") -> dict[str
     for name in args.models.split(","):
         if train:
             results[name] = measure_train(name, args.batch, args.size, warmup, repeats, args.channels_last)
-            print(f"{name:8s} {results[name]['images_per_s']:7.2f} images/s  (step {results[name]['step_s_median']:.2f} s)", flush=True)
+            r = results[name]
+            print(f"{name:8s} {r['images_per_s']:7.2f} images/s  (step {r['step_s_median']:.2f} s)", flush=True)
         else:
             r = results[name] = measure_speed(name, args.size, warmup, repeats, args.channels_last)
             print(

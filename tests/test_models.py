@@ -22,6 +22,15 @@ SMALL: dict[str, dict] = {
 ARCHS = list(SMALL)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast and immune to oversubscription on shared CPUs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def small(name: str, in_channels: int = 3, out_channels: int = 3, seed: int = 0, **extra) -> torch.nn.Module:
     """A small, seeded instance of architecture ``name``."""
     torch.manual_seed(seed)
@@ -34,7 +43,9 @@ def test_list_models_matches_contract() -> None:
 
 
 @pytest.mark.parametrize("name", ARCHS)
-@pytest.mark.parametrize(("shape", "out_channels"), [((1, 3, 37, 53), 3), ((2, 1, 64, 64), 1), ((1, 4, 33, 20), 3), ((2, 3, 19, 41), 1)])
+@pytest.mark.parametrize(
+    ("shape", "out_channels"), [((1, 3, 37, 53), 3), ((2, 1, 64, 64), 1), ((1, 4, 33, 20), 3), ((2, 3, 19, 41), 1)]
+)
 def test_forward_backward_any_size(name: str, shape: tuple[int, int, int, int], out_channels: int) -> None:
     model = small(name, in_channels=shape[1], out_channels=out_channels).train()
     assert isinstance(model.stride, int) and model.stride >= 2
@@ -47,6 +58,32 @@ def test_forward_backward_any_size(name: str, shape: tuple[int, int, int, int], 
         assert p.grad is not None, f"{name}: no gradient for {pname}"
         assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient for {pname}"
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("unet", {"upsample": "bilinear", "batch_norm": False}),
+        ("unetpp", {"deep_supervision": True, "batch_norm": False}),
+        ("linknet", {"encoder_depth": 34}),
+        ("hrnet", {"stem_stride": 4, "num_blocks": 2}),
+        ("resunet", {"upsample": "transpose", "encoder_depth": 34}),
+    ],
+)
+def test_variants_forward_backward(name: str, extra: dict) -> None:
+    model = small(name, **extra).train()
+    y = model(torch.randn(2, 3, 37, 53))
+    assert y.shape == (2, 3, 37, 53)
+    y.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_unet_dropout_only_in_training() -> None:
+    model = small("unet", dropout=0.5)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.equal(model.train()(x), model(x))
+        assert torch.equal(model.eval()(x), model(x))
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -189,7 +226,8 @@ def test_weights_path_loads_encoder(name: str, tmp_path: Path) -> None:
     for key, value in source.encoder.state_dict().items():
         assert torch.equal(loaded.encoder.state_dict()[key], value), key
     other = small(name, seed=4)
-    assert not all(torch.equal(a, b) for a, b in zip(other.encoder.state_dict().values(), source.encoder.state_dict().values()))
+    pairs = zip(other.encoder.state_dict().values(), source.encoder.state_dict().values())
+    assert not all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_weights_path_prefix_classifier_and_errors(tmp_path: Path) -> None:
@@ -202,7 +240,8 @@ def test_weights_path_prefix_classifier_and_errors(tmp_path: Path) -> None:
     assert torch.equal(target.encoder.conv1.weight, source.encoder.conv1.weight)
 
     with_fc = tmp_path / "with_fc.safetensors"
-    save_file({**source.encoder.state_dict(), "fc.weight": torch.zeros(10, 64), "fc.bias": torch.zeros(10)}, str(with_fc))
+    classifier = {"fc.weight": torch.zeros(10, 64), "fc.bias": torch.zeros(10)}
+    save_file({**source.encoder.state_dict(), **classifier}, str(with_fc))
     small("linknet", weights_path=with_fc)  # a classifier head in the file is ignored
 
     with pytest.raises(ValueError, match="missing .*; unexpected "):

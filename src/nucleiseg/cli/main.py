@@ -202,6 +202,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="score a run folder on its validation split; tune post-processing thresholds",
+        description="Score RUN on the validation ids in its split.json: native scale with default and "
+        "tuned post-processing, optionally with TTA, and the full user pipeline. --tune grid-searches the "
+        "thresholds on the validation split and saves them as RUN/thresholds.json (loaded by default).",
+    )
+    p.add_argument("run", help="run folder from `nucleiseg train`")
+    p.add_argument("--data", default="../shared/data/dsb2018/stage1_train", help="DSB folder the run was trained on")
+    p.add_argument("--tune", action="store_true", help="tune and save thresholds.json")
+    p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the full-pipeline (rescaling) scores")
+    p.add_argument("--max-images", type=int, help="first N validation images only")
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Run ``nucleiseg validate``."""
+    from nucleiseg.training.evaluate import evaluate_run, format_results
+
+    results = evaluate_run(args.run, args.data, tune=args.tune, tta=args.tta, pipeline=not args.no_pipeline,
+                           max_images=args.max_images)
+    print(format_results(results))
+    print(f"written: {Path(results['run']) / 'evaluation.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``nucleiseg`` parser with every sub-command."""
     parser = argparse.ArgumentParser(
@@ -210,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nucleiseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_segment, _add_evaluate, _add_inspect, _add_train):
+    for add in (_add_segment, _add_evaluate, _add_inspect, _add_train, _add_validate):
         add(sub)
     return parser
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from nucleiseg.config import InferConfig, ModelBundleConfig, PostprocessConfig, load_json, to_dict
 from nucleiseg.inference.predictors import Predictor
-from nucleiseg.inference.scale import rescale_image, resize_labels, scale_factor
+from nucleiseg.inference.scale import rescale_image, resize_probabilities, scale_factor
 from nucleiseg.inference.tiling import predict_tiled
 from nucleiseg.inference.tta import multiscale_predictor, tta_predictor
 from nucleiseg.postprocess import classical_segment, estimate_diameter, probabilities_to_labels
@@ -32,8 +32,8 @@ class Result:
     ----------
     labels : ndarray of int32, shape (H, W)
         Instance labels 1..n, 0 is background, at the input's resolution.
-    probabilities : ndarray of float32, shape (K, h, w), or None
-        Network outputs (at the scale the network saw; None for the classical model).
+    probabilities : ndarray of float32, shape (K, H, W), or None
+        Network outputs at the input's resolution (None for the classical model).
     diameter : float or None
         Estimated (or given) typical nucleus diameter in input pixels.
     scale : float
@@ -139,7 +139,8 @@ class Segmenter:
         if tuned.is_file():
             config = replace(config, postprocess=load_json(PostprocessConfig, tuned))
         m = config.model
-        model = load_weights(create_model(m.arch, m.in_channels, m.out_channels, **m.params), weights)
+        params = {k: v for k, v in m.params.items() if k != "weights_path"}  # the full weights replace it
+        model = load_weights(create_model(m.arch, m.in_channels, m.out_channels, **params), weights)
         return cls(config, torch_predictor(model, device), int(getattr(model, "stride", 32)), config.name or folder.name, file_hash(weights))
 
     @property
@@ -214,9 +215,14 @@ class Segmenter:
             t = time.perf_counter()
             scaled = rescale_image(norm, factor) if factor != 1.0 else norm
             probs = self._probabilities(scaled, infer)
+            if factor != 1.0:  # back to the input's size, then post-process with sizes in input pixels
+                probs = resize_probabilities(probs, image.shape[:2])
+                area = 1.0 / factor**2
+                post = replace(
+                    post, min_size=max(1, round(post.min_size * area)),
+                    min_marker_size=max(1, round(post.min_marker_size * area)), diameter=post.diameter / factor,
+                )
             labels = probabilities_to_labels(probs, post)
-            if factor != 1.0:
-                labels = resize_labels(labels, image.shape[:2])
             timings["predict"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return Result(labels, probs if keep_probabilities else None, diameter, factor, timings)

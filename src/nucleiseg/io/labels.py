@@ -101,8 +101,14 @@ def _find_gt(image: Path) -> tuple[Path | None, str | None]:
 def _walk_images(root: Path) -> list[tuple[Path, Path]]:
     """``(image file, path it is named by)`` pairs under ``root``, recursively, sorted."""
     found: list[tuple[Path, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a symlink cycle or a folder linked twice
+            dirnames[:] = []
+            continue
+        visited.add(real)
         if here != root and dsb.is_dsb_sample(here):
             found.append((dsb.sample_image_path(here), here))
             dirnames[:] = []

@@ -10,4 +10,11 @@ from nucleiseg.models.blocks import SegmentationModel
 from nucleiseg.models.encoders import load_encoder_weights
 from nucleiseg.models.registry import count_parameters, create_model, list_models, model_params
 
-__all__ = ["SegmentationModel", "count_parameters", "create_model", "list_models", "load_encoder_weights", "model_params"]
+__all__ = [
+    "SegmentationModel",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "load_encoder_weights",
+    "model_params",
+]

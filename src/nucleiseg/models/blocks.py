@@ -113,7 +113,8 @@ class DoubleConv(nn.Sequential):
     """Two 3x3 conv-BN-ReLU units, optionally followed by ``Dropout2d`` (the U-Net block)."""
 
     def __init__(self, in_ch: int, out_ch: int, batch_norm: bool = True, dropout: float = 0.0) -> None:
-        layers = [*conv_bn_relu(in_ch, out_ch, batch_norm=batch_norm), *conv_bn_relu(out_ch, out_ch, batch_norm=batch_norm)]
+        layers = [*conv_bn_relu(in_ch, out_ch, batch_norm=batch_norm)]
+        layers += conv_bn_relu(out_ch, out_ch, batch_norm=batch_norm)
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
         super().__init__(*layers)
@@ -191,13 +192,17 @@ class DecoderBlock(nn.Module):
     ``"bilinear"`` uses bilinear resizing followed by a 1x1 convolution.
     """
 
-    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, upsample: str = "transpose", batch_norm: bool = True) -> None:
+    def __init__(
+        self, in_ch: int, skip_ch: int, out_ch: int, upsample: str = "transpose", batch_norm: bool = True
+    ) -> None:
         super().__init__()
         check_choice("upsample", upsample, UPSAMPLE_MODES)
         if upsample == "transpose":
             self.up: nn.Module = nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2)
         else:
-            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(in_ch, out_ch, 1))
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(in_ch, out_ch, 1)
+            )
         self.conv = DoubleConv(out_ch + skip_ch, out_ch, batch_norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -222,7 +227,11 @@ class UNetDecoder(nn.Module):
     """
 
     def __init__(
-        self, encoder_channels: Sequence[int], decoder_channels: Sequence[int], upsample: str = "transpose", batch_norm: bool = True
+        self,
+        encoder_channels: Sequence[int],
+        decoder_channels: Sequence[int],
+        upsample: str = "transpose",
+        batch_norm: bool = True,
     ) -> None:
         super().__init__()
         if len(decoder_channels) != len(encoder_channels) - 1:

@@ -45,7 +45,9 @@ class PlainEncoder(nn.Module):
         ``Dropout2d`` probability after the deepest level (the end of the contracting path).
     """
 
-    def __init__(self, in_channels: int, depth: int = 4, base_channels: int = 32, batch_norm: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_channels: int, depth: int = 4, base_channels: int = 32, batch_norm: bool = True, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         check_int("depth", depth, 2, 6)
         check_int("base_channels", base_channels, 1)
@@ -169,5 +171,6 @@ def load_encoder_weights(encoder: nn.Module, weights_path: str | Path) -> None:
         )
     for key, value in own.items():
         if state[key].shape != value.shape:
-            raise ValueError(f"{path}: shape of {key} is {tuple(state[key].shape)} in the file but {tuple(value.shape)} in the model")
+            found, wanted = tuple(state[key].shape), tuple(value.shape)
+            raise ValueError(f"{path}: shape of {key} is {found} in the file but {wanted} in the model")
     encoder.load_state_dict(state, strict=True)

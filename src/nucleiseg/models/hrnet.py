@@ -45,7 +45,9 @@ class HRModule(nn.Module):
         # Branch j feeds branch i through i - j strided convs (j higher resolution) or a 1x1 conv.
         self.fuse = nn.ModuleList(
             [
-                nn.ModuleList([nn.Identity() if j == i else _fuse_layer(cj, ci, i - j) for j, cj in enumerate(channels)])
+                nn.ModuleList(
+                    [nn.Identity() if j == i else _fuse_layer(cj, ci, i - j) for j, cj in enumerate(channels)]
+                )
                 for i, ci in enumerate(channels)
             ]
         )
@@ -71,7 +73,9 @@ class HRNetBackbone(nn.Module):
     ``out_channels = width * [1, 2, 4, 8]`` at ``reductions = stem_stride * [1, 2, 4, 8]``.
     """
 
-    def __init__(self, in_channels: int, width: int, num_blocks: int, num_modules: Sequence[int], stem_stride: int) -> None:
+    def __init__(
+        self, in_channels: int, width: int, num_blocks: int, num_modules: Sequence[int], stem_stride: int
+    ) -> None:
         super().__init__()
         stem_ch = 2 * width
         self.stem = nn.Sequential(

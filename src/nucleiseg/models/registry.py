@@ -80,7 +80,9 @@ def create_model(name: str, in_channels: int = 3, out_channels: int = 3, **param
     allowed = model_params(name)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown parameter(s) for model {name!r}: {', '.join(unknown)}; accepted: {', '.join(allowed)}")
+        raise ValueError(
+            f"unknown parameter(s) for model {name!r}: {', '.join(unknown)}; accepted: {', '.join(allowed)}"
+        )
     check_int("in_channels", in_channels, 1)
     check_int("out_channels", out_channels, 1)
     return builder(in_channels, out_channels, **params)

@@ -8,7 +8,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nucleiseg.models.blocks import UPSAMPLE_MODES, DoubleConv, SegmentationModel, UNetDecoder, check_choice, check_float, check_int
+from nucleiseg.models.blocks import (
+    UPSAMPLE_MODES,
+    DoubleConv,
+    SegmentationModel,
+    UNetDecoder,
+    check_choice,
+    check_float,
+    check_int,
+)
 from nucleiseg.models.encoders import ResNetEncoder, load_encoder_weights
 
 

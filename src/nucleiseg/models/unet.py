@@ -53,7 +53,8 @@ class UNet(SegmentationModel):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride = 2 ** (depth - 1)
         self.encoder = PlainEncoder(in_channels, depth, base_channels, bool(batch_norm), dropout)
-        self.decoder = UNetDecoder(self.encoder.out_channels, self.encoder.out_channels[-2::-1], upsample, bool(batch_norm))
+        skips = self.encoder.out_channels
+        self.decoder = UNetDecoder(skips, skips[-2::-1], upsample, bool(batch_norm))
         self.head = nn.Conv2d(self.decoder.out_channels, out_channels, 1)
         if weights_path is not None:
             load_encoder_weights(self.encoder, weights_path)

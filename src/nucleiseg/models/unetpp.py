@@ -79,7 +79,11 @@ class UNetPlusPlus(SegmentationModel):
         self.encoder = PlainEncoder(in_channels, depth, base_channels, bool(batch_norm))
         ch = self.encoder.out_channels
         self.nodes = nn.ModuleDict(
-            {f"x{i}_{j}": DoubleConv(ch[i] * j + ch[i + 1], ch[i], bool(batch_norm)) for j in range(1, depth) for i in range(depth - j)}
+            {
+                f"x{i}_{j}": DoubleConv(ch[i] * j + ch[i + 1], ch[i], bool(batch_norm))
+                for j in range(1, depth)
+                for i in range(depth - j)
+            }
         )
         self.heads = nn.ModuleList([nn.Conv2d(ch[0], out_channels, 1) for _ in range(n_heads)])
         if weights_path is not None:

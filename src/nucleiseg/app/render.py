@@ -1,0 +1,299 @@
+"""The web app's work off the event loop: decode uploads, segment, and build responses.
+
+Uploaded bytes are decoded through :func:`nucleiseg.io.read_image` from a private temporary
+folder that is removed before the function returns; error messages name the uploaded file, never
+a path on the server. Images in JSON responses are base64-encoded PNGs (labels as 16-bit gray).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+import tempfile
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException
+from PIL import Image
+from skimage.measure import label as connected_components
+
+from nucleiseg.config import InferConfig, PostprocessConfig
+from nucleiseg.inference.batch import versions
+from nucleiseg.inference.segmenter import Result, Segmenter
+from nucleiseg.io.dsb import merge_masks
+from nucleiseg.io.images import ImageReadError, read_image, read_labels, to_uint8_rgb, write_labels
+from nucleiseg.io.outputs import difference_overlay, measure, overlay_outlines
+from nucleiseg.metrics import match_labels, pixel_metrics
+from nucleiseg.app.limits import api_error, scrub
+
+__all__ = [
+    "Options",
+    "Upload",
+    "evaluate_job",
+    "png_base64",
+    "png_bytes",
+    "segment_job",
+    "zip_job",
+]
+
+#: Most mask files accepted in a ground-truth ZIP.
+MAX_ZIP_MASKS = 10_000
+_PIXEL_CAP_PHRASE = "more than the limit"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: its (sanitised) name, content and sniffed kind."""
+
+    name: str
+    data: bytes
+    kind: str
+
+
+@dataclass(frozen=True)
+class Options:
+    """Per-request settings from the form (None keeps the model's own value)."""
+
+    tta: bool = False
+    threshold: float | None = None
+    min_size: int | None = None
+    diameter: float | None = None
+
+    def configs(self, segmenter: Segmenter) -> tuple[InferConfig, PostprocessConfig]:
+        """The model's inference and post-processing settings with these overrides."""
+        infer = replace(segmenter.config.infer, tta=self.tta or segmenter.config.infer.tta)
+        if self.diameter is not None:
+            infer = replace(infer, diameter=self.diameter)
+        post = segmenter.config.postprocess
+        if self.threshold is not None:
+            post = replace(post, threshold=self.threshold)
+        if self.min_size is not None:
+            post = replace(post, min_size=self.min_size)
+        return infer, post
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """Encode a ``uint8`` RGB/gray or ``uint16`` gray array as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def png_base64(array: np.ndarray) -> str:
+    """:func:`png_bytes` as a base64 ASCII string."""
+    return base64.b64encode(png_bytes(array)).decode("ascii")
+
+
+def _read_error(exc: ImageReadError, name: str, field: str, folder: Path, entry: str | None = None) -> HTTPException:
+    """413 for the pixel cap, 422 for everything else, naming the upload instead of the temp file."""
+    status = 413 if _PIXEL_CAP_PHRASE in exc.problem else 422
+    where = f"{field} '{name}'" + (f": {entry}" if entry else "")
+    return api_error(status, f"{where}: {scrub(exc.problem, folder, '')}")
+
+
+def decode_image(upload: Upload, max_pixels: int, field: str = "file") -> np.ndarray:
+    """Decode an uploaded image (gray or RGB array, dtype kept) or raise 413/422."""
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-app-") as tmp:
+        path = Path(tmp) / f"upload.{upload.kind}"
+        path.write_bytes(upload.data)
+        try:
+            return read_image(path, max_pixels=max_pixels)
+        except ImageReadError as exc:
+            raise _read_error(exc, upload.name, field, Path(tmp)) from None
+
+
+def _binary_to_instances(labels: np.ndarray) -> np.ndarray:
+    """A binary (0/1) label image is split into connected components, as the CLI does."""
+    if labels.size and labels.max() == 1:
+        return connected_components(labels, connectivity=1).astype(np.int32)
+    return labels
+
+
+def decode_ground_truth(upload: Upload, shape: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Ground-truth labels from a label image or a ZIP of binary per-nucleus mask images.
+
+    Raises 422 when the file cannot be read, holds no masks, or its shape differs from ``shape``.
+    """
+    field = "gt_zip" if upload.kind == "zip" else "gt"
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-app-") as tmp:
+        folder = Path(tmp)
+        try:
+            if upload.kind != "zip":
+                path = folder / f"gt.{upload.kind}"
+                path.write_bytes(upload.data)
+                labels = _binary_to_instances(read_labels(path, max_pixels=max_pixels))
+            else:
+                labels = _merge_zip(upload, folder, shape)
+        except ImageReadError as exc:
+            entry = exc.path.name.split("_", 1)[-1] if upload.kind == "zip" else None
+            raise _read_error(exc, upload.name, field, folder, entry) from None
+    if labels.shape != tuple(shape):
+        raise api_error(422, f"{field} '{upload.name}' has shape {labels.shape}, the image has shape {tuple(shape)}")
+    return labels
+
+
+def _merge_zip(upload: Upload, folder: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Extract the mask images of a ZIP (names only, no folders) and merge them into labels."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(upload.data))
+    except zipfile.BadZipFile:
+        raise api_error(422, f"gt_zip '{upload.name}' is not a readable ZIP file") from None
+    with archive:
+        members = [
+            info for info in archive.infolist()
+            if not info.is_dir() and not Path(info.filename).name.startswith(".")
+            and Path(info.filename).suffix.lower() in (".png", ".tif", ".tiff", ".bmp")
+        ]
+        if not members:
+            raise api_error(422, f"gt_zip '{upload.name}' holds no PNG, TIFF or BMP mask images")
+        if len(members) > MAX_ZIP_MASKS:
+            raise api_error(413, f"gt_zip '{upload.name}' holds {len(members)} masks, more than {MAX_ZIP_MASKS}")
+        # A binary mask compresses extremely well; refuse members that expand past a generous bound.
+        budget = 64 + 8 * shape[0] * shape[1]
+        paths = []
+        for k, info in enumerate(sorted(members, key=lambda i: i.filename)):
+            entry = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(info.filename).name)[-100:]
+            if info.file_size > budget:
+                raise api_error(413, f"gt_zip '{upload.name}': {entry} expands to {info.file_size} bytes")
+            path = folder / f"{k:06d}_{entry}"
+            try:
+                with archive.open(info) as src:
+                    data = src.read(budget + 1)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as exc:
+                raise api_error(422, f"gt_zip '{upload.name}': cannot extract {entry} ({exc})") from None
+            if len(data) > budget:
+                raise api_error(413, f"gt_zip '{upload.name}': {entry} expands past {budget} bytes")
+            path.write_bytes(data)
+            paths.append(path)
+    labels, _ = merge_masks(paths, shape)
+    return labels
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe number: numpy scalars to Python, NaN/inf to None, floats rounded to 4 places."""
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return round(value, 4) if math.isfinite(value) else None
+    return value
+
+
+def _run(segmenter: Segmenter, image: np.ndarray, options: Options) -> tuple[Result, dict[str, Any]]:
+    infer, post = options.configs(segmenter)
+    result = segmenter.segment(image, infer, post, keep_probabilities=False)
+    return result, segmenter.describe(infer, post)
+
+
+def segment_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: int) -> dict[str, Any]:
+    """Decode, segment and render one upload into the ``/api/segment`` JSON payload."""
+    t0 = time.perf_counter()
+    image = decode_image(upload, max_pixels)
+    t_decode = time.perf_counter() - t0
+    result, described = _run(segmenter, image, options)
+    t1 = time.perf_counter()
+    labels = result.labels
+    rgb = to_uint8_rgb(image)
+    table = measure(labels, image)
+    top = int(labels.max()) if labels.size else 0
+    payload: dict[str, Any] = {
+        "name": upload.name,
+        "count": result.count,
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "channels": 1 if image.ndim == 2 else int(image.shape[2]),
+        "dtype": str(image.dtype),
+        "diameter": _clean(result.diameter),
+        "scale": _clean(result.scale),
+        "model": described["model"],
+        "model_hash": described["model_hash"],
+        "settings": {"infer": described["infer"], "postprocess": described["postprocess"]},
+        "measurements": [{k: _clean(v) for k, v in row.items()} for row in table.to_dict(orient="records")],
+        "measurements_csv": table.to_csv(index=False),
+        "image_png": png_base64(rgb),
+        "overlay_png": png_base64(overlay_outlines(rgb, labels)),
+        "labels_png": png_base64(labels.astype(np.uint16)) if top <= 65535 else None,
+    }
+    timings = {k: round(float(v), 4) for k, v in result.timings.items()}
+    timings.update(decode=round(t_decode, 4), render=round(time.perf_counter() - t1, 4), total_server=round(time.perf_counter() - t0, 4))
+    payload["timings"] = timings
+    return payload
+
+
+def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: int) -> bytes:
+    """Decode and segment one upload; return a ZIP with labels TIFF, overlay, CSV and run.json."""
+    t0 = time.perf_counter()
+    image = decode_image(upload, max_pixels)
+    result, described = _run(segmenter, image, options)
+    rgb = to_uint8_rgb(image)
+    name = upload.name
+    sidecar = {
+        **described,
+        "versions": versions(),
+        "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0]), "dtype": str(image.dtype)},
+        "count": result.count,
+        "diameter": _clean(result.diameter),
+        "scale": _clean(result.scale),
+        "timings": {k: round(float(v), 4) for k, v in result.timings.items()} | {"total_server": round(time.perf_counter() - t0, 4)},
+    }
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-app-") as tmp:
+        tif = Path(tmp) / f"{name}_masks.tif"
+        write_labels(tif, result.labels)
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.write(tif, tif.name)
+            zf.writestr(f"{name}_overlay.png", png_bytes(overlay_outlines(rgb, result.labels)))
+            zf.writestr(f"{name}_measurements.csv", measure(result.labels, image).to_csv(index=False))
+            zf.writestr("run.json", json.dumps(sidecar, indent=2))
+    return buf.getvalue()
+
+
+def evaluate_job(
+    segmenter: Segmenter, upload: Upload, truth: Upload, options: Options, max_pixels: int
+) -> dict[str, Any]:
+    """Segment an upload and score it against uploaded ground truth (``/api/evaluate`` payload)."""
+    t0 = time.perf_counter()
+    image = decode_image(upload, max_pixels)
+    true = decode_ground_truth(truth, image.shape[:2], max_pixels)
+    result, described = _run(segmenter, image, options)
+    pred = result.labels
+    match = match_labels(true, pred)
+    pixels = pixel_metrics(true, pred)
+    per_threshold = [
+        {"threshold": _clean(t), "tp": int(tp), "fp": int(fp), "fn": int(fn), "score": _clean(s)}
+        for t, tp, fp, fn, s in zip(match.thresholds, match.tp, match.fp, match.fn, match.score, strict=True)
+    ]
+    return {
+        "name": upload.name,
+        "gt_name": truth.name,
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "model": described["model"],
+        "model_hash": described["model_hash"],
+        "n_true": match.n_true,
+        "n_pred": match.n_pred,
+        "count": result.count,
+        "competition_score": _clean(match.competition_score),
+        "ap50": _clean(match.ap50),
+        "f1": _clean(match.f1_50),
+        "precision": _clean(match.precision50),
+        "recall": _clean(match.recall50),
+        "pq": _clean(match.panoptic_quality),
+        "mean_matched_iou": _clean(match.mean_matched_iou),
+        "tp": match.tp50,
+        "fp": match.fp50,
+        "fn": match.fn50,
+        "per_threshold": per_threshold,
+        "pixel": {k: _clean(v) for k, v in pixels.items()},
+        "diff_png": png_base64(difference_overlay(image, true, pred)),
+        "overlay_png": png_base64(overlay_outlines(to_uint8_rgb(image), pred)),
+        "timings": {"total_server": round(time.perf_counter() - t0, 4)},
+    }

@@ -1,0 +1,278 @@
+"""The nucleiseg web app: a single page plus a small JSON API, served by FastAPI on uvicorn.
+
+Endpoints
+---------
+``GET /``
+    The page (``static/index.html``); its script and styles are under ``/static`` (no CDN).
+``POST /api/segment``
+    Multipart form: ``file`` (PNG, TIFF, JPEG or BMP, judged by content) and optional
+    ``tta`` (bool), ``threshold`` (0 < t < 1), ``min_size`` (pixels >= 0), ``diameter``
+    (pixels > 0). Returns JSON ``{name, count, width, height, channels, dtype, diameter, scale,
+    model, model_hash, settings, measurements: [row, ...], measurements_csv, timings,
+    image_png, overlay_png, labels_png}``; the three images are base64-encoded PNGs: the
+    image scaled to 8-bit RGB for display, the outlines drawn on it, and the labels as a 16-bit
+    gray PNG whose pixel values are the nucleus ids 1..count (``null`` beyond 65,535 nuclei: use
+    the ZIP). With ``?format=zip`` the answer is a ZIP holding ``<name>_masks.tif``,
+    ``<name>_overlay.png``, ``<name>_measurements.csv`` and ``run.json``.
+``POST /api/evaluate``
+    ``file`` plus the ground truth as ``gt`` (label image; a binary mask is split into connected
+    components) or ``gt_zip`` (ZIP of binary per-nucleus mask images), and the same options.
+    Returns the competition score (mean over IoU 0.50..0.95 of TP/(TP+FP+FN)), ``ap50``, ``f1``,
+    ``precision``, ``recall``, ``pq``, TP/FP/FN at IoU 0.5, ``per_threshold`` rows, pixel
+    metrics and ``diff_png`` (extra predicted pixels blue, missed pixels red).
+``GET /api/models``, ``GET /api/health``
+    The model in use and the bundled ones; liveness, load and limits.
+
+Errors are JSON ``{"error": "<one line>"}``: 413 (too large), 415 (not an image), 422 (bad
+form or undecodable file), 503 (queue full), 500 (unexpected; details only in the server log).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nucleiseg import __version__
+from nucleiseg.app.limits import MULTIPART_SLACK, AppSettings, BodySizeLimit, RequestGate, api_error, read_upload, safe_name
+from nucleiseg.app.render import Options, Upload, evaluate_job, segment_job, zip_job
+from nucleiseg.inference.segmenter import CLASSICAL, WEIGHTS_DIR, Segmenter
+
+__all__ = ["AppSettings", "ModelHolder", "available_models", "create_app", "load_segmenter"]
+
+log = logging.getLogger("nucleiseg.app")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+IMAGE_KINDS = ("png", "tiff", "jpeg", "bmp")
+_ABS_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+([\w.-]+)")
+_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
+)
+
+# Form fields shared by both endpoints (module level: FastAPI resolves annotations in these globals).
+ThresholdField = Annotated[float | None, Form(gt=0.0, lt=1.0, allow_inf_nan=False, description="foreground probability threshold")]
+MinSizeField = Annotated[int | None, Form(ge=0, le=10_000_000, description="remove nuclei smaller than this (pixels)")]
+DiameterField = Annotated[float | None, Form(gt=0.0, le=10_000.0, allow_inf_nan=False, description="nucleus diameter in pixels")]
+TtaField = Annotated[bool, Form(description="average the 8 flips/rotations")]
+
+
+def available_models() -> list[str]:
+    """Names of the bundled models plus ``"classical"``."""
+    names = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file()) if WEIGHTS_DIR.is_dir() else []
+    return names + [CLASSICAL]
+
+
+def load_segmenter(model: str | Path = "default", device: str = "cpu") -> Segmenter:
+    """Load a model; ``"default"`` falls back to ``"classical"`` (logged) while none is bundled.
+
+    Raises
+    ------
+    FileNotFoundError
+        Any other name or folder that holds no model.
+    """
+    try:
+        return Segmenter.from_pretrained(model, device=device)
+    except FileNotFoundError:
+        if str(model) != "default":
+            raise
+        log.warning("no bundled 'default' model yet: serving the classical (network-free) model instead")
+        return Segmenter.from_pretrained(CLASSICAL)
+
+
+class ModelHolder:
+    """Load the model once, on first use (the app's startup warms it), and share it."""
+
+    def __init__(self, model: str, device: str, segmenter: Segmenter | None = None) -> None:
+        self.model = model
+        self.device = device
+        self._segmenter = segmenter
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> Segmenter | None:
+        """The model if it has been loaded, else None."""
+        return self._segmenter
+
+    def get(self) -> Segmenter:
+        """The shared model (loaded on the first call; thread-safe)."""
+        if self._segmenter is None:
+            with self._lock:
+                if self._segmenter is None:
+                    self._segmenter = load_segmenter(self.model, self.device)
+        return self._segmenter
+
+
+def _no_paths(text: str) -> str:
+    """Replace absolute paths in a message by their last component."""
+    return _ABS_PATH.sub(lambda m: m.group(1), " ".join(str(text).split()))
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """One line naming each bad or missing field (input values are not echoed)."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
+        field = ".".join(loc) or "request"
+        if err.get("type") == "missing":
+            parts.append(f"missing form field '{field}'")
+        else:
+            parts.append(f"{field}: {err.get('msg', 'invalid value')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": _no_paths(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s", request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
+
+def create_app(
+    model: str | Path | None = None,
+    settings: AppSettings | None = None,
+    segmenter: Segmenter | None = None,
+) -> FastAPI:
+    """Build the web app.
+
+    Parameters
+    ----------
+    model : str or Path, optional
+        Bundled model name, run folder or ``"classical"``; overrides ``settings.model``
+        (whose default is ``"default"``).
+    settings : AppSettings, optional
+        Upload, pixel and queue limits.
+    segmenter : Segmenter, optional
+        Use this already-built model instead of loading one (tests inject slow or failing
+        models this way).
+
+    Returns
+    -------
+    FastAPI
+        Serve with ``uvicorn.run(app)``; the model is loaded at startup in a worker thread.
+    """
+    settings = settings or AppSettings()
+    if model is not None:
+        settings = replace(settings, model=str(model))
+    holder = ModelHolder(settings.model, settings.device, segmenter)
+    gate = RequestGate(settings.max_concurrency, settings.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(holder.get)
+        yield
+
+    app = FastAPI(
+        title="nucleiseg", version=__version__, lifespan=lifespan,
+        docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
+    )
+    app.state.settings, app.state.gate, app.state.models = settings, gate, holder
+    one_file = settings.max_upload_bytes + MULTIPART_SLACK
+    app.add_middleware(BodySizeLimit, limits={"/api/evaluate": 2 * settings.max_upload_bytes + MULTIPART_SLACK}, default=one_file)
+    _install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    async def process(job: Any, *args: Any) -> Any:
+        """Admit the request (503 when full) and run ``job(segmenter, *args)`` in a worker."""
+        gate.admit()
+        try:
+            return await gate.run(lambda: job(holder.get(), *args, settings.max_pixels))
+        finally:
+            gate.release()
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache"})
+
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        """Liveness, load and limits."""
+        loaded = holder.loaded
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": None if loaded is None else loaded.name,
+            "model_loaded": loaded is not None,
+            "in_flight": gate.in_flight,
+            "waiting": gate.waiting,
+            "limits": {
+                "max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
+                "max_concurrency": settings.max_concurrency, "max_queue": settings.max_queue,
+            },
+        }
+
+    @app.get("/api/models")
+    async def models() -> dict[str, Any]:
+        """The model in use (loading it if needed) and the models that could be served."""
+        seg = await anyio.to_thread.run_sync(holder.get)
+        return {
+            "requested": settings.model,
+            "loaded": {"name": seg.name, "model_hash": seg.model_hash, "arch": None if seg.is_classical else seg.config.model.arch},
+            "available": available_models(),
+        }
+
+    @app.post("/api/segment", response_model=None)
+    async def segment(
+        file: Annotated[UploadFile, File(description="image: PNG, TIFF, JPEG or BMP")],
+        tta: TtaField = False,
+        threshold: ThresholdField = None,
+        min_size: MinSizeField = None,
+        diameter: DiameterField = None,
+        format: Annotated[Literal["json", "zip"], Query(description="json (default) or zip")] = "json",
+    ) -> dict[str, Any] | Response:
+        """Segment one image; JSON with base64 PNGs, or a ZIP with ``?format=zip``."""
+        data, kind = await read_upload(file, settings.max_upload_bytes, "file", IMAGE_KINDS)
+        upload = Upload(_upload_name(file), data, kind)
+        options = Options(tta, threshold, min_size, diameter)
+        if format == "zip":
+            content = await process(zip_job, upload, options)
+            disposition = f'attachment; filename="{upload.name}_nucleiseg.zip"'
+            return Response(content, media_type="application/zip", headers={"Content-Disposition": disposition})
+        return await process(segment_job, upload, options)
+
+    @app.post("/api/evaluate")
+    async def evaluate(
+        file: Annotated[UploadFile, File(description="image: PNG, TIFF, JPEG or BMP")],
+        gt: Annotated[UploadFile | None, File(description="ground-truth label image")] = None,
+        gt_zip: Annotated[UploadFile | None, File(description="ZIP of binary per-nucleus mask images")] = None,
+        tta: TtaField = False,
+        threshold: ThresholdField = None,
+        min_size: MinSizeField = None,
+        diameter: DiameterField = None,
+    ) -> dict[str, Any]:
+        """Segment one image and score it against its ground truth."""
+        if (gt is None) == (gt_zip is None):
+            raise api_error(422, "send the ground truth as exactly one of 'gt' (label image) or 'gt_zip' (ZIP of masks)")
+        data, kind = await read_upload(file, settings.max_upload_bytes, "file", IMAGE_KINDS)
+        upload = Upload(_upload_name(file), data, kind)
+        truth_file, field = (gt, "gt") if gt is not None else (gt_zip, "gt_zip")
+        allowed = (*IMAGE_KINDS, "zip") if field == "gt" else ("zip",)
+        truth_data, truth_kind = await read_upload(truth_file, settings.max_upload_bytes, field, allowed)
+        truth = Upload(_upload_name(truth_file, field), truth_data, truth_kind)
+        return await process(evaluate_job, upload, truth, Options(tta, threshold, min_size, diameter))
+
+    return app
+
+
+def _upload_name(upload: UploadFile | None, default: str = "image") -> str:
+    """The upload's sanitised file stem (see :func:`~nucleiseg.app.limits.safe_name`)."""
+    return safe_name(upload.filename if upload is not None else None, default)

@@ -1,0 +1,317 @@
+"""Export a trained model folder to ONNX (fp32, fp16 weights or int8) and check it against PyTorch.
+
+The exported graph takes a normalised ``(B, C, H, W)`` float32 batch (dynamic batch, height and
+width; sides divisible by the model's stride, as the tiler provides) and returns sigmoid
+probabilities ``(B, K, H, W)``, so ONNX Runtime's output equals the PyTorch predictor's. The
+model's stride, configuration and weights hash go into the ONNX metadata
+(:data:`nucleiseg.export.runtime.META`), so an ``.onnx`` file is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from nucleiseg import __version__
+from nucleiseg.config import ModelBundleConfig, PostprocessConfig, load_json, to_dict
+from nucleiseg.export.quantize import INT8_MODES, calibration_crops, calibration_images, convert_fp16, quantize_int8
+from nucleiseg.export.runtime import META, ONNX_NAME, onnx_predictor
+from nucleiseg.io.atomic import atomic_path
+
+__all__ = [
+    "ProbabilityModel", "check_parity", "default_image_source", "default_out_path", "export_onnx", "format_parity",
+    "load_torch_model",
+]
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+REPO = Path(__file__).resolve().parents[3]
+# Largest side of the real images used by the parity check (keeps it to seconds on a CPU).
+PARITY_MAX_SIDE = 512
+
+
+class ProbabilityModel(nn.Module):
+    """Wrap a logits model so that it returns sigmoid probabilities."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.stride = int(getattr(model, "stride", 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(B, K, H, W)``."""
+        return torch.sigmoid(self.model(x))
+
+
+def load_torch_model(name_or_path: str | Path) -> tuple[nn.Module, ModelBundleConfig, Path, str]:
+    """Rebuild a trained model in eval mode.
+
+    Returns
+    -------
+    tuple
+        ``(model, config, folder, weights_hash)``; ``config`` has ``thresholds.json`` applied.
+    """
+    from nucleiseg.inference.segmenter import resolve_model_dir
+    from nucleiseg.models import create_model
+    from nucleiseg.training.checkpoint import file_hash, load_weights
+
+    folder = resolve_model_dir(name_or_path)
+    config = load_json(ModelBundleConfig, folder / "config.json")
+    tuned = folder / "thresholds.json"
+    if tuned.is_file():
+        config = replace(config, postprocess=load_json(PostprocessConfig, tuned))
+    weights = folder / "weights.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: weights file missing")
+    m = config.model
+    model = load_weights(create_model(m.arch, m.in_channels, m.out_channels, **m.params), weights)
+    return model.eval(), config, folder, file_hash(weights)
+
+
+def default_image_source(folder: str | Path | None = None) -> Path:
+    """Where real images come from when none are given.
+
+    In order: ``$NUCLEISEG_DSB``; the ``data`` folder recorded in the run's ``train.json``
+    (relative to the working directory or the repository); the DSB folder beside the
+    repository; the repository's ``examples/``.
+    """
+    candidates: list[Path] = []
+    if os.environ.get("NUCLEISEG_DSB"):
+        candidates.append(Path(os.environ["NUCLEISEG_DSB"]))
+    train = Path(folder) / "train.json" if folder is not None else None
+    if train is not None and train.is_file():
+        data = json.loads(train.read_text(encoding="utf-8")).get("data")
+        if data:
+            candidates += [Path(data), REPO / data]
+    candidates += [REPO.parent / "shared" / "data" / "dsb2018" / "stage1_train", REPO / "examples"]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError("no image folder found for calibration/checks; pass one explicitly")
+
+
+def _export_graph(model: nn.Module, path: Path, opset: int, in_channels: int) -> None:
+    """``torch.onnx.export`` (TorchScript exporter: the dynamo one needs onnxscript) with dynamic axes."""
+    wrapped = ProbabilityModel(model).eval()
+    side = max(wrapped.stride, 64 // wrapped.stride * wrapped.stride)
+    dummy = torch.rand(1, in_channels, side, side)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    # The legacy exporter warns that it is deprecated; that is expected here and must not
+    # reach callers (tests run with warnings as errors).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped, (dummy,), str(path), opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+            do_constant_folding=True, dynamo=False,
+        )
+
+
+def export_onnx(
+    model_dir_or_name: str | Path,
+    out_path: str | Path,
+    fp16: bool = False,
+    int8: bool = False,
+    calib_images: int = 32,
+    opset: int = 17,
+    int8_mode: str = "static",
+    calib_source: str | Path | None = None,
+    seed: int = 0,
+) -> Path:
+    """Export a model folder (or bundled name) to ONNX, optionally fp16 or int8; atomic write.
+
+    Parameters
+    ----------
+    model_dir_or_name : str or Path
+        Run folder with ``config.json`` + ``weights.safetensors``, or a bundled model name.
+    out_path : path
+        Destination ``.onnx`` file.
+    fp16 : bool
+        Store weights as float16 (half the size; compute stays float32).
+    int8 : bool
+        Quantize to int8 (per-channel weights; see ``int8_mode``).
+    calib_images : int
+        Number of normalised 256x256 training crops for static int8 calibration.
+    opset : int
+        ONNX opset.
+    int8_mode : {"static", "dynamic"}
+        Static QDQ quantization calibrated on crops, or dynamic (weights only).
+    calib_source : path, optional
+        DSB root or image folder for calibration (default :func:`default_image_source`);
+        with a run's ``split.json`` only training images are used.
+    seed : int
+        Seed of the crop positions.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+    """
+    if fp16 and int8:
+        raise ValueError("choose fp16 or int8, not both")
+    if int8 and int8_mode not in INT8_MODES:
+        raise ValueError(f"int8 mode must be one of {', '.join(INT8_MODES)}, got {int8_mode!r}")
+    out = Path(out_path)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"{out}: the output file must end in .onnx")
+    model, config, folder, weights_hash = load_torch_model(model_dir_or_name)
+    precision = "fp16" if fp16 else f"int8-{int8_mode}" if int8 else "fp32"
+    meta = {
+        META["config"]: json.dumps(to_dict(config), sort_keys=True),
+        META["stride"]: str(int(getattr(model, "stride", 32))),
+        META["weights_hash"]: weights_hash,
+        META["precision"]: precision,
+        META["source"]: str(folder.resolve()),
+        META["version"]: __version__,
+    }
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-export-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        _export_graph(model, fp32, opset, config.model.in_channels)
+        if int8:
+            crops = None
+            if int8_mode == "static":
+                source = Path(calib_source) if calib_source is not None else default_image_source(folder)
+                paths = calibration_images(source, folder / "split.json")
+                crops = calibration_crops(paths, calib_images, config.normalize, seed=seed)
+            proto = onnx.load(str(quantize_int8(fp32, Path(tmp) / "int8.onnx", crops, int8_mode, INPUT_NAME)))
+        else:
+            proto = onnx.load(str(fp32))
+            if fp16:
+                proto = convert_fp16(proto)
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, meta)
+        proto.producer_name = "nucleiseg"
+        proto.producer_version = __version__
+        with atomic_path(out) as dst:
+            onnx.save(proto, str(dst))
+    return out
+
+
+def _center_crop(array: np.ndarray, side: int) -> np.ndarray:
+    """Central crop to at most ``side`` x ``side`` pixels."""
+    h, w = array.shape[:2]
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return array[y0 : y0 + min(h, side), x0 : x0 + min(w, side)]
+
+
+def _parity_items(folder: Path, source: Path, count: int) -> list[Any]:
+    """Validation items (the run's ``split.json`` ``val`` ids when present), first ``count``."""
+    from nucleiseg.io.labels import discover_inputs
+
+    items = discover_inputs([source])
+    split = folder / "split.json"
+    if split.is_file():
+        val = set(json.loads(split.read_text(encoding="utf-8")).get("val", []))
+        chosen = [it for it in items if it.id in val]
+        items = chosen or items
+    return items[:count]
+
+
+def check_parity(
+    model_dir_or_name: str | Path,
+    onnx_path: str | Path,
+    images: str | Path | None = None,
+    n_images: int = 3,
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare an exported model with PyTorch on random inputs and real validation images.
+
+    Random inputs of two sizes test the dynamic axes; real images (central crops of at most
+    512 pixels) are predicted with the model's tiling settings, post-processed with its
+    configuration and scored against their ground truth with the competition metric.
+
+    Returns
+    -------
+    dict
+        ``max_abs_diff_random``, ``max_abs_diff_real``, ``mean_abs_diff_real``,
+        ``score_torch``, ``score_onnx``, ``score_diff`` (None without ground truth),
+        ``label_agreement`` (competition score of the ONNX labels against the torch labels),
+        ``images``, ``onnx_bytes`` and ``precision``.
+    """
+    from nucleiseg.inference.predictors import torch_predictor
+    from nucleiseg.inference.tiling import predict_tiled
+    from nucleiseg.io.images import read_image
+    from nucleiseg.io.labels import load_item_gt
+    from nucleiseg.metrics import match_labels
+    from nucleiseg.postprocess import probabilities_to_labels
+    from nucleiseg.transforms import normalize_image
+
+    model, config, folder, _ = load_torch_model(model_dir_or_name)
+    ref = torch_predictor(model)
+    ort = onnx_predictor(onnx_path, threads)
+    stride = ort.stride
+    rng = np.random.default_rng(seed)
+    channels = config.model.in_channels
+    random_diff = 0.0
+    for shape in ((1, channels, 4 * stride, 6 * stride), (2, channels, 8 * stride, 4 * stride)):
+        x = rng.random(shape, dtype=np.float32)
+        random_diff = max(random_diff, float(np.abs(ort(x) - ref(x)).max()))
+
+    infer = config.infer
+    source = Path(images) if images is not None else default_image_source(folder)
+    real_max, real_sum, real_px = 0.0, 0.0, 0
+    scores_t: list[float] = []
+    scores_o: list[float] = []
+    agreement: list[float] = []
+    items = _parity_items(folder, source, n_images)
+    for item in items:
+        image = _center_crop(read_image(item.image_path), PARITY_MAX_SIDE)
+        chw = normalize_image(image, config.normalize).transpose(2, 0, 1)
+        kw = {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "stride": stride, "blend": infer.blend}
+        p_t, p_o = predict_tiled(ref, chw, **kw), predict_tiled(ort, chw, **kw)
+        diff = np.abs(p_t - p_o)
+        real_max, real_sum, real_px = max(real_max, float(diff.max())), real_sum + float(diff.sum()), real_px + diff.size
+        lab_t = probabilities_to_labels(p_t, config.postprocess)
+        lab_o = probabilities_to_labels(p_o, config.postprocess)
+        agreement.append(match_labels(lab_t, lab_o).competition_score)
+        gt = load_item_gt(item)
+        if gt is not None:
+            gt = _center_crop(gt, PARITY_MAX_SIDE)
+            scores_t.append(match_labels(gt, lab_t).competition_score)
+            scores_o.append(match_labels(gt, lab_o).competition_score)
+    score_t = float(np.mean(scores_t)) if scores_t else None
+    score_o = float(np.mean(scores_o)) if scores_o else None
+    return {
+        "precision": ort.metadata.get(META["precision"], "unknown"),
+        "onnx_bytes": Path(onnx_path).stat().st_size,
+        "max_abs_diff_random": random_diff,
+        "max_abs_diff_real": real_max,
+        "mean_abs_diff_real": real_sum / real_px if real_px else None,
+        "images": [it.id for it in items],
+        "score_torch": score_t,
+        "score_onnx": score_o,
+        "score_diff": None if score_t is None or score_o is None else score_o - score_t,
+        "label_agreement": float(np.mean(agreement)) if agreement else None,
+    }
+
+
+def format_parity(report: dict[str, Any]) -> str:
+    """The parity report as a few human-readable lines."""
+
+    def fmt(value: Any, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    return "\n".join([
+        f"precision {report['precision']}, {report['onnx_bytes'] / 1e6:.2f} MB",
+        f"max |p_onnx - p_torch|: random {fmt(report['max_abs_diff_random'], '.2e')}, "
+        f"real {fmt(report['max_abs_diff_real'], '.2e')} (mean {fmt(report['mean_abs_diff_real'], '.2e')}) "
+        f"on {len(report['images'])} images",
+        f"competition score: torch {fmt(report['score_torch'], '.4f')}, onnx {fmt(report['score_onnx'], '.4f')}, "
+        f"difference {fmt(report['score_diff'], '+.4f')}; label agreement {fmt(report['label_agreement'], '.4f')}",
+    ])
+
+
+def default_out_path(folder: Path, fp16: bool = False, int8: bool = False) -> Path:
+    """``model.onnx`` (fp32), ``model.fp16.onnx`` or ``model.int8.onnx`` inside ``folder``."""
+    return folder / (ONNX_NAME if not (fp16 or int8) else f"model.{'fp16' if fp16 else 'int8'}.onnx")
