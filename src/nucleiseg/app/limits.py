@@ -215,12 +215,15 @@ class BodySizeLimit:
     limits : dict of str to int
         Path -> largest body in bytes; paths not listed use ``default``.
     default : int
+    per_file : int
+        The per-file upload cap, quoted in the error message.
     """
 
-    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int, per_file: int) -> None:
         self.app = app
         self.limits = limits
         self.default = default
+        self.per_file = per_file
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on with a counting ``receive``, or answer 413."""
@@ -228,7 +231,7 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.limits.get(scope.get("path", ""), self.default)
-        message = f"request body is larger than the upload limit of {_mb(limit)}"
+        message = f"request body is larger than allowed (the upload limit is {_mb(self.per_file)} per file)"
         for key, value in scope.get("headers", []):
             if key == b"content-length":
                 try:

@@ -22,6 +22,8 @@ Endpoints
     metrics and ``diff_png`` (extra predicted pixels blue, missed pixels red).
 ``GET /api/models``, ``GET /api/health``
     The model in use and the bundled ones; liveness, load and limits.
+``GET /api/openapi.json``
+    The machine-readable API description (no interactive docs page: it would load a CDN).
 
 Errors are JSON ``{"error": "<one line>"}``: 413 (too large), 415 (not an image), 422 (bad
 form or undecodable file), 503 (queue full), 500 (unexpected; details only in the server log).
@@ -183,11 +185,11 @@ def create_app(
 
     app = FastAPI(
         title="nucleiseg", version=__version__, lifespan=lifespan,
-        docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
+        docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",  # FastAPI's docs pages load a CDN
     )
     app.state.settings, app.state.gate, app.state.models = settings, gate, holder
     one_file = settings.max_upload_bytes + MULTIPART_SLACK
-    app.add_middleware(BodySizeLimit, limits={"/api/evaluate": 2 * settings.max_upload_bytes + MULTIPART_SLACK}, default=one_file)
+    app.add_middleware(BodySizeLimit, limits={"/api/evaluate": 2 * settings.max_upload_bytes + MULTIPART_SLACK}, default=one_file, per_file=settings.max_upload_bytes)
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nucleiseg import __version__
+from nucleiseg.cli.serve import add_parser as _add_serve
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nucleiseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_segment, _add_evaluate, _add_inspect, _add_train, _add_validate):
+    for add in (_add_segment, _add_evaluate, _add_inspect, _add_train, _add_validate, _add_serve):
         add(sub)
     return parser
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,78 +23,16 @@ from tqdm import tqdm
 
 from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.inference.batch import BatchSummary, OutputOptions, versions, write_outputs
-from nucleiseg.inference.segmenter import CLASSICAL, Segmenter, resolve_model_dir
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.io.images import read_image, read_labels
 from nucleiseg.io.labels import InputItem
 from nucleiseg.io.rle import write_rle_csv
+from nucleiseg.distributed.cluster import describe_client
+from nucleiseg.distributed.resume import expected_outputs, pending_items
+from nucleiseg.distributed.workers import cached_segmenter, model_reference
 
-__all__ = ["cached_segmenter", "model_reference", "expected_outputs", "pending_items", "segment_items_dask"]
-
-_CACHE: dict[tuple[str, str, float], Segmenter] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def model_reference(model: str | Path) -> str:
-    """What tasks carry instead of the model: ``"classical"``, a bundled name or an absolute folder.
-
-    A relative run folder is made absolute so workers started elsewhere still find it.
-    """
-    text = str(model)
-    if text == CLASSICAL:
-        return text
-    path = Path(text)
-    if (path / "config.json").is_file():
-        return str(path.resolve())
-    return text
-
-
-def cached_segmenter(model: str, device: str = "cpu") -> Segmenter:
-    """The :class:`Segmenter` for ``model``, loaded once per process and reused by later tasks.
-
-    The cache key includes the weights file's modification time, so a long-lived worker picks
-    up a model folder that was retrained in place.
-    """
-    stamp = 0.0
-    if model != CLASSICAL:
-        weights = resolve_model_dir(model) / "weights.safetensors"
-        stamp = weights.stat().st_mtime if weights.is_file() else 0.0
-    key = (model, device, stamp)
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            for old in [k for k in _CACHE if k[:2] == key[:2]]:
-                del _CACHE[old]
-            _CACHE[key] = Segmenter.from_pretrained(model, device=device)
-        return _CACHE[key]
-
-
-def expected_outputs(item: InputItem, options: OutputOptions) -> list[str]:
-    """File names :func:`write_outputs` always writes for ``item`` with ``options``.
-
-    ``<id>_diff.png`` is left out: it is only written when ground truth of the same shape exists.
-    """
-    names = [f"{item.id}_masks.tif"]
-    if options.png:
-        names.append(f"{item.id}_masks.png")
-    if options.overlay:
-        names.append(f"{item.id}_overlay.png")
-    if options.measure:
-        names.append(f"{item.id}_measurements.csv")
-    if options.rois:
-        names.append(f"{item.id}_rois.zip")
-    return names
-
-
-def pending_items(items: list[InputItem], out_dir: str | Path, options: OutputOptions | None = None) -> list[InputItem]:
-    """The items whose requested outputs are not all in ``out_dir`` yet (for ``--resume``).
-
-    Outputs are written atomically, so a file that exists is complete: an image counts as done
-    when every file of :func:`expected_outputs` exists. Works for the serial and the Dask path.
-    """
-    out = Path(out_dir)
-    options = options or OutputOptions()
-    return [item for item in items if not all((out / name).is_file() for name in expected_outputs(item, options))]
-
+__all__ = ["expected_outputs", "pending_items", "segment_items_dask", "segment_items_blockwise"]
 
 def _failure(item: InputItem, exc: BaseException) -> dict[str, str]:
     """One-line failure record naming the file, worded as the serial batch words it."""
@@ -183,7 +120,7 @@ def segment_items_dask(
     client = client or default_client()
     options = options or OutputOptions()
     reference = model_reference(model)
-    segmenter = Segmenter.from_pretrained(reference, device=device)  # validates the model; config for run.json
+    segmenter = cached_segmenter(reference, device)  # validates the model here; config for run.json
     infer = infer or segmenter.config.infer
     post = post or segmenter.config.postprocess
     out = Path(out_dir).absolute()
@@ -231,16 +168,90 @@ def segment_items_dask(
         for item in skipped:  # resumed images: their finished masks go into the CSV too
             rle_labels[item.id] = read_labels(out / f"{item.id}_masks.tif")
         write_rle_csv(options.rle, {i.id: rle_labels[i.id] for i in items if i.id in rle_labels})
-    from nucleiseg.distributed.cluster import describe_client
+    _write_sidecar(out, segmenter, infer, post, summary, client, {"skipped": [item.id for item in skipped]})
+    return summary
 
+
+def _write_sidecar(
+    out: Path, segmenter: Segmenter, infer: InferConfig | None, post: PostprocessConfig | None,
+    summary: BatchSummary, client: Client | None, extra: dict[str, Any],
+) -> None:
+    """``run.json`` as the serial batch writes it, plus the cluster and the run's extra fields."""
     sidecar = {
         **segmenter.describe(infer, post),
         "versions": versions(),
         "images": summary.images,
         "failures": summary.failures,
         "summary": {"images": len(summary.images), "nuclei": summary.nuclei, "failed": len(summary.failures), "seconds": round(summary.seconds, 3)},
-        "dask": describe_client(client),
-        "skipped": [item.id for item in skipped],
+        "dask": describe_client(client) if client is not None else None,
+        **extra,
     }
     atomic_write_text(out / "run.json", json.dumps(sidecar, indent=2))
+
+
+def segment_items_blockwise(
+    items: list[InputItem],
+    out_dir: str | Path,
+    model: str | Path = "default",
+    infer: InferConfig | None = None,
+    post: PostprocessConfig | None = None,
+    client: Client | None = None,
+    block: int = 2048,
+    overlap: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+) -> BatchSummary:
+    """Segment each item block-wise (images larger than memory) into ``OUT/<id>_masks.zarr``.
+
+    Each image is read lazily (TIFF tiles, zarr chunks), segmented with
+    :func:`nucleiseg.distributed.blocks.segment_dask` and written block by block with
+    :func:`nucleiseg.distributed.arrays.write_labels_zarr`; ``run.json`` records the block
+    settings (overlap, diameter, intensity range) per image. A file that fails is recorded as one
+    line and the next one goes on. With ``resume``, images whose ``.zarr`` exists are skipped
+    (the folder only appears once complete).
+    """
+    from nucleiseg.distributed.arrays import open_array, write_labels_zarr
+    from nucleiseg.distributed.blocks import plan_blocks, segment_blocks
+
+    client = client if client is not None else _default_client()
+    reference = model_reference(model)
+    segmenter = cached_segmenter(reference, device)
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = BatchSummary()
+    skipped = []
+    start = time.perf_counter()
+    for item in items:
+        name = f"{item.id}_masks.zarr"
+        if resume and (out / name).is_dir():
+            skipped.append(item.id)
+            continue
+        t = time.perf_counter()
+        try:
+            image = open_array(item.image_path, block)
+            plan = plan_blocks(image, reference, block, overlap, infer, post, client, device)
+            count = write_labels_zarr(segment_blocks(image, plan, device), out / name, client, progress)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            summary.failures.append(_failure(item, exc))
+            tqdm.write(f"error: {summary.failures[-1]['error']}", file=sys.stderr)
+            continue
+        summary.images.append({
+            "id": item.id, "file": str(item.image_path), "count": count,
+            "diameter": None if plan.diameter is None else round(float(plan.diameter), 2),
+            "shape": list(image.shape), "blocks": plan.describe(),
+            "seconds": round(time.perf_counter() - t, 4), "outputs": [name],
+        })
+    summary.seconds = time.perf_counter() - start
+    _write_sidecar(out, segmenter, infer, post, summary, client, {"skipped": skipped})
     return summary
+
+
+def _default_client() -> Client | None:
+    """The current default distributed client, or None (Dask's local scheduler)."""
+    try:
+        return default_client()
+    except ValueError:
+        return None

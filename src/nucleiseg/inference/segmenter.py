@@ -119,13 +119,19 @@ class Segmenter:
             ``config.json`` and ``weights.safetensors``.
         device : str
             Torch device.
-        backend : {"torch"}
-            Inference engine.
+        backend : {"torch", "onnx"}
+            Inference engine: PyTorch, or ONNX Runtime on the CPU with ``<folder>/model.onnx``
+            (``nucleiseg export``) or a given ``.onnx`` file.
         """
         if str(name_or_path) == CLASSICAL:
             return cls(ModelBundleConfig(name=CLASSICAL), None)
+        if backend == "onnx":  # <folder>/model.onnx or an .onnx file, run by ONNX Runtime on the CPU
+            from nucleiseg.export.runtime import load_onnx
+
+            onnx_config, ort_predictor, onnx_name, onnx_hash = load_onnx(name_or_path)
+            return cls(onnx_config, ort_predictor, ort_predictor.stride, onnx_name, onnx_hash)
         if backend != "torch":
-            raise ValueError(f"unknown backend {backend!r}")
+            raise ValueError(f"unknown backend {backend!r} (choose torch or onnx)")
         from nucleiseg.inference.predictors import torch_predictor
         from nucleiseg.models import create_model
         from nucleiseg.training.checkpoint import file_hash, load_weights

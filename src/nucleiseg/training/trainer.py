@@ -47,9 +47,26 @@ def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd, rmsprop)")
 
 
+def time_cosine_lr(cfg: TrainConfig, elapsed_s: float) -> float:
+    """Cosine learning rate over the time budget: ``lr`` at the start, ``lr / 100`` at the end.
+
+    Used instead of per-epoch cosine when ``max_minutes`` is set, so a time-limited run anneals
+    fully whatever the machine's speed (and resumes at the right point).
+    """
+    assert cfg.max_minutes is not None
+    frac = min(1.0, elapsed_s / (cfg.max_minutes * 60))
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
-    """Cosine annealing over the epochs, reduce-on-plateau on the validation score, or none."""
+    """Cosine annealing over the epochs, reduce-on-plateau on the validation score, or none.
+
+    With ``max_minutes`` set, cosine annealing follows the time budget instead (see
+    :func:`time_cosine_lr`) and no epoch scheduler is returned.
+    """
     name = cfg.scheduler.lower()
+    if name == "cosine" and cfg.max_minutes is not None:
+        return None
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * 0.01)
     if name == "plateau":
@@ -109,11 +126,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     train_ids, val_ids = split_ids(ids, cfg.val_fraction, cfg.split_seed)
     if cfg.limit_images:
         train_ids = train_ids[: cfg.limit_images]
-    val_ids = val_ids[: cfg.val_max_images] if cfg.val_max_images else val_ids
     save_json(cfg, out / "train.json")
     bundle = bundle_config(cfg)
     save_json(bundle, out / "config.json")
     atomic_write_text(out / "split.json", json.dumps({"seed": cfg.split_seed, "train": train_ids, "val": val_ids}, indent=1))
+    val_ids = val_ids[: cfg.val_max_images] if cfg.val_max_images else val_ids  # per-epoch subset
 
     train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress)
     val_samples = load_samples(cfg.data, val_ids, cfg.normalize, progress)
@@ -136,6 +153,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         info = load_training_state(last, model, optimizer, scheduler)
     start_time = time.monotonic() - float(info["seconds"])
     use_amp = device == "cuda"
+    timed_cosine = cfg.scheduler.lower() == "cosine" and cfg.max_minutes is not None
 
     for epoch in range(int(info["epoch"]) + 1, cfg.epochs + 1):
         model.train()
@@ -146,6 +164,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         for images, targets, weights in bar:
             images = images.to(device).contiguous(memory_format=torch.channels_last)
             targets, weights = targets.to(device), weights.to(device)
+            if timed_cosine:
+                for group in optimizer.param_groups:
+                    group["lr"] = time_cosine_lr(cfg, time.monotonic() - start_time)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(images)
@@ -185,7 +206,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         "epochs_run": info["epoch"],
         "train_seconds": info["seconds"],
         "n_train": len(train_ids),
-        "n_val": len(val_ids),
+        "n_val_per_epoch": len(val_ids),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -1,0 +1,464 @@
+"""Whole-pipeline CPU benchmark: images/s and milliseconds per stage, against a naive baseline.
+
+Every configuration runs the full path of ``nucleiseg segment`` on real images cropped (or
+mirror-tiled) to square sizes, stage by stage:
+
+``read`` (decode the file) -> ``normalize`` -> ``network`` (tiled prediction) or ``tta``
+(tiled prediction averaged over the 8 flips/rotations) -> ``watershed`` (probabilities to
+labels) -> ``measurements`` (per-nucleus table) -> ``write`` (label TIFF + CSV, atomic).
+
+The **baseline** is the seed work's pipeline measured in the same run on the same images and
+weights: PyTorch eager fp32, one whole image at a time (no tiling), post-processing by a 0.5
+threshold of the foreground probability and connected components (``skimage.measure.label``).
+Speedups are ratios of images/s against it. Pipelines: ``torch`` (the Segmenter's PyTorch
+predictor), ``onnx`` (ONNX Runtime fp32), ``onnx-int8`` (static int8), ``onnx-fp16``.
+Images are segmented at native scale (``rescale`` off), so every configuration does one pass.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import datetime as _dt
+import io
+import platform
+import pstats
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucleiseg.config import InferConfig, PostprocessConfig
+
+__all__ = ["BACKENDS", "PIPELINES", "STAGES", "format_table", "prepare_images", "run_benchmark"]
+
+STAGES = ("read", "normalize", "network", "tta", "watershed", "measurements", "write")
+PIPELINES = ("baseline", "torch", "onnx", "onnx-int8", "onnx-fp16")
+BACKENDS = {"torch": ["torch"], "onnx": ["onnx"], "all": ["torch", "onnx", "onnx-int8"]}
+
+
+def _rss_reader() -> Callable[[], int]:
+    """Current resident set size in bytes (psutil), or the process's peak so far without psutil."""
+    try:
+        import psutil
+    except ImportError:  # psutil is optional: fall back to the kernel's high-water mark
+        import resource
+        import sys
+
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in KiB on Linux, bytes on macOS
+        return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    proc = psutil.Process()
+    return lambda: int(proc.memory_info().rss)
+
+
+class PeakRSS:
+    """Context manager sampling the process's resident memory every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self._read = _rss_reader()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.start_bytes = self.peak_bytes = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._read())
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.start_bytes = self.peak_bytes = self._read()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._read())
+
+
+def _fit(image: np.ndarray, labels: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Central ``size`` x ``size`` crop; smaller images are first mirror-tiled (labels get new ids per copy)."""
+    h, w = image.shape[:2]
+    ry, rx = -(-size // h), -(-size // w)
+    if ry > 1 or rx > 1:
+        rows, label_rows, offset = [], [], 0
+        top = int(labels.max()) if labels is not None and labels.size else 0
+        for i in range(ry):
+            row, label_row = [], []
+            for j in range(rx):
+                im, lab = image, labels
+                if i % 2:
+                    im, lab = im[::-1], None if lab is None else lab[::-1]
+                if j % 2:
+                    im, lab = im[:, ::-1], None if lab is None else lab[:, ::-1]
+                row.append(im)
+                if lab is not None:
+                    label_row.append(np.where(lab > 0, lab + offset, 0))
+                offset += top
+            rows.append(np.concatenate(row, axis=1))
+            if labels is not None:
+                label_rows.append(np.concatenate(label_row, axis=1))
+        image = np.concatenate(rows, axis=0)
+        labels = None if labels is None else np.concatenate(label_rows, axis=0)
+        h, w = image.shape[:2]
+    y0, x0 = (h - size) // 2, (w - size) // 2
+    crop = np.ascontiguousarray(image[y0 : y0 + size, x0 : x0 + size])
+    return crop, None if labels is None else np.ascontiguousarray(labels[y0 : y0 + size, x0 : x0 + size].astype(np.int32))
+
+
+def prepare_images(
+    source: str | Path | Sequence[str | Path], sizes: Sequence[int], out_dir: str | Path, max_images: int | None = None
+) -> dict[int, list[dict[str, Any]]]:
+    """Write ``size`` x ``size`` versions of real images (and their ground truth) into ``out_dir``.
+
+    Returns ``{size: [{"id", "path", "gt"}]}``; ``gt`` is an int32 label array or None.
+    """
+    import tifffile
+
+    from nucleiseg.io.atomic import atomic_path
+    from nucleiseg.io.images import read_image, write_image
+    from nucleiseg.io.labels import discover_inputs, load_item_gt
+
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    items = discover_inputs([Path(s) for s in sources])[: max_images or None]
+    if not items:
+        raise FileNotFoundError(f"{', '.join(map(str, sources))}: no images to benchmark")
+    out = Path(out_dir)
+    prepared: dict[int, list[dict[str, Any]]] = {s: [] for s in sizes}
+    for item in items:
+        image, gt = read_image(item.image_path), load_item_gt(item)
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = image[..., :3]
+        for size in sizes:
+            img, lab = _fit(image, gt if gt is not None and gt.shape == image.shape[:2] else None, size)
+            path = out / f"{item.id}_{size}{'.png' if img.dtype == np.uint8 else '.tif'}"
+            if img.dtype == np.uint8:
+                write_image(path, img)
+            else:
+                with atomic_path(path) as tmp:
+                    tifffile.imwrite(tmp, img)
+            prepared[size].append({"id": item.id, "path": path, "gt": lab})
+    return prepared
+
+
+def _run_one(
+    path: Path, out_dir: Path, predict: Callable[[np.ndarray], np.ndarray], network_stage: str,
+    postprocess: Callable[[np.ndarray], np.ndarray], normalize: Callable[[np.ndarray], np.ndarray],
+) -> tuple[dict[str, float], np.ndarray]:
+    """One image through every stage; returns seconds per stage and the labels."""
+    from nucleiseg.io.images import read_image, write_labels
+    from nucleiseg.io.outputs import measure, write_measurements
+
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    image = read_image(path)
+    times["read"], t = time.perf_counter() - t, time.perf_counter()
+    norm = normalize(image)
+    times["normalize"], t = time.perf_counter() - t, time.perf_counter()
+    probs = predict(norm)
+    times[network_stage], t = time.perf_counter() - t, time.perf_counter()
+    labels = postprocess(probs)
+    times["watershed"], t = time.perf_counter() - t, time.perf_counter()
+    table = measure(labels, image)
+    times["measurements"], t = time.perf_counter() - t, time.perf_counter()
+    write_labels(out_dir / f"{path.stem}_masks.tif", labels)
+    write_measurements(out_dir / f"{path.stem}_measurements.csv", table)
+    times["write"] = time.perf_counter() - t
+    return times, labels
+
+
+def _current(onnx_path: Path, weights_hash: str) -> bool:
+    """True if ``onnx_path`` exists and was exported from the weights with ``weights_hash``."""
+    from nucleiseg.export.runtime import META, read_metadata
+
+    return onnx_path.is_file() and read_metadata(onnx_path).get(META["weights_hash"]) == weights_hash
+
+
+def _pipeline_fns(
+    name: str, model_dir: Path, tta: bool, infer: InferConfig, work: Path, threads: int | None,
+    calib_source: str | Path | None, weights_hash: str,
+) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray], str]:
+    """``(normalize, predict, postprocess, network_stage)`` of one pipeline."""
+    from skimage.measure import label as connected_components
+
+    from nucleiseg.export.onnx import export_onnx, load_torch_model
+    from nucleiseg.inference.predictors import torch_predictor
+    from nucleiseg.inference.segmenter import Segmenter
+    from nucleiseg.inference.tiling import predict_tiled
+    from nucleiseg.inference.tta import tta_predictor
+    from nucleiseg.postprocess import probabilities_to_labels
+    from nucleiseg.transforms import normalize_image
+
+    if name == "baseline":
+        model, config, _, _ = load_torch_model(model_dir)
+        net = torch_predictor(model)
+        return (
+            lambda img: normalize_image(img, config.normalize),
+            lambda norm: net(norm.transpose(2, 0, 1)[None])[0],  # whole image; the model pads to its stride
+            lambda probs: connected_components(probs[0] > 0.5, connectivity=1).astype(np.int32),
+            "network",
+        )
+    if name == "torch":
+        seg = Segmenter.from_pretrained(model_dir, backend="torch")
+    else:
+        onnx_path = model_dir / "model.onnx" if name == "onnx" else None
+        if onnx_path is None or not _current(onnx_path, weights_hash):
+            onnx_path = work / f"{name}.onnx"
+            if not onnx_path.is_file():
+                export_onnx(model_dir, onnx_path, fp16=name == "onnx-fp16", int8=name == "onnx-int8", calib_images=16, calib_source=calib_source)
+        seg = Segmenter.from_pretrained(onnx_path, backend="onnx")
+        if threads is not None:
+            from nucleiseg.export.runtime import onnx_predictor
+
+            seg.predictor = onnx_predictor(onnx_path, threads)
+    net = tta_predictor(seg.predictor) if tta else seg.predictor
+    kw = {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "stride": seg.stride, "blend": infer.blend}
+    post: PostprocessConfig = seg.config.postprocess
+    return (
+        lambda img: normalize_image(img, seg.config.normalize),
+        lambda norm: predict_tiled(net, norm.transpose(2, 0, 1), **kw),
+        lambda probs: probabilities_to_labels(probs, post),
+        "tta" if tta else "network",
+    )
+
+
+def _bind(
+    out_dir: Path, normalize: Callable[[np.ndarray], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
+    post: Callable[[np.ndarray], np.ndarray], stage: str,
+) -> Callable[[Path], tuple[dict[str, float], np.ndarray]]:
+    """A one-argument runner ``path -> (seconds per stage, labels)`` for one configuration."""
+    return lambda path: _run_one(path, out_dir, predict, stage, post, normalize)
+
+
+def _measure(
+    runners: dict[tuple[str, bool], Callable[[Path], tuple[dict[str, float], np.ndarray]]],
+    images: list[dict[str, Any]],
+    repeats: int,
+) -> dict[tuple[str, bool], dict[str, Any]]:
+    """Time every configuration on ``images``, interleaved repeat by repeat.
+
+    Configurations take turns within each repeat, so a burst of load from other processes
+    on a shared machine hits them alike; medians over repeats are reported. Memory is the
+    process's peak resident size during a configuration's passes, and its growth over the
+    size at the start of the pass (the pipeline's transient working memory).
+    """
+    for run in runners.values():
+        run(images[0]["path"])  # warm-up: lazy allocations, ORT/oneDNN kernel selection
+    passes: dict[tuple[str, bool], list[dict[str, float]]] = {k: [] for k in runners}
+    memory: dict[tuple[str, bool], tuple[int, int]] = {k: (0, 0) for k in runners}
+    labels: dict[tuple[str, bool], list[np.ndarray]] = {}
+    for _ in range(repeats):
+        for key, run in runners.items():
+            sums = dict.fromkeys(STAGES, 0.0)
+            labels[key] = []
+            with PeakRSS() as mem:
+                for im in images:
+                    times, lab = run(im["path"])
+                    labels[key].append(lab)
+                    for stage, sec in times.items():
+                        sums[stage] += sec
+            passes[key].append(sums)
+            memory[key] = (max(memory[key][0], mem.peak_bytes), max(memory[key][1], mem.peak_bytes - mem.start_bytes))
+    n = len(images)
+    out = {}
+    for key, reps in passes.items():
+        total = statistics.median(sum(r.values()) for r in reps)
+        ms = {st: round(1000 * statistics.median(r[st] for r in reps) / n, 2) for st in STAGES}
+        out[key] = {
+            "ips": n / total, "ms": ms | {"total": round(1000 * total / n, 2)}, "labels": labels[key],
+            "peak_rss_mb": round(memory[key][0] / 2**20, 1), "rss_growth_mb": round(memory[key][1] / 2**20, 1),
+        }
+    return out
+
+
+def _score(images: list[dict[str, Any]], labels: list[np.ndarray]) -> float | None:
+    """Mean competition score over the images that have ground truth."""
+    from nucleiseg.metrics import match_labels
+
+    scores = [match_labels(im["gt"], lab).competition_score for im, lab in zip(images, labels, strict=True) if im["gt"] is not None]
+    return float(np.mean(scores)) if scores else None
+
+
+def _profile(fn: Callable[[], object], top: int = 15) -> list[str]:
+    """cProfile ``fn``; the ``top`` functions by own time (header line first)."""
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime").print_stats(top)
+    return [line.rstrip() for line in buf.getvalue().splitlines() if line.strip()][-top - 1 :]
+
+
+def run_benchmark(
+    images: str | Path | Sequence[str | Path] | None = None,
+    model: str | Path = "default",
+    backends: Sequence[str] | str = ("torch", "onnx"),
+    sizes: Sequence[int] = (256, 1024),
+    tta: bool = False,
+    repeats: int = 3,
+    max_images: int | None = 5,
+    threads: int | None = None,
+    profile: int = 0,
+    calib_source: str | Path | None = None,
+) -> dict[str, Any]:
+    """Benchmark the whole pipeline per backend and image size against the naive baseline.
+
+    Parameters
+    ----------
+    images : path or list of paths, optional
+        Image files/folders (ground truth found as by ``nucleiseg segment``); default: the
+        repository's ``examples/`` or the DSB folder.
+    model : str or Path
+        Run folder or bundled model name (weights are shared by every pipeline).
+    backends : sequence of str or "all"
+        Pipelines besides the baseline: ``torch``, ``onnx``, ``onnx-int8``, ``onnx-fp16``.
+    sizes : sequence of int
+        Square image sides (real images centre-cropped or mirror-tiled to size).
+    tta : bool
+        Also run every backend with 8-fold test-time augmentation.
+    repeats : int
+        Timed passes over the images after one untimed warm-up image; medians are reported.
+    max_images : int, optional
+        Use at most this many source images.
+    threads : int, optional
+        Intra-op threads for PyTorch and ONNX Runtime (library defaults when None).
+    profile : int
+        cProfile this many images of the first size for every configuration (0: off).
+    calib_source : path, optional
+        Calibration images for the int8 export (default: the model's training data).
+
+    Returns
+    -------
+    dict
+        ``settings``, ``machine``, ``model``, ``images`` and ``results``: one entry per
+        (size, pipeline, tta) with ``images_per_s``, ``ms_per_image`` per stage and total,
+        ``peak_rss_mb``, ``score`` (None without ground truth) and ``speedup`` over the baseline.
+    """
+    import torch
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    names = BACKENDS[backends] if isinstance(backends, str) and backends in BACKENDS else list([backends] if isinstance(backends, str) else backends)
+    for name in names:
+        if name not in PIPELINES[1:]:
+            raise ValueError(f"unknown backend {name!r}; choose from {', '.join(PIPELINES[1:])} or all")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if not sizes or any(int(s) < 1 for s in sizes):
+        raise ValueError(f"sizes must be positive integers, got {list(sizes)}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(images, model, names, [int(s) for s in sizes], tta, repeats, max_images, threads, profile, calib_source)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(
+    images: str | Path | Sequence[str | Path] | None, model: str | Path, names: list[str], sizes: list[int], tta: bool,
+    repeats: int, max_images: int | None, threads: int | None, profile: int, calib_source: str | Path | None,
+) -> dict[str, Any]:
+    """The body of :func:`run_benchmark` (arguments already validated)."""
+    import onnxruntime
+    import torch
+
+    from nucleiseg.export.onnx import load_torch_model
+    from nucleiseg.inference.segmenter import resolve_model_dir
+
+    source_folder = resolve_model_dir(model)
+    source = images if images is not None else _default_images(source_folder)
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as tmp:
+        work = Path(tmp)
+        # Every pipeline loads this snapshot: a training run rewriting the weights meanwhile
+        # cannot make the pipelines compare different models.
+        folder = _snapshot(source_folder, work / "model")
+        _, bundle, _, weights_hash = load_torch_model(folder)
+        infer = bundle.infer
+        prepared = prepare_images(sources, sizes, work / "in", max_images)
+        (work / "out").mkdir()
+        result: dict[str, Any] = {
+            "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "model": {"path": str(source_folder), "name": bundle.name, "arch": bundle.model.arch,
+                      "params": bundle.model.params, "weights_hash": weights_hash},
+            "machine": {
+                "platform": platform.platform(), "cpus": _cpu_count(), "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
+                "ort_threads": threads or "default",
+            },
+            "settings": {"repeats": repeats, "sizes": sizes, "tta": tta, "backends": names,
+                         "infer": {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "rescale": False}},
+            "images": {"source": [str(s) for s in sources], "ids": [im["id"] for im in prepared[sizes[0]]],
+                       "ground_truth": sum(im["gt"] is not None for im in prepared[sizes[0]])},
+            "results": [],
+            "profile": {},
+        }
+        configs = [("baseline", False)] + [(n, False) for n in names] + ([(n, True) for n in names] if tta else [])
+        runners = {}
+        for name, use_tta in configs:
+            fns = _pipeline_fns(name, folder, use_tta, infer, work, threads, calib_source, weights_hash)
+            runners[name, use_tta] = _bind(work / "out", *fns)
+        for size in sizes:
+            ims = prepared[size]
+            stats = _measure(runners, ims, repeats)
+            base = stats["baseline", False]["ips"]
+            for (name, use_tta), st in stats.items():
+                result["results"].append({
+                    "size": size, "pipeline": name, "tta": use_tta, "images": len(ims),
+                    "images_per_s": round(st["ips"], 3), "ms_per_image": st["ms"],
+                    "peak_rss_mb": st["peak_rss_mb"], "rss_growth_mb": st["rss_growth_mb"],
+                    "score": _score(ims, st["labels"]), "speedup": round(st["ips"] / base, 3),
+                })
+                if profile and size == sizes[0]:
+                    run = runners[name, use_tta]
+                    key = f"{name}{'+tta' if use_tta else ''}@{size}"
+                    result["profile"][key] = _profile(lambda run=run: [run(im["path"]) for im in ims[:profile]])
+        return result
+
+
+def _snapshot(folder: Path, dest: Path) -> Path:
+    """Copy a model folder's config, weights and thresholds (plus an up-to-date ``model.onnx``) to ``dest``."""
+    import shutil
+
+    dest.mkdir(parents=True)
+    for name in ("config.json", "weights.safetensors", "thresholds.json", "split.json", "train.json", "model.onnx"):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, dest / name)
+    return dest
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _default_images(folder: Path) -> Path:
+    """The repository's ``examples/`` when present, else the model's training data folder."""
+    from nucleiseg.export.onnx import REPO, default_image_source
+
+    examples = REPO / "examples"
+    return examples if examples.is_dir() else default_image_source(folder)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The benchmark results as a fixed-width text table."""
+    head = ["size", "pipeline", "img/s", "x base", "score", "MB"] + [s[:7] for s in STAGES] + ["total"]
+    rows = [head]
+    for r in result["results"]:
+        ms = r["ms_per_image"]
+        rows.append([
+            str(r["size"]), r["pipeline"] + ("+tta" if r["tta"] else ""), f"{r['images_per_s']:.2f}",
+            "-" if r["speedup"] is None else f"{r['speedup']:.2f}", "-" if r["score"] is None else f"{r['score']:.3f}",
+            f"{r['peak_rss_mb']:.0f}", *[f"{ms[s]:.0f}" for s in STAGES], f"{ms['total']:.0f}",
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], "(ms per image by stage; speedup = images/s over the baseline of the same size)"])

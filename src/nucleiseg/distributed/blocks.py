@@ -1,0 +1,364 @@
+"""Segment one image larger than memory block by block, with seam-free, globally unique labels.
+
+The image is cut into ``block x block`` tiles. Each tile is segmented together with a margin of
+``overlap`` pixels on every side (its *extended* region), so nuclei near its border are seen
+whole. Stitching then follows three rules:
+
+1. **Ownership.** A tile keeps only the nuclei whose centroid lies in its core (widened by a
+   small ``overlap // 4`` tolerance, so a nucleus straddling a border is never dropped by both
+   neighbours), and keeps them whole, including the parts that reach into a neighbour's core.
+2. **Unique ids.** Tile ``k`` (row-major) numbers its nuclei ``k * cap + 1, k * cap + 2, ...``
+   with ``cap`` a power of ten above any possible count (e.g. ``10**7`` for 2048-pixel tiles),
+   so ids are unique over the image without any tile knowing the others' counts (ids are not
+   consecutive; ``0`` is background).
+3. **Merge across borders.** Two tiles can both keep the same nucleus near their common border.
+   Every output tile looks at the kept nuclei of its 3x3 neighbourhood, links pairs from
+   different tiles that cover the same pixels (overlap >= half of the smaller one), takes the
+   connected components of that pair graph (:func:`scipy.sparse.csgraph.connected_components`)
+   and keeps one member per component, the largest (ties: the lowest id). Since the rule only
+   depends on the two tiles involved, every output tile takes the same decision.
+
+Each output tile depends on 9 segmented tiles, never on the whole image, so Dask streams the
+image through the workers. Requirements: ``overlap`` larger than a nucleus and at most half
+a block. Intensity normalisation and the nucleus scale are decided once for the whole image
+(percentiles of a subsample, diameter on a central crop), so every tile of a network model
+sees the same scale and contrast. The classical model thresholds every tile separately.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from nucleiseg.config import InferConfig, NormalizeConfig, PostprocessConfig
+from nucleiseg.distributed.arrays import compute, open_array
+from nucleiseg.distributed.workers import cached_segmenter, model_reference
+from nucleiseg.inference.segmenter import Segmenter
+from nucleiseg.postprocess import estimate_diameter
+from nucleiseg.transforms.normalize import is_bright_background
+
+__all__ = ["BlockPlan", "plan_blocks", "segment_blocks", "segment_dask"]
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+Model = str | Path | Callable[[np.ndarray], np.ndarray]
+SAMPLE_PIXELS = 4_000_000  # subsample size for the global intensity percentiles
+CROP = 1024  # side of the central crop the nucleus diameter is estimated on
+MIN_OVERLAP = 64
+INT32_MAX = 2**31 - 1
+
+
+@dataclass
+class BlockPlan:
+    """Decisions taken once for the whole image before the tiles are segmented.
+
+    Attributes
+    ----------
+    model : str or callable
+        Model reference sent to the workers, or a callable ``image -> labels``.
+    block, overlap : int
+        Tile side and margin in pixels.
+    diameter : float or None
+        Typical nucleus diameter (given, or estimated on the central crop).
+    infer, post : InferConfig, PostprocessConfig, or None
+        Settings every tile uses (``infer.diameter`` fixed, so no tile re-estimates the scale).
+    intensity : (low, high, invert) or None
+        Global normalisation of network inputs; None for the classical model and callables.
+    """
+
+    model: str | Callable[[np.ndarray], np.ndarray]
+    block: int
+    overlap: int
+    diameter: float | None
+    infer: InferConfig | None
+    post: PostprocessConfig | None
+    intensity: tuple[float, float, bool] | None
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for ``run.json``."""
+        return {
+            "block": self.block, "overlap": self.overlap,
+            "diameter": None if self.diameter is None else round(float(self.diameter), 2),
+            "intensity": None if self.intensity is None else [round(float(v), 6) for v in self.intensity[:2]] + [self.intensity[2]],
+        }
+
+
+def _to_float(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
+    """Float32 ``(H, W, C)``: integers divided by their dtype maximum, alpha dropped, optional gray."""
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    if np.issubdtype(image.dtype, np.integer):
+        out = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    else:
+        out = image.astype(np.float32)
+    if cfg.grayscale and out.shape[2] > 1:
+        out = out.mean(axis=2, keepdims=True)
+    return out
+
+
+def _intensity_stats(sample: np.ndarray, cfg: NormalizeConfig) -> tuple[float, float, bool]:
+    """``(low, high, invert)`` of the whole image, as :func:`normalize_image` would compute them."""
+    values = _to_float(sample, cfg)
+    if cfg.mode == "percentile":
+        lo, hi = np.percentile(values, [cfg.low, cfg.high])
+    else:
+        lo, hi = float(values.min()), float(values.max())
+    return float(lo), float(hi), bool(cfg.invert_bright and is_bright_background(sample))
+
+
+def _prepare(image: np.ndarray, cfg: NormalizeConfig, intensity: tuple[float, float, bool]) -> np.ndarray:
+    """Normalise a tile with the image-wide ``intensity`` instead of the tile's own statistics."""
+    lo, hi, invert = intensity
+    out = _to_float(image, cfg)
+    if cfg.mode != "none":
+        span = hi - lo
+        out = np.zeros_like(out) if span <= 1e-6 else np.clip((out - np.float32(lo)) / np.float32(span), 0.0, 1.0)
+        return (1.0 - out) if invert else out
+    return (np.float32(lo + hi) - out) if invert else out
+
+
+def _segment_region(
+    image: np.ndarray, model: Model, device: str, infer: InferConfig | None, post: PostprocessConfig | None,
+    intensity: tuple[float, float, bool] | None,
+) -> tuple[np.ndarray, float | None]:
+    """Segment one region on a worker: ``(labels, diameter)``. The model is loaded once per process."""
+    if callable(model):
+        labels = np.asarray(model(image))
+        return labels, (estimate_diameter(labels) if labels.any() else None)
+    segmenter = cached_segmenter(str(model), device)
+    if not segmenter.is_classical and intensity is not None:
+        image = _prepare(image, segmenter.config.normalize, intensity)
+        norm = replace(segmenter.config.normalize, mode="none", invert_bright=False, grayscale=False)
+        segmenter = Segmenter(
+            replace(segmenter.config, normalize=norm), segmenter.predictor, segmenter.stride, segmenter.name, segmenter.model_hash
+        )
+    result = segmenter.segment(image, infer, post, keep_probabilities=False)
+    diameter = result.diameter if result.diameter is not None else (estimate_diameter(result.labels) if result.labels.any() else None)
+    return result.labels, diameter
+
+
+def plan_blocks(
+    image: da.Array, model: Model = "default", block: int = 2048, overlap: int | None = None,
+    infer: InferConfig | None = None, post: PostprocessConfig | None = None, client: Any = None, device: str = "cpu",
+) -> BlockPlan:
+    """Fix the scale, the contrast and the overlap for the whole image.
+
+    The diameter is ``infer.diameter`` when given, else estimated by segmenting a central
+    ``1024 x 1024`` crop (on a worker). The default overlap is ``max(64, 4 * diameter)``.
+
+    Raises
+    ------
+    ValueError
+        If the block is too small or the overlap exceeds half a block.
+    """
+    if block < 2 * MIN_OVERLAP:
+        raise ValueError(f"block {block} is too small: use at least {2 * MIN_OVERLAP} pixels")
+    reference: str | Callable[[np.ndarray], np.ndarray] = model if callable(model) else model_reference(model)
+    intensity = None
+    if not callable(reference):
+        segmenter = cached_segmenter(reference, device)  # config only on this side; tiles load it on the workers
+        infer = infer or segmenter.config.infer
+        post = post or segmenter.config.postprocess
+        if not segmenter.is_classical:
+            h, w = image.shape[:2]
+            step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
+            intensity = _intensity_stats(compute(image[::step, ::step], client), segmenter.config.normalize)
+    diameter = infer.diameter if infer is not None else None
+    if diameter is None:
+        h, w = image.shape[:2]
+        ch, cw = min(CROP, h), min(CROP, w)
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        crop = image[y0 : y0 + ch, x0 : x0 + cw]
+        task = dask.delayed(_segment_region, pure=True)(crop, reference, device, infer, post, intensity)
+        diameter = compute(task, client)[1]
+        if infer is not None:  # every tile uses this scale (or the native one when no nucleus was found)
+            infer = replace(infer, diameter=diameter) if diameter else replace(infer, rescale=False)
+    size = diameter if diameter else (infer.target_diameter if infer is not None else 18.0)
+    if overlap is None:
+        overlap = max(MIN_OVERLAP, math.ceil(4 * size))
+    if overlap < 1 or 2 * overlap > block:
+        raise ValueError(
+            f"overlap {overlap} px must be between 1 and half the block ({block} px); "
+            f"use --block {max(2 * overlap, 2 * MIN_OVERLAP)} or larger"
+        )
+    return BlockPlan(reference, int(block), int(overlap), diameter, infer, post, intensity)
+
+
+def _owned_objects(
+    region: np.ndarray, ext: Box, core: Box, margin: int, cap: int, model: Model, device: str,
+    infer: InferConfig | None, post: PostprocessConfig | None, intensity: tuple[float, float, bool] | None,
+) -> np.ndarray:
+    """Segment one extended tile; keep the nuclei whose centroid lies in its (widened) core.
+
+    Returns int32 labels of the extended region numbered ``1..k`` (0 elsewhere).
+    """
+    labels, _ = _segment_region(region, model, device, infer, post, intensity)
+    labels = np.asarray(labels)
+    if labels.shape != region.shape[:2] or not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
+        raise ValueError(f"tile at y={core[0]}, x={core[2]}: segmenter returned invalid labels {labels.dtype} {labels.shape}")
+    if labels.size and labels.max() > labels.size:  # sparse ids: compact them first
+        labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
+    h, w = labels.shape
+    flat = labels.ravel().astype(np.intp)
+    counts = np.bincount(flat)
+    if counts.size <= 1:
+        return np.zeros((h, w), np.int32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w)) / counts + ext[0]
+        cx = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h)) / counts + ext[2]
+    keep = (counts > 0) & (cy >= core[0] - margin) & (cy < core[1] + margin) & (cx >= core[2] - margin) & (cx < core[3] + margin)
+    keep[0] = False
+    k = int(keep.sum())
+    if k > cap:
+        raise ValueError(f"tile at y={core[0]}, x={core[2]} holds {k} nuclei, more than the {cap} int32 ids per tile: use a larger --block")
+    lut = np.zeros(counts.size, np.int32)
+    lut[keep] = np.arange(1, k + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def _intersect(a: Box, b: Box) -> Box | None:
+    box = (max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3]))
+    return box if box[0] < box[1] and box[2] < box[3] else None
+
+
+def _crop(labels: np.ndarray, ext: Box, box: Box) -> np.ndarray:
+    return labels[box[0] - ext[0] : box[1] - ext[0], box[2] - ext[2] : box[3] - ext[2]]
+
+
+def _assemble(core: Box, parts: list[tuple[int, Box, np.ndarray]], cap: int) -> np.ndarray:
+    """Build one output tile from the kept nuclei of its 3x3 neighbourhood (see the module notes)."""
+    parts = sorted(parts, key=lambda p: p[0])
+    ids, areas = [], []
+    for index, _, labels in parts:
+        counts = np.bincount(labels.ravel())
+        local = np.nonzero(counts)[0]
+        local = local[local > 0]
+        ids.append(local.astype(np.int64) + index * cap)
+        areas.append(counts[local])
+    nodes = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    area = np.concatenate(areas) if areas else np.zeros(0, np.int64)
+    edges = [np.zeros((2, 0), np.int64)]
+    for (ia, ea, la), (ib, eb, lb) in combinations(parts, 2):
+        box = _intersect(ea, eb)
+        if box is None:
+            continue
+        ca, cb = _crop(la, ea, box), _crop(lb, eb, box)
+        both = (ca > 0) & (cb > 0)
+        if not both.any():
+            continue
+        pairs, shared = np.unique(np.stack([ca[both] + ia * cap, cb[both] + ib * cap]).astype(np.int64), axis=1, return_counts=True)
+        pa, pb = np.searchsorted(nodes, pairs[0]), np.searchsorted(nodes, pairs[1])
+        same = 2 * shared >= np.minimum(area[pa], area[pb])
+        edges.append(np.stack([pa[same], pb[same]]))
+    edge = np.concatenate(edges, axis=1)
+    n = nodes.size
+    graph = coo_matrix((np.ones(edge.shape[1]), (edge[0], edge[1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    # One survivor per component: the largest member, ties to the lowest id (nodes are sorted).
+    order = np.lexsort((nodes, -area, component))
+    first = np.ones(n, bool)
+    first[1:] = component[order][1:] != component[order][:-1]
+    survivor = np.zeros(n, bool)
+    survivor[order[first]] = True
+    kept = nodes[survivor]  # sorted, as nodes are
+    out = np.zeros((core[1] - core[0], core[3] - core[2]), np.int32)
+    for index, ext, labels in parts:
+        box = _intersect(ext, core)
+        if box is None:
+            continue
+        crop = _crop(labels, ext, box)
+        glob = np.arange(int(labels.max()) + 1, dtype=np.int64) + index * cap
+        lut = np.where(np.isin(glob, kept), glob, 0)
+        lut[0] = 0
+        target = out[box[0] - core[0] : box[1] - core[0], box[2] - core[2] : box[3] - core[2]]
+        free = target == 0
+        target[free] = lut[crop[free]]
+    return out
+
+
+def segment_blocks(image: da.Array, plan: BlockPlan, device: str = "cpu") -> da.Array:
+    """Lazy int32 labels of ``image`` (chunked ``plan.block``) following ``plan``; see the module notes."""
+    image = image.rechunk((plan.block, plan.block) + tuple(image.shape[2:]))
+    h, w = image.shape[:2]
+    ys = np.cumsum((0,) + image.chunks[0])
+    xs = np.cumsum((0,) + image.chunks[1])
+    nby, nbx = len(ys) - 1, len(xs) - 1
+    ov, margin = plan.overlap, plan.overlap // 4
+    # Ids per tile: a power of ten above any possible count (readable: tile k owns k*cap+1...),
+    # or as many as int32 allows for huge images (then _owned_objects checks the actual count).
+    most = (plan.block + 2 * ov) ** 2
+    cap = 10 ** math.ceil(math.log10(most + 1))
+    if cap * nby * nbx > INT32_MAX:
+        cap = INT32_MAX // (nby * nbx)
+    cores: dict[tuple[int, int], Box] = {}
+    exts: dict[tuple[int, int], Box] = {}
+    owned = {}
+    for i in range(nby):
+        for j in range(nbx):
+            core = (int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1]))
+            ext = (max(0, core[0] - ov), min(h, core[1] + ov), max(0, core[2] - ov), min(w, core[3] + ov))
+            cores[i, j], exts[i, j] = core, ext
+            region = image[ext[0] : ext[1], ext[2] : ext[3]]
+            owned[i, j] = dask.delayed(_owned_objects, pure=True)(
+                region, ext, core, margin, cap, plan.model, device, plan.infer, plan.post, plan.intensity
+            )
+    rows = []
+    for i in range(nby):
+        row = []
+        for j in range(nbx):
+            parts = [
+                (a * nbx + b, exts[a, b], owned[a, b])
+                for a in range(max(0, i - 1), min(nby, i + 2)) for b in range(max(0, j - 1), min(nbx, j + 2))
+            ]
+            tile = dask.delayed(_assemble, pure=True)(cores[i, j], parts, cap)
+            core = cores[i, j]
+            row.append(da.from_delayed(tile, shape=(core[1] - core[0], core[3] - core[2]), dtype=np.int32))
+        rows.append(row)
+    return da.block(rows)
+
+
+def segment_dask(
+    array_or_path: Any, model: Model = "default", block: int = 2048, overlap: int | None = None,
+    infer: InferConfig | None = None, post: PostprocessConfig | None = None, client: Any = None, device: str = "cpu",
+) -> da.Array:
+    """Segment an image that may not fit in memory, block-wise on Dask.
+
+    Parameters
+    ----------
+    array_or_path : ndarray, dask array, zarr array or path
+        See :func:`nucleiseg.distributed.arrays.open_array` (zarr folders and tiled TIFFs are
+        read lazily, tile by tile).
+    model : str, Path or callable
+        ``"classical"``, a bundled model name, a run folder (loaded once per worker), or a
+        callable ``image -> int labels`` (tests, custom segmenters).
+    block : int
+        Tile side in pixels.
+    overlap : int, optional
+        Margin segmented around each tile; default ``max(64, 4 * nucleus diameter)``.
+    infer, post : optional
+        Override the model's settings.
+    client : distributed.Client, optional
+        Cluster for the planning steps (scale, contrast); the returned array is computed
+        wherever it is later computed (e.g. :func:`write_labels_zarr` with the same client).
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy int32 labels ``(H, W)``: 0 background, ids unique over the image, not consecutive.
+    """
+    image = open_array(array_or_path, block)
+    return segment_blocks(image, plan_blocks(image, model, block, overlap, infer, post, client, device), device)
