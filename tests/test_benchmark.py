@@ -48,10 +48,12 @@ def test_fit_crops_and_mirror_tiles() -> None:
     labels = np.array([[0, 1, 1, 0, 2]] * 3, np.int32)
     img, lab = _fit(image, labels, 8)
     assert img.shape == lab.shape == (8, 8)
-    assert np.array_equal(img[:3, :5], image[:3, :5] if img[0, 0] == image[0, 0] else img[:3, :5])
-    # every mirrored copy gets its own ids: 2 objects x up to 4 copies in the crop
-    ids = set(np.unique(lab)) - {0}
-    assert len(ids) > 2 and max(ids) <= 2 * 3 * 2
+    assert np.array_equal(img[:3, :5], image) and np.array_equal(lab[:3, :5], labels)
+    assert np.array_equal(img[3:6, :5], image[::-1])  # mirrored below
+    assert np.array_equal(img[:3, 5:8], image[:, :1:-1])  # and to the right
+    # every mirrored copy (3 rows x 2 columns of copies) gets its own ids
+    assert set(np.unique(lab[3:6, :5])) == {0, 5, 6}  # copy 2 (row 1, column 0): ids + 2 * 2
+    assert len(set(np.unique(lab)) - {0}) == 12
     big = np.zeros((20, 30, 3), np.uint8)
     big[5:15, 10:20] = 7
     crop, none = _fit(big, None, 10)
@@ -59,8 +61,8 @@ def test_fit_crops_and_mirror_tiles() -> None:
 
 
 def test_prepare_images_writes_readable_files(two_images: Path, tmp_path: Path) -> None:
-    prepared = prepare_images(two_images, [64, 300], tmp_path / "prep")
-    assert sorted(prepared) == [64, 300]
+    prepared = prepare_images(two_images, [128, 300], tmp_path / "prep")
+    assert sorted(prepared) == [128, 300]
     for size, items in prepared.items():
         assert [it["id"] for it in items] == ["fluo_small", "tissue_he"]
         for it in items:
@@ -69,6 +71,7 @@ def test_prepare_images_writes_readable_files(two_images: Path, tmp_path: Path) 
 
 
 def test_run_benchmark_small(tiny_model: Path, two_images: Path) -> None:
+    threads = torch.get_num_threads()
     result = run_benchmark(two_images, tiny_model, backends=["torch", "onnx"], sizes=[64], tta=True, repeats=1, profile=1, threads=1)
     assert set(result) >= {"date", "model", "machine", "settings", "images", "results", "profile"}
     assert result["images"]["ids"] == ["fluo_small", "tissue_he"] and result["images"]["ground_truth"] == 2
@@ -86,7 +89,8 @@ def test_run_benchmark_small(tiny_model: Path, two_images: Path) -> None:
     assert "torch@64" in result["profile"] and "ncalls" in result["profile"]["torch@64"][0]
     table = format_table(result)
     assert "onnx+tta" in table and "baseline" in table
-    assert torch.get_num_threads() >= 1
+    assert torch.get_num_threads() == threads  # restored after the run with threads=1
+    assert result["machine"]["torch_threads"] == 1
 
 
 def test_run_benchmark_rejects_bad_arguments(tiny_model: Path, two_images: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import cloudpickle
+import dask.array as da
 import numpy as np
 import pytest
 import tifffile
@@ -138,7 +139,8 @@ def test_folder_equals_serial_network_model_loaded_once_per_worker(client, folde
     # A random network is nearly flat: thresholds at its median give non-trivial labels. Workers
     # run torch with one thread; the serial reference does too, so the floats are identical.
     probs = segmenter.segment(read_image(EXAMPLES / "fluo_small.png")).probabilities
-    post = replace(PostprocessConfig(), threshold=float(np.median(probs[0])), marker_threshold=float(np.median(probs[0] * (1 - probs[1]) * (1 - probs[2]))))
+    markers = probs[0] * (1 - probs[1]) * (1 - probs[2])
+    post = replace(PostprocessConfig(), threshold=float(np.median(probs[0])), marker_threshold=float(np.median(markers)))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -284,3 +286,17 @@ def test_blockwise_batch_writes_zarr_and_resumes(client, tmp_path: Path) -> None
 def test_bad_overlap_is_refused(client) -> None:
     with pytest.raises(ValueError, match="half the block"):
         segment_dask(np.zeros((300, 300), np.uint8), "classical", block=256, overlap=200, client=client)
+
+
+def test_zarr_input_without_a_cluster(tmp_path: Path) -> None:
+    image, truth = disk_mosaic(shape=(700, 600), n=40, block=256, seed=2)
+    z = zarr.open_array(str(tmp_path / "img.zarr"), mode="w", shape=image.shape, chunks=(100, 100), dtype=image.dtype)
+    z[:] = image
+    labels = segment_dask(tmp_path / "img.zarr", "classical", block=256)  # Dask's threaded scheduler
+    assert labels.chunks[0][:2] == (256, 256)
+    count = write_labels_zarr(labels, tmp_path / "img_masks.zarr")
+    stitched = np.asarray(zarr.open_array(str(tmp_path / "img_masks.zarr"), mode="r")[:])
+    assert count == truth.max() and match_labels(truth, stitched).tp50 == truth.max()
+    assert write_labels_zarr(da.zeros(image.shape, np.int32, chunks=256), tmp_path / "img_masks.zarr") == 0
+    assert not zarr.open_array(str(tmp_path / "img_masks.zarr"), mode="r")[:].any()  # replaced whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left

@@ -17,6 +17,7 @@ Images are segmented at native scale (``rescale`` off), so every configuration d
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import datetime as _dt
 import io
@@ -26,7 +27,8 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,34 +85,34 @@ class PeakRSS:
         self.peak_bytes = max(self.peak_bytes, self._read())
 
 
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``) so RSS growth is per pass."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): growth is then an upper bound
+        pass
+
+
 def _fit(image: np.ndarray, labels: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Central ``size`` x ``size`` crop; smaller images are first mirror-tiled (labels get new ids per copy)."""
+    """Central ``size`` x ``size`` crop; smaller images are first mirror-padded (labels get new ids per copy)."""
     h, w = image.shape[:2]
-    ry, rx = -(-size // h), -(-size // w)
-    if ry > 1 or rx > 1:
-        rows, label_rows, offset = [], [], 0
-        top = int(labels.max()) if labels is not None and labels.size else 0
-        for i in range(ry):
-            row, label_row = [], []
-            for j in range(rx):
-                im, lab = image, labels
-                if i % 2:
-                    im, lab = im[::-1], None if lab is None else lab[::-1]
-                if j % 2:
-                    im, lab = im[:, ::-1], None if lab is None else lab[:, ::-1]
-                row.append(im)
-                if lab is not None:
-                    label_row.append(np.where(lab > 0, lab + offset, 0))
-                offset += top
-            rows.append(np.concatenate(row, axis=1))
-            if labels is not None:
-                label_rows.append(np.concatenate(label_row, axis=1))
-        image = np.concatenate(rows, axis=0)
-        labels = None if labels is None else np.concatenate(label_rows, axis=0)
-        h, w = image.shape[:2]
-    y0, x0 = (h - size) // 2, (w - size) // 2
+    pad = ((0, max(0, size - h)), (0, max(0, size - w)))
+    if pad[0][1] or pad[1][1]:
+        image = np.pad(image, pad + ((0, 0),) * (image.ndim - 2), mode="symmetric")
+        if labels is not None:
+            rows, cols = image.shape[:2]
+            copy = (np.arange(rows)[:, None] // h) * (-(-cols // w)) + np.arange(cols)[None, :] // w
+            labels = np.pad(labels, pad, mode="symmetric").astype(np.int64)
+            labels = np.where(labels > 0, labels + copy * int(labels.max()), 0)
+    y0, x0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
     crop = np.ascontiguousarray(image[y0 : y0 + size, x0 : x0 + size])
-    return crop, None if labels is None else np.ascontiguousarray(labels[y0 : y0 + size, x0 : x0 + size].astype(np.int32))
+    return crop, None if labels is None else np.ascontiguousarray(labels[y0 : y0 + size, x0 : x0 + size], dtype=np.int32)
 
 
 def prepare_images(
@@ -149,8 +151,8 @@ def prepare_images(
 
 
 def _run_one(
-    path: Path, out_dir: Path, predict: Callable[[np.ndarray], np.ndarray], network_stage: str,
-    postprocess: Callable[[np.ndarray], np.ndarray], normalize: Callable[[np.ndarray], np.ndarray],
+    path: Path, out_dir: Path, normalize: Callable[[np.ndarray], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
+    network_stage: str, postprocess: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[dict[str, float], np.ndarray]:
     """One image through every stage; returns seconds per stage and the labels."""
     from nucleiseg.io.images import read_image, write_labels
@@ -181,11 +183,14 @@ def _current(onnx_path: Path, weights_hash: str) -> bool:
     return onnx_path.is_file() and read_metadata(onnx_path).get(META["weights_hash"]) == weights_hash
 
 
-def _pipeline_fns(
+Runner = Callable[[Path], tuple[dict[str, float], np.ndarray]]
+
+
+def _runner(
     name: str, model_dir: Path, tta: bool, infer: InferConfig, work: Path, threads: int | None,
     calib_source: str | Path | None, weights_hash: str,
-) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray], str]:
-    """``(normalize, predict, postprocess, network_stage)`` of one pipeline."""
+) -> Runner:
+    """``path -> (seconds per stage, labels)`` for one pipeline; outputs go to ``work/out``."""
     from skimage.measure import label as connected_components
 
     from nucleiseg.export.onnx import export_onnx, load_torch_model
@@ -198,12 +203,11 @@ def _pipeline_fns(
 
     if name == "baseline":
         model, config, _, _ = load_torch_model(model_dir)
-        net = torch_predictor(model)
-        return (
-            lambda img: normalize_image(img, config.normalize),
-            lambda norm: net(norm.transpose(2, 0, 1)[None])[0],  # whole image; the model pads to its stride
-            lambda probs: connected_components(probs[0] > 0.5, connectivity=1).astype(np.int32),
-            "network",
+        whole = torch_predictor(model)
+        return lambda path: _run_one(
+            path, work / "out", lambda img: normalize_image(img, config.normalize),
+            lambda norm: whole(norm.transpose(2, 0, 1)[None])[0],  # whole image; the model pads to its stride
+            "network", lambda probs: connected_components(probs[0] > 0.5, connectivity=1).astype(np.int32),
         )
     if name == "torch":
         seg = Segmenter.from_pretrained(model_dir, backend="torch")
@@ -221,24 +225,15 @@ def _pipeline_fns(
     net = tta_predictor(seg.predictor) if tta else seg.predictor
     kw = {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "stride": seg.stride, "blend": infer.blend}
     post: PostprocessConfig = seg.config.postprocess
-    return (
-        lambda img: normalize_image(img, seg.config.normalize),
+    return lambda path: _run_one(
+        path, work / "out", lambda img: normalize_image(img, seg.config.normalize),
         lambda norm: predict_tiled(net, norm.transpose(2, 0, 1), **kw),
-        lambda probs: probabilities_to_labels(probs, post),
-        "tta" if tta else "network",
+        "tta" if tta else "network", lambda probs: probabilities_to_labels(probs, post),
     )
 
 
-def _bind(
-    out_dir: Path, normalize: Callable[[np.ndarray], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
-    post: Callable[[np.ndarray], np.ndarray], stage: str,
-) -> Callable[[Path], tuple[dict[str, float], np.ndarray]]:
-    """A one-argument runner ``path -> (seconds per stage, labels)`` for one configuration."""
-    return lambda path: _run_one(path, out_dir, predict, stage, post, normalize)
-
-
 def _measure(
-    runners: dict[tuple[str, bool], Callable[[Path], tuple[dict[str, float], np.ndarray]]],
+    runners: dict[tuple[str, bool], Runner],
     images: list[dict[str, Any]],
     repeats: int,
 ) -> dict[tuple[str, bool], dict[str, Any]]:
@@ -246,18 +241,23 @@ def _measure(
 
     Configurations take turns within each repeat, so a burst of load from other processes
     on a shared machine hits them alike; medians over repeats are reported. Memory is the
-    process's peak resident size during a configuration's passes, and its growth over the
-    size at the start of the pass (the pipeline's transient working memory).
+    process's peak resident size during a configuration's passes (warm-up included, as
+    ONNX Runtime's arena keeps what it grew then), and its growth over the size at the start
+    of a pass after freed heap pages went back to the system: the pipeline's working memory.
     """
-    for run in runners.values():
-        run(images[0]["path"])  # warm-up: lazy allocations, ORT/oneDNN kernel selection
+    memory: dict[tuple[str, bool], tuple[int, int]] = {}
+    for key, run in runners.items():
+        _trim_heap()
+        with PeakRSS() as mem:  # warm-up: lazy allocations, ORT arenas, oneDNN kernel selection
+            run(images[0]["path"])
+        memory[key] = (mem.peak_bytes, mem.peak_bytes - mem.start_bytes)
     passes: dict[tuple[str, bool], list[dict[str, float]]] = {k: [] for k in runners}
-    memory: dict[tuple[str, bool], tuple[int, int]] = {k: (0, 0) for k in runners}
     labels: dict[tuple[str, bool], list[np.ndarray]] = {}
     for _ in range(repeats):
         for key, run in runners.items():
             sums = dict.fromkeys(STAGES, 0.0)
             labels[key] = []
+            _trim_heap()
             with PeakRSS() as mem:
                 for im in images:
                     times, lab = run(im["path"])
@@ -306,6 +306,7 @@ def run_benchmark(
     threads: int | None = None,
     profile: int = 0,
     calib_source: str | Path | None = None,
+    tile: int | None = None,
 ) -> dict[str, Any]:
     """Benchmark the whole pipeline per backend and image size against the naive baseline.
 
@@ -332,6 +333,8 @@ def run_benchmark(
         cProfile this many images of the first size for every configuration (0: off).
     calib_source : path, optional
         Calibration images for the int8 export (default: the model's training data).
+    tile : int, optional
+        Tile side for the tiled pipelines (default: the model's ``infer.tile``).
 
     Returns
     -------
@@ -340,7 +343,11 @@ def run_benchmark(
         (size, pipeline, tta) with ``images_per_s``, ``ms_per_image`` per stage and total,
         ``peak_rss_mb``, ``score`` (None without ground truth) and ``speedup`` over the baseline.
     """
+    import onnxruntime
     import torch
+
+    from nucleiseg.export.onnx import load_torch_model
+    from nucleiseg.inference.segmenter import resolve_model_dir
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -350,38 +357,21 @@ def run_benchmark(
             raise ValueError(f"unknown backend {name!r}; choose from {', '.join(PIPELINES[1:])} or all")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
     if not sizes or any(int(s) < 1 for s in sizes):
         raise ValueError(f"sizes must be positive integers, got {list(sizes)}")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _run(images, model, names, [int(s) for s in sizes], tta, repeats, max_images, threads, profile, calib_source)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _run(
-    images: str | Path | Sequence[str | Path] | None, model: str | Path, names: list[str], sizes: list[int], tta: bool,
-    repeats: int, max_images: int | None, threads: int | None, profile: int, calib_source: str | Path | None,
-) -> dict[str, Any]:
-    """The body of :func:`run_benchmark` (arguments already validated)."""
-    import onnxruntime
-    import torch
-
-    from nucleiseg.export.onnx import load_torch_model
-    from nucleiseg.inference.segmenter import resolve_model_dir
-
+    sizes = [int(s) for s in sizes]
     source_folder = resolve_model_dir(model)
     source = images if images is not None else _default_images(source_folder)
     sources = [source] if isinstance(source, (str, Path)) else list(source)
-    with tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as tmp:
+    with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as tmp:
         work = Path(tmp)
         # Every pipeline loads this snapshot: a training run rewriting the weights meanwhile
         # cannot make the pipelines compare different models.
         folder = _snapshot(source_folder, work / "model")
         _, bundle, _, weights_hash = load_torch_model(folder)
-        infer = bundle.infer
+        infer = bundle.infer if tile is None else replace(bundle.infer, tile=tile)
         prepared = prepare_images(sources, sizes, work / "in", max_images)
         (work / "out").mkdir()
         result: dict[str, Any] = {
@@ -401,10 +391,10 @@ def _run(
             "profile": {},
         }
         configs = [("baseline", False)] + [(n, False) for n in names] + ([(n, True) for n in names] if tta else [])
-        runners = {}
-        for name, use_tta in configs:
-            fns = _pipeline_fns(name, folder, use_tta, infer, work, threads, calib_source, weights_hash)
-            runners[name, use_tta] = _bind(work / "out", *fns)
+        runners = {
+            (name, use_tta): _runner(name, folder, use_tta, infer, work, threads, calib_source, weights_hash)
+            for name, use_tta in configs
+        }
         for size in sizes:
             ims = prepared[size]
             stats = _measure(runners, ims, repeats)
@@ -421,6 +411,20 @@ def _run(
                     key = f"{name}{'+tta' if use_tta else ''}@{size}"
                     result["profile"][key] = _profile(lambda run=run: [run(im["path"]) for im in ims[:profile]])
         return result
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Set PyTorch's intra-op threads for the block (unchanged when None), then restore them."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _snapshot(folder: Path, dest: Path) -> Path:

@@ -39,6 +39,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rle", metavar="FILE", help="write a competition run-length CSV for all images")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dask", metavar="SPEC",
+                   help="run on Dask: 'local' (one worker per core), 'local:N', or a scheduler address tcp://host:8786")
+    p.add_argument("--block", type=int, metavar="PX",
+                   help="segment each image block-wise in PX x PX tiles (images larger than memory); "
+                   "writes OUT/<id>_masks.zarr")
+    p.add_argument("--block-overlap", type=int, metavar="PX",
+                   help="margin segmented around each block (default: max(64, 4 x nucleus diameter))")
+    p.add_argument("--resume", action="store_true", help="skip images whose requested outputs already exist in OUT")
     p.set_defaults(func=cmd_segment)
 
 
@@ -67,7 +75,36 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.min_size is not None:
         post = replace(post, min_size=args.min_size)
     options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle)
-    summary = segment_items(items, args.out, segmenter, options, infer, post, progress=not args.quiet)
+    if args.block is not None and (args.png or args.overlay or args.measure or args.rois or args.rle):
+        print("error: --block writes only OUT/<id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle", file=sys.stderr)
+        return 2
+    if args.dask or args.block is not None:
+        from nucleiseg.distributed import get_client, segment_items_blockwise, segment_items_dask
+
+        client = get_client(args.dask) if args.dask else None
+        try:
+            if args.block is not None:
+                summary = segment_items_blockwise(
+                    items, args.out, args.model, infer, post, client, block=args.block, overlap=args.block_overlap,
+                    resume=args.resume, progress=not args.quiet, device=args.device,
+                )
+            else:
+                summary = segment_items_dask(
+                    items, args.out, args.model, options, infer, post, client,
+                    resume=args.resume, progress=not args.quiet, device=args.device,
+                )
+        finally:
+            if client is not None:
+                client.close()
+    else:
+        if args.resume:
+            from nucleiseg.distributed.resume import pending_items
+
+            todo = pending_items(items, args.out, options)
+            if len(todo) < len(items):
+                print(f"resume: {len(items) - len(todo)} of {len(items)} images already done", file=sys.stderr)
+            items = todo
+        summary = segment_items(items, args.out, segmenter, options, infer, post, progress=not args.quiet)
     print(summary.line())
     return 1 if summary.failures else 0
 

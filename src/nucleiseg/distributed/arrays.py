@@ -156,7 +156,9 @@ def write_labels_zarr(labels: da.Array, path: str | Path, client: Any = None, pr
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         chunks = (labels.chunks[0][0], labels.chunks[1][0])
-        zarr.open_array(str(tmp), mode="w", shape=labels.shape, chunks=chunks, dtype=labels.dtype, fill_value=0)
+        # Zarr format 2: readable by zarr 2 and 3, napari and Fiji's N5/Zarr readers.
+        fmt = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
+        zarr.open_array(str(tmp), mode="w", shape=labels.shape, chunks=chunks, dtype=labels.dtype, fill_value=0, **fmt)
         offsets = [np.cumsum((0,) + c[:-1]) for c in labels.chunks]
         blocks = labels.to_delayed()
         tasks = [

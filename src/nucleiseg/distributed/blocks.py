@@ -88,7 +88,7 @@ class BlockPlan:
         return {
             "block": self.block, "overlap": self.overlap,
             "diameter": None if self.diameter is None else round(float(self.diameter), 2),
-            "intensity": None if self.intensity is None else [round(float(v), 6) for v in self.intensity[:2]] + [self.intensity[2]],
+            "intensity": None if self.intensity is None else [*(round(float(v), 6) for v in self.intensity[:2]), self.intensity[2]],
         }
 
 
@@ -147,7 +147,9 @@ def _segment_region(
             replace(segmenter.config, normalize=norm), segmenter.predictor, segmenter.stride, segmenter.name, segmenter.model_hash
         )
     result = segmenter.segment(image, infer, post, keep_probabilities=False)
-    diameter = result.diameter if result.diameter is not None else (estimate_diameter(result.labels) if result.labels.any() else None)
+    diameter = result.diameter
+    if diameter is None and result.labels.any():
+        diameter = estimate_diameter(result.labels)
     return result.labels, diameter
 
 
@@ -224,7 +226,10 @@ def _owned_objects(
     keep[0] = False
     k = int(keep.sum())
     if k > cap:
-        raise ValueError(f"tile at y={core[0]}, x={core[2]} holds {k} nuclei, more than the {cap} int32 ids per tile: use a larger --block")
+        raise ValueError(
+            f"tile at y={core[0]}, x={core[2]} holds {k} nuclei, more than the {cap} int32 ids each tile has: "
+            "the image is too large for int32 labels"
+        )
     lut = np.zeros(counts.size, np.int32)
     lut[keep] = np.arange(1, k + 1, dtype=np.int32)
     return lut[labels]
@@ -260,7 +265,8 @@ def _assemble(core: Box, parts: list[tuple[int, Box, np.ndarray]], cap: int) -> 
         both = (ca > 0) & (cb > 0)
         if not both.any():
             continue
-        pairs, shared = np.unique(np.stack([ca[both] + ia * cap, cb[both] + ib * cap]).astype(np.int64), axis=1, return_counts=True)
+        stacked = np.stack([ca[both].astype(np.int64) + ia * cap, cb[both].astype(np.int64) + ib * cap])
+        pairs, shared = np.unique(stacked, axis=1, return_counts=True)
         pa, pb = np.searchsorted(nodes, pairs[0]), np.searchsorted(nodes, pairs[1])
         same = 2 * shared >= np.minimum(area[pa], area[pb])
         edges.append(np.stack([pa[same], pb[same]]))

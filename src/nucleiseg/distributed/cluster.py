@@ -51,9 +51,9 @@ def parse_spec(spec: str) -> tuple[str, int | str]:
 def get_client(spec: str, timeout: float = 30.0) -> Client:
     """Open a :class:`distributed.Client` for a ``--dask`` value.
 
-    For ``local[:N]`` a :class:`distributed.LocalCluster` is started with N single-threaded worker processes
-    listening on 127.0.0.1 only, no dashboard and quiet logs; closing the returned client also
-    closes that cluster. For an address, the client connects to the running scheduler and
+    For ``local[:N]`` a :class:`distributed.LocalCluster` is started with N single-threaded
+    worker processes listening on 127.0.0.1 only, no dashboard and quiet logs; closing the
+    returned client also closes that cluster. For an address, the client connects to the running scheduler and
     closing it only disconnects.
 
     Parameters

@@ -22,17 +22,17 @@ from distributed import Client, as_completed, default_client
 from tqdm import tqdm
 
 from nucleiseg.config import InferConfig, PostprocessConfig
+from nucleiseg.distributed.cluster import describe_client
+from nucleiseg.distributed.resume import pending_items
+from nucleiseg.distributed.workers import cached_segmenter, model_reference
 from nucleiseg.inference.batch import BatchSummary, OutputOptions, versions, write_outputs
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.io.images import read_image, read_labels
 from nucleiseg.io.labels import InputItem
 from nucleiseg.io.rle import write_rle_csv
-from nucleiseg.distributed.cluster import describe_client
-from nucleiseg.distributed.resume import expected_outputs, pending_items
-from nucleiseg.distributed.workers import cached_segmenter, model_reference
 
-__all__ = ["expected_outputs", "pending_items", "segment_items_dask", "segment_items_blockwise"]
+__all__ = ["segment_items_dask", "segment_items_blockwise"]
 
 def _failure(item: InputItem, exc: BaseException) -> dict[str, str]:
     """One-line failure record naming the file, worded as the serial batch words it."""
@@ -117,7 +117,7 @@ def segment_items_dask(
         Records in input order; ``failures`` holds one record per file that could not be
         segmented (the batch goes on). A task whose worker dies is retried once elsewhere.
     """
-    client = client or default_client()
+    client = client if client is not None else default_client()
     options = options or OutputOptions()
     reference = model_reference(model)
     segmenter = cached_segmenter(reference, device)  # validates the model here; config for run.json
@@ -182,7 +182,10 @@ def _write_sidecar(
         "versions": versions(),
         "images": summary.images,
         "failures": summary.failures,
-        "summary": {"images": len(summary.images), "nuclei": summary.nuclei, "failed": len(summary.failures), "seconds": round(summary.seconds, 3)},
+        "summary": {
+            "images": len(summary.images), "nuclei": summary.nuclei,
+            "failed": len(summary.failures), "seconds": round(summary.seconds, 3),
+        },
         "dask": describe_client(client) if client is not None else None,
         **extra,
     }

@@ -259,12 +259,18 @@ def check_parity(
         random_diff = max(random_diff, float(np.abs(ort(x) - ref(x)).max()))
 
     infer = config.infer
-    source = Path(images) if images is not None else default_image_source(folder)
+    if images is not None:
+        source: Path | None = Path(images)
+    else:
+        try:
+            source = default_image_source(folder)
+        except FileNotFoundError:  # no real images anywhere: random inputs only
+            source = None
     real_max, real_sum, real_px = 0.0, 0.0, 0
     scores_t: list[float] = []
     scores_o: list[float] = []
     agreement: list[float] = []
-    items = _parity_items(folder, source, n_images)
+    items = _parity_items(folder, source, n_images) if source is not None and n_images > 0 else []
     for item in items:
         image = _center_crop(read_image(item.image_path), PARITY_MAX_SIDE)
         chw = normalize_image(image, config.normalize).transpose(2, 0, 1)
