@@ -25,48 +25,27 @@ from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.distributed.cluster import describe_client
 from nucleiseg.distributed.resume import pending_items
 from nucleiseg.distributed.workers import cached_segmenter, model_reference
-from nucleiseg.inference.batch import BatchSummary, OutputOptions, versions, write_outputs
+from nucleiseg.inference.batch import BatchSummary, OutputOptions, failure_record, segment_one, versions
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.atomic import atomic_write_text
-from nucleiseg.io.images import read_image, read_labels
+from nucleiseg.io.images import read_labels
 from nucleiseg.io.labels import InputItem
 from nucleiseg.io.rle import write_rle_csv
 
 __all__ = ["segment_items_dask", "segment_items_blockwise"]
-
-def _failure(item: InputItem, exc: BaseException) -> dict[str, str]:
-    """One-line failure record naming the file, worded as the serial batch words it."""
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if str(item.image_path) not in message:
-        message = f"{item.image_path}: {message}"
-    return {"id": item.id, "file": str(item.image_path), "error": message}
-
 
 def _segment_task(
     item: InputItem, out_dir: str, model: str, device: str, options: OutputOptions,
     infer: InferConfig, post: PostprocessConfig, want_labels: bool,
 ) -> dict[str, Any]:
     """Runs on a worker: segment one image and write its outputs; never raises for a bad file."""
-    t = time.perf_counter()
     try:
         segmenter = cached_segmenter(model, device)
-        image = read_image(item.image_path)
-        result = segmenter.segment(image, infer, post, keep_probabilities=False)
-        files = write_outputs(item, image, result, Path(out_dir), options)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # one bad image never stops the batch
-        return {"failure": _failure(item, exc)}
-    record = {
-        "id": item.id,
-        "file": str(item.image_path),
-        "count": result.count,
-        "diameter": None if result.diameter is None else round(float(result.diameter), 2),
-        "scale": round(float(result.scale), 4),
-        "seconds": round(time.perf_counter() - t, 4),
-        "outputs": files,
-    }
-    return {"record": record, "labels": result.labels if want_labels else None}
+    except Exception as exc:
+        return {"failure": failure_record(item, exc)}
+    return segment_one(item, segmenter, Path(out_dir), options, infer, post, want_labels)
 
 
 def _absolute(item: InputItem) -> InputItem:
@@ -147,7 +126,7 @@ def segment_items_dask(
             try:
                 outcome = future.result()
             except Exception as exc:  # the task itself failed twice: its worker died
-                outcome = {"failure": _failure(_absolute(item), RuntimeError(f"worker failed: {exc}"))}
+                outcome = {"failure": failure_record(_absolute(item), RuntimeError(f"worker failed: {exc}"))}
             bar.update(1)
             if "failure" in outcome:
                 summary.failures.append(outcome["failure"])
@@ -238,7 +217,7 @@ def segment_items_blockwise(
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            summary.failures.append(_failure(item, exc))
+            summary.failures.append(failure_record(item, exc))
             tqdm.write(f"error: {summary.failures[-1]['error']}", file=sys.stderr)
             continue
         summary.images.append({

@@ -99,6 +99,49 @@ def write_outputs(item: InputItem, image: np.ndarray, result: Result, out_dir: P
     return written
 
 
+def failure_record(item: InputItem, exc: BaseException) -> dict[str, str]:
+    """The one-line failure record of an image: id, file and a message naming the file."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if str(item.image_path) not in message:
+        message = f"{item.image_path}: {message}"
+    return {"id": item.id, "file": str(item.image_path), "error": message}
+
+
+def segment_one(
+    item: InputItem,
+    segmenter: Segmenter,
+    out_dir: Path,
+    options: OutputOptions,
+    infer: InferConfig,
+    post: PostprocessConfig,
+    want_labels: bool = False,
+) -> dict[str, Any]:
+    """Segment one image and write its outputs; a bad file gives ``{"failure": ...}``, never raises.
+
+    Returns ``{"record": ..., "labels": ...}`` on success (``labels`` only with ``want_labels``).
+    The serial batch and the Dask workers both call this, so their records are identical.
+    """
+    t = time.perf_counter()
+    try:
+        image = read_image(item.image_path)
+        result = segmenter.segment(image, infer, post, keep_probabilities=False)
+        files = write_outputs(item, image, result, out_dir, options)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # one bad image never stops the batch
+        return {"failure": failure_record(item, exc)}
+    record = {
+        "id": item.id,
+        "file": str(item.image_path),
+        "count": result.count,
+        "diameter": None if result.diameter is None else round(float(result.diameter), 2),
+        "scale": round(float(result.scale), 4),
+        "seconds": round(time.perf_counter() - t, 4),
+        "outputs": files,
+    }
+    return {"record": record, "labels": result.labels if want_labels else None}
+
+
 def segment_items(
     items: list[InputItem],
     out_dir: str | Path,
@@ -135,31 +178,14 @@ def segment_items(
     start = time.perf_counter()
     bar = tqdm(items, desc="segment", unit="img", disable=not progress)
     for item in bar:
-        t = time.perf_counter()
-        try:
-            image = read_image(item.image_path)
-            result = segmenter.segment(image, infer, post, keep_probabilities=False)
-            files = write_outputs(item, image, result, out, options)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # one bad image never stops the batch
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if str(item.image_path) not in message:
-                message = f"{item.image_path}: {message}"
-            summary.failures.append({"id": item.id, "file": str(item.image_path), "error": message})
-            tqdm.write(f"error: {message}", file=sys.stderr)
+        outcome = segment_one(item, segmenter, out, options, infer, post, want_labels=bool(options.rle))
+        if "failure" in outcome:
+            summary.failures.append(outcome["failure"])
+            tqdm.write(f"error: {outcome['failure']['error']}", file=sys.stderr)
             continue
         if options.rle:
-            rle_labels[item.id] = result.labels
-        summary.images.append({
-            "id": item.id,
-            "file": str(item.image_path),
-            "count": result.count,
-            "diameter": None if result.diameter is None else round(float(result.diameter), 2),
-            "scale": round(float(result.scale), 4),
-            "seconds": round(time.perf_counter() - t, 4),
-            "outputs": files,
-        })
+            rle_labels[item.id] = outcome["labels"]
+        summary.images.append(outcome["record"])
     summary.seconds = time.perf_counter() - start
     if options.rle:
         write_rle_csv(options.rle, rle_labels)
