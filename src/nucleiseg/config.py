@@ -182,7 +182,7 @@ class TrainConfig:
 class InferConfig:
     """Sliding-window prediction and test-time augmentation settings."""
 
-    tile: int = 512
+    tile: int = 1024
     overlap: float = 0.25
     batch_size: int = 4
     blend: str = "gaussian"

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nucleiseg import __version__
+from nucleiseg.cli import benchmark as _bench
+from nucleiseg.cli import export as _export
 from nucleiseg.cli.serve import add_parser as _add_serve
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -38,6 +40,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rois", action="store_true", help="write <id>_rois.zip (ImageJ ROIs)")
     p.add_argument("--rle", metavar="FILE", help="write a competition run-length CSV for all images")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine (onnx needs RUN/model.onnx from `nucleiseg export`)")
+    p.add_argument("--threads", type=int, help="CPU threads for the network (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dask", metavar="SPEC",
                    help="run on Dask: 'local' (one worker per core), 'local:N', or a scheduler address tcp://host:8786")
@@ -62,7 +66,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not items:
         print(f"error: no images found in {' '.join(args.inputs)}", file=sys.stderr)
         return 2
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, backend=args.backend)
     infer = segmenter.config.infer
     overrides = {"tta": args.tta or infer.tta, "rescale": infer.rescale and not args.no_rescale}
     for name in ("tile", "overlap", "diameter"):
@@ -276,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nucleiseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_segment, _add_evaluate, _add_inspect, _add_train, _add_validate, _add_serve):
+    commands = (_add_segment, _add_evaluate, _add_inspect, _add_train, _add_validate, _add_serve,
+                _export.add_parser, _bench.add_parser)
+    for add in commands:
         add(sub)
     return parser
 
