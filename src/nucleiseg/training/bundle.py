@@ -1,0 +1,112 @@
+"""Ship a trained run inside the package: config, weights, thresholds, model card, reference output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from nucleiseg.config import ModelBundleConfig, load_json, save_json
+from nucleiseg.inference.segmenter import WEIGHTS_DIR, Segmenter
+from nucleiseg.io.atomic import atomic_write_text
+from nucleiseg.io.labels import discover_inputs, load_item_gt
+from nucleiseg.io.images import read_image
+from nucleiseg.metrics import match_labels
+from nucleiseg.training.checkpoint import file_hash
+
+
+def reference_outputs(model_dir: str | Path, examples: str | Path) -> dict[str, dict[str, Any]]:
+    """Nucleus count (and score, where ground truth exists) of a model on each example image."""
+    segmenter = Segmenter.from_pretrained(model_dir)
+    out = {}
+    for item in discover_inputs([Path(examples)]):
+        labels = segmenter.segment(read_image(item.image_path), keep_probabilities=False).labels
+        record: dict[str, Any] = {"count": int(labels.max())}
+        if item.gt_path is not None:
+            record["score"] = round(match_labels(load_item_gt(item), labels).competition_score, 4)
+        out[item.id] = record
+    return out
+
+
+def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: dict[str, Any], sha: str) -> str:
+    rows = []
+    for key, label in [("native_default", "native scale, default thresholds"), ("native_tuned", "native scale, tuned thresholds"),
+                       ("native_tuned_tta", "native scale, tuned thresholds, 8-fold TTA"),
+                       ("pipeline", "full pipeline (scale normalisation), tuned"), ("pipeline_tta", "full pipeline, tuned, TTA")]:
+        if key in evaluation:
+            r = evaluation[key]
+            rows.append(f"| {label} | {r['val_score']:.4f} | {r['val_ap50']:.4f} | {r['val_f1']:.4f} | {r['val_mean_iou_seed']:.4f} |")
+    model = train["model"]
+    return "\n".join([
+        f"# Model card: `{name}`",
+        "",
+        f"- Architecture: `{model['arch']}` {json.dumps(model['params'])}, targets `{train['targets']['mode']}`.",
+        f"- Weights: `weights.safetensors`, SHA-256 `{sha}`.",
+        f"- Trained on DSB 2018 stage1_train (CC0), {report['n_train']} images; validation split of "
+        f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})` "
+        f"(`split.json` of the run). Recipe: `configs/{name}.yaml` (`train.json` here).",
+        f"- Training: {report['epochs_run']} epochs, best at epoch {report['best_epoch']}, "
+        f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads), torch {report['torch']}.",
+        "- Post-processing thresholds tuned on the validation split: `thresholds.json`.",
+        "",
+        "## Validation figures",
+        "",
+        "Reproduce: `nucleiseg validate runs/" + name + " --tta` on a run trained with the recipe.",
+        "",
+        "| setting | competition score | AP@0.5 | F1@0.5 | mean IoU (seed) |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "## Limits",
+        "",
+        "Trained only on DSB 2018 stage 1 training images (mostly fluorescence, some brightfield and H&E "
+        "tissue). Expect lower accuracy on other modalities, 3D data or very crowded tissue; check with "
+        "`nucleiseg evaluate` on a few annotated images of your own.",
+        "",
+    ])
+
+
+def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path | None = None,
+               dest_root: str | Path = WEIGHTS_DIR) -> Path:
+    """Copy a run into ``dest_root/name`` with a model card and reference outputs on the examples.
+
+    Parameters
+    ----------
+    run_dir : path
+        Run folder with ``weights.safetensors``, ``config.json``, ``train.json``,
+        ``report.json`` and ``evaluation.json`` (from ``nucleiseg validate``).
+    name : str
+        Bundled model name.
+    examples : path, optional
+        Folder of example images; their counts and scores are stored in ``reference.json``.
+    """
+    run = Path(run_dir)
+    dest = Path(dest_root) / name
+    dest.mkdir(parents=True, exist_ok=True)
+    config = load_json(ModelBundleConfig, run / "config.json")
+    config.name = name
+    save_json(config, dest / "config.json")
+    shutil.copyfile(run / "weights.safetensors", dest / "weights.safetensors")
+    if (run / "thresholds.json").is_file():
+        shutil.copyfile(run / "thresholds.json", dest / "thresholds.json")
+    for extra in ("train.json", "evaluation.json", "report.json"):
+        shutil.copyfile(run / extra, dest / extra)
+    sha = file_hash(dest / "weights.safetensors")
+    card = _card(name, json.loads((run / "train.json").read_text()), json.loads((run / "report.json").read_text()),
+                 json.loads((run / "evaluation.json").read_text()), sha)
+    atomic_write_text(dest / "MODEL_CARD.md", card)
+    if examples is not None:
+        reference = {"sha256": sha, "examples": reference_outputs(dest, examples)}
+        atomic_write_text(dest / "reference.json", json.dumps(reference, indent=2))
+    return dest
+
+
+if __name__ == "__main__":  # python -m nucleiseg.training.bundle RUN_DIR [NAME] [EXAMPLES]
+    import sys
+
+    args = sys.argv[1:]
+    if not args:
+        sys.exit("usage: python -m nucleiseg.training.bundle RUN_DIR [NAME] [EXAMPLES_DIR]")
+    folder = bundle_run(args[0], args[1] if len(args) > 1 else "default", args[2] if len(args) > 2 else "examples")
+    print(f"bundled into {folder}")
