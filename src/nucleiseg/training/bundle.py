@@ -33,7 +33,7 @@ def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: 
     rows = []
     for key, label in [("native_default", "native scale, default thresholds"), ("native_tuned", "native scale, tuned thresholds"),
                        ("native_tuned_tta", "native scale, tuned thresholds, 8-fold TTA"),
-                       ("pipeline", "full pipeline (scale normalisation), tuned"), ("pipeline_tta", "full pipeline, tuned, TTA")]:
+                       ("pipeline", "full pipeline (scale normalisation), tuned")]:
         if key in evaluation:
             r = evaluation[key]
             rows.append(f"| {label} | {r['val_score']:.4f} | {r['val_ap50']:.4f} | {r['val_f1']:.4f} | {r['val_mean_iou_seed']:.4f} |")

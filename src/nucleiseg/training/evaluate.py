@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +56,8 @@ def evaluate_run(
     tta : bool
         Also score with 8-fold test-time augmentation.
     pipeline : bool
-        Also score the full user pipeline (:class:`Segmenter`, with scale normalisation) on the
-        validation images.
+        Also score the full user pipeline (:class:`Segmenter` with its default settings: scale
+        normalisation, tuned thresholds, no TTA) on the validation images.
     max_images : int, optional
         Use only the first N validation ids.
 
@@ -66,7 +65,7 @@ def evaluate_run(
     -------
     dict
         Scores keyed by setting (``native_default``, ``native_tuned``, ``native_tuned_tta``,
-        ``pipeline``, ``pipeline_tta``), each with score, AP@0.5, F1, mean IoU; also the tuned
+        ``pipeline``), each with score, AP@0.5, F1, mean IoU; also the tuned
         settings and seconds.
     """
     folder = resolve_model_dir(run_dir)
@@ -95,18 +94,15 @@ def evaluate_run(
         from nucleiseg.io.dsb import load_sample
 
         segmenter = Segmenter.from_pretrained(folder)
-        settings = [("pipeline", False)] + ([("pipeline_tta", True)] if tta else [])
-        for key, use_tta in settings:
-            infer = replace(segmenter.config.infer, tta=use_tta)
-            items = []
-            for sample_id in ids:
-                raw = load_sample(Path(data) / sample_id, check=False)
-                items.append((sample_id, raw.labels, segmenter.segment(raw.image, infer, keep_probabilities=False).labels))
-            summary = evaluate_pairs(items).summary
-            results[key] = {
-                "val_score": float(summary["score_macro"]), "val_ap50": float(summary["ap50"]),
-                "val_f1": float(summary["f1_50"]), "val_mean_iou_seed": float(summary["mean_iou_seed"]),
-            }
+        items = []
+        for sample_id in ids:
+            raw = load_sample(Path(data) / sample_id, check=False)
+            items.append((sample_id, raw.labels, segmenter.segment(raw.image, keep_probabilities=False).labels))
+        summary = evaluate_pairs(items).summary
+        results["pipeline"] = {
+            "val_score": float(summary["score_macro"]), "val_ap50": float(summary["ap50"]),
+            "val_f1": float(summary["f1_50"]), "val_mean_iou_seed": float(summary["mean_iou_seed"]),
+        }
     results["seconds"] = round(time.perf_counter() - t, 1)
     atomic_write_text(folder / "evaluation.json", json.dumps(results, indent=2))
     return results
@@ -115,7 +111,7 @@ def evaluate_run(
 def format_results(results: dict[str, Any]) -> str:
     """A small text table of :func:`evaluate_run` results."""
     lines = [f"validation images: {results['n_images']}", f"{'setting':<18} {'score':>7} {'AP50':>7} {'F1':>7} {'mIoU':>7}"]
-    for key in ("native_default", "native_tuned", "native_tuned_tta", "pipeline", "pipeline_tta"):
+    for key in ("native_default", "native_tuned", "native_tuned_tta", "pipeline"):
         if key in results:
             r = results[key]
             lines.append(
