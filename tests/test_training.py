@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,8 +14,12 @@ import torch
 from nucleiseg.config import TrainConfig
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.models import create_model
-from nucleiseg.training import load_weights, save_weights, split_ids, train
+from nucleiseg.training import file_hash, load_weights, save_weights, split_ids, train
+from nucleiseg.training.bundle import bundle_run
+from nucleiseg.training.evaluate import evaluate_run
 from nucleiseg.training.checkpoint import load_training_state, save_training_state
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_split_is_fixed_and_disjoint():
@@ -80,3 +86,17 @@ def test_short_real_training_run(tmp_path, dsb_root):
     cfg.epochs = 4
     train(cfg, resume=True, progress=False)
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1, 2, 3, 4]
+    # validation with tuning writes thresholds the segmenter then loads; bundling ships it all
+    results = evaluate_run(out, dsb_root, tune=True, tta=False, pipeline=True, max_images=2, progress=False)
+    assert {"native_default", "native_tuned", "pipeline"} <= set(results)
+    assert results["native_tuned"]["val_score"] >= results["native_default"]["val_score"] - 1e-9
+    tuned = json.loads((out / "thresholds.json").read_text())
+    assert Segmenter.from_pretrained(out).config.postprocess.threshold == tuned["threshold"]
+    examples = tmp_path / "ex"
+    examples.mkdir()
+    for name in ("fluo_small.png", "fluo_small_masks.tif"):
+        shutil.copy(REPO / "examples" / name, examples)
+    bundled = bundle_run(out, "tiny", examples=examples, dest_root=tmp_path / "weights")
+    assert (bundled / "MODEL_CARD.md").read_text().count(file_hash(bundled / "weights.safetensors")) == 1
+    reference = json.loads((bundled / "reference.json").read_text())["examples"]["fluo_small"]
+    assert set(reference) == {"count", "score"} and 0 <= reference["score"] <= 1
