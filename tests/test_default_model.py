@@ -1,0 +1,44 @@
+"""The bundled default model: loads, is the documented file, reproduces its reference output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nucleiseg.inference.segmenter import WEIGHTS_DIR, Segmenter
+from nucleiseg.io import read_image, read_labels
+from nucleiseg.metrics import match_labels
+from nucleiseg.training.checkpoint import file_hash
+
+DEFAULT = WEIGHTS_DIR / "default"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return json.loads((DEFAULT / "reference.json").read_text())
+
+
+def test_bundle_is_complete_and_small():
+    for name in ("config.json", "weights.safetensors", "thresholds.json", "MODEL_CARD.md", "reference.json"):
+        assert (DEFAULT / name).is_file(), name
+    assert (DEFAULT / "weights.safetensors").stat().st_size < 20 * 2**20
+
+
+def test_hash_is_the_documented_one(reference):
+    sha = file_hash(DEFAULT / "weights.safetensors")
+    assert sha == reference["sha256"]
+    assert sha in (DEFAULT / "MODEL_CARD.md").read_text()
+    assert Segmenter.from_pretrained("default").model_hash == sha
+
+
+@pytest.mark.parametrize("name", ["fluo_small", "tissue_he"])
+def test_example_matches_reference_output(name, reference):
+    seg = Segmenter.from_pretrained("default")
+    labels = seg.segment(read_image(EXAMPLES / f"{name}.png")).labels
+    ref = reference["examples"][name]
+    assert abs(int(labels.max()) - ref["count"]) <= max(2, round(0.05 * ref["count"]))
+    score = match_labels(read_labels(EXAMPLES / f"{name}_masks.tif"), labels).competition_score
+    assert score == pytest.approx(ref["score"], abs=0.02)
