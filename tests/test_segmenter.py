@@ -78,3 +78,20 @@ def test_classical_and_unknown_models():
 def test_bad_image_shape(segmenter):
     with pytest.raises(ValueError, match="2D gray or colour"):
         segmenter.segment(np.zeros((2, 3, 4, 5)))
+
+
+def test_no_seams_in_a_large_mosaic_with_the_default_model():
+    """A 2x2 mosaic of a real image, tiled in 256-pixel tiles, gives the labels of one whole pass."""
+    from pathlib import Path
+
+    from nucleiseg.io import read_image
+
+    tile = read_image(Path(__file__).resolve().parents[1] / "examples" / "fluo_wide.png")
+    mosaic = np.concatenate([np.concatenate([tile, tile], axis=1)] * 2, axis=0)
+    seg = Segmenter.from_pretrained("default")
+    whole = seg.segment(mosaic, replace(seg.config.infer, rescale=False, tile=2048)).labels
+    tiled = seg.segment(mosaic, replace(seg.config.infer, rescale=False, tile=256, overlap=0.25)).labels
+    match = match_labels(whole, tiled)
+    assert match.n_true > 200
+    assert abs(match.n_true - match.n_pred) <= 0.02 * match.n_true
+    assert match.ap50 > 0.97 and match.competition_score > 0.9
