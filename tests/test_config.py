@@ -38,3 +38,17 @@ def test_bundle_json_is_plain(tmp_path):
     data = json.loads((tmp_path / "config.json").read_text())
     assert data["name"] == "x" and data["targets"]["mode"] == "contour"
     assert to_dict(load_json(ModelBundleConfig, tmp_path / "config.json")) == data
+
+
+def test_public_api_is_lazy_and_complete():
+    import subprocess
+    import sys
+
+    import nucleiseg
+
+    assert callable(nucleiseg.segment) and callable(nucleiseg.create_model) and callable(nucleiseg.score)
+    assert nucleiseg.Segmenter.from_pretrained("classical").is_classical
+    with pytest.raises(AttributeError):
+        nucleiseg.not_there  # noqa: B018
+    code = "import sys, nucleiseg; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
