@@ -133,8 +133,7 @@ class Segmenter:
         if backend != "torch":
             raise ValueError(f"unknown backend {backend!r} (choose torch or onnx)")
         from nucleiseg.inference.predictors import torch_predictor
-        from nucleiseg.models import create_model
-        from nucleiseg.training.checkpoint import file_hash, load_weights
+        from nucleiseg.training.checkpoint import file_hash, load_model
 
         folder = resolve_model_dir(name_or_path)
         config = load_json(ModelBundleConfig, folder / "config.json")
@@ -144,9 +143,7 @@ class Segmenter:
         tuned = folder / "thresholds.json"
         if tuned.is_file():
             config = replace(config, postprocess=load_json(PostprocessConfig, tuned))
-        m = config.model
-        params = {k: v for k, v in m.params.items() if k != "weights_path"}  # the full weights replace it
-        model = load_weights(create_model(m.arch, m.in_channels, m.out_channels, **params), weights)
+        model = load_model(config.model, weights)
         return cls(config, torch_predictor(model, device), int(getattr(model, "stride", 32)), config.name or folder.name, file_hash(weights))
 
     @property

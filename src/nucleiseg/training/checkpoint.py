@@ -41,6 +41,19 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     return model
 
 
+def load_model(model_config: Any, path: str | Path) -> torch.nn.Module:
+    """Build the network a :class:`~nucleiseg.config.ModelConfig` describes and load its weights.
+
+    ``weights_path`` (a pretrained-encoder file used only when training starts) is dropped: the
+    full state dict replaces the encoder anyway, and that file need not exist any more.
+    """
+    from nucleiseg.models import create_model
+
+    params = {k: v for k, v in model_config.params.items() if k != "weights_path"}
+    model = create_model(model_config.arch, model_config.in_channels, model_config.out_channels, **params)
+    return load_weights(model, path)
+
+
 def file_hash(path: str | Path) -> str:
     """SHA-256 hex digest of a file (the model hash written into every output sidecar)."""
     digest = hashlib.sha256()

@@ -12,7 +12,7 @@ from nucleiseg.inference.segmenter import Segmenter, resolve_model_dir
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.metrics import evaluate_pairs
 from nucleiseg.postprocess import tune_postprocess
-from nucleiseg.training.checkpoint import load_weights
+from nucleiseg.training.checkpoint import load_model
 from nucleiseg.training.data import load_samples
 from nucleiseg.training.validation import predict_samples, score_probabilities
 
@@ -23,14 +23,6 @@ def validation_ids(run_dir: str | Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no split.json (only run folders from `nucleiseg train` have one)")
     return list(json.loads(path.read_text())["val"])
-
-
-def _load_model(folder: Path, config: ModelBundleConfig):
-    from nucleiseg.models import create_model
-
-    m = config.model
-    params = {k: v for k, v in m.params.items() if k != "weights_path"}
-    return load_weights(create_model(m.arch, m.in_channels, m.out_channels, **params), folder / "weights.safetensors")
 
 
 def evaluate_run(
@@ -72,7 +64,7 @@ def evaluate_run(
     config = load_json(ModelBundleConfig, folder / "config.json")
     ids = validation_ids(folder)[:max_images]
     samples = load_samples(data, ids, config.normalize, progress)
-    model = _load_model(folder, config)
+    model = load_model(config.model, folder / "weights.safetensors")
     results: dict[str, Any] = {"run": str(folder), "n_images": len(ids)}
     t = time.perf_counter()
     probs = predict_samples(model, samples, config.infer, progress=progress)
