@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+
 from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.config import InferConfig, PostprocessConfig
 
 
 def segment(image: np.ndarray, model: str | Path = "default", **infer_options: object) -> np.ndarray:
@@ -29,37 +29,17 @@ def segment(image: np.ndarray, model: str | Path = "default", **infer_options: o
     """
     from dataclasses import replace
 
-    from nucleiseg.inference.segmenter import Segmenter
-
-    segmenter = Segmenter.from_pretrained(model)
+    segmenter = _cached_segmenter(str(model))
     infer = replace(segmenter.config.infer, **infer_options)  # type: ignore[arg-type]
-    return segmenter.segment(image, infer).labels
+    return segmenter.segment(image, infer, keep_probabilities=False).labels
 
 
-def segment_paths(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    model: str | Path = "default",
-    infer: InferConfig | None = None,
-    post: PostprocessConfig | None = None,
-    options: object | None = None,
-    progress: bool = True,
-    device: str = "cpu",
-):
-    """Discover images under ``inputs`` and segment them all into ``out_dir``.
-
-    Returns the :class:`~nucleiseg.inference.batch.BatchSummary`; ``summary.failures`` lists
-    the files that could not be processed.
-    """
-    from nucleiseg.inference.batch import segment_items
+@functools.lru_cache(maxsize=4)
+def _cached_segmenter(model: str):
+    """Load each model once per process, so calling :func:`segment` in a loop reads no weights again."""
     from nucleiseg.inference.segmenter import Segmenter
-    from nucleiseg.io.labels import discover_inputs
 
-    items = discover_inputs([Path(p) for p in inputs])
-    if not items:
-        raise FileNotFoundError(f"no images found in: {', '.join(map(str, inputs))}")
-    segmenter = Segmenter.from_pretrained(model, device=device)
-    return segment_items(items, out_dir, segmenter, options, infer, post, progress)  # type: ignore[arg-type]
+    return Segmenter.from_pretrained(model)
 
 
 def evaluate_paths(gt: str | Path, pred: str | Path, progress: bool = False):
