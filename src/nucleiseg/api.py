@@ -1,13 +1,11 @@
-"""High-level functions over files and folders; the CLI and the web app call these."""
+"""High-level functions: segment one array, evaluate folders (``nucleiseg evaluate`` calls this)."""
 
 from __future__ import annotations
 
 import functools
-
 from pathlib import Path
 
 import numpy as np
-
 
 
 def segment(image: np.ndarray, model: str | Path = "default", **infer_options: object) -> np.ndarray:
