@@ -118,3 +118,16 @@ def test_benchmark_cli(tiny_model: Path, two_images: Path, tmp_path: Path, capsy
     assert f"wrote {out}" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["benchmark", "--sizes", "a,b"])
+
+
+def test_run_benchmark_with_workers(tiny_model: Path, two_images: Path) -> None:
+    """The worker-pool rows segment the same labels as the serial rows of the same pipeline."""
+    result = run_benchmark(two_images, tiny_model, backends=["onnx"], sizes=[64], repeats=1, workers=2)
+    rows = {(r["pipeline"], r["workers"]): r for r in result["results"]}
+    assert set(rows) == {("baseline", 1), ("onnx", 1), ("onnx", 2)} and result["settings"]["workers"] == 2
+    pool = rows["onnx", 2]
+    assert pool["images_per_s"] > 0 and pool["peak_rss_mb"] > 0 and pool["ms_per_image"]["network"] > 0
+    assert pool["score"] == rows["onnx", 1]["score"]
+    assert "onnx x2" in format_table(result)
+    with pytest.raises(ValueError, match="workers"):
+        run_benchmark(two_images, tiny_model, sizes=[64], repeats=1, workers=0)

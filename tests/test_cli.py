@@ -126,3 +126,24 @@ def test_inspect_writes_report(dsb_subset, tmp_path, capsys):
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert summary["images"] == 2 and summary["nuclei"] == 27 + 36
     assert (tmp_path / "rep" / "samples.png").stat().st_size > 1000
+
+
+def test_workers_give_the_serial_results(small_inputs, tmp_path, capsys):
+    """Two worker processes (bundled model, spawn) write the same masks and records as one process."""
+    (small_inputs / "broken.png").write_text("not an image")
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        code = main(["segment", str(small_inputs), "-o", str(out), "--quiet", "--measure", "--rle", str(out / "s.csv"),
+                     "--workers", str(workers)])
+        assert code == 1  # the broken file fails in both modes, the others are written
+        runs[workers] = json.loads((out / "run.json").read_text())
+        assert runs[workers]["workers"] == workers
+    strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in runs[w]["images"]] for w in (1, 2)]
+    assert strip[0] == strip[1] and [r["id"] for r in strip[0]] == ["fluo_small", "tissue_he"]
+    assert runs[1]["failures"] == runs[2]["failures"] and runs[2]["failures"][0]["id"] == "broken"
+    for name in ("fluo_small", "tissue_he"):
+        assert np.array_equal(tifffile.imread(tmp_path / "out1" / f"{name}_masks.tif"), tifffile.imread(tmp_path / "out2" / f"{name}_masks.tif"))
+        assert (tmp_path / "out1" / f"{name}_measurements.csv").read_text() == (tmp_path / "out2" / f"{name}_measurements.csv").read_text()
+    assert (tmp_path / "out1" / "s.csv").read_text() == (tmp_path / "out2" / "s.csv").read_text()
+    assert main(["segment", str(small_inputs), "-o", str(tmp_path / "o"), "--workers", "0"]) == 2

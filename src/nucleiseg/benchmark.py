@@ -152,11 +152,15 @@ def prepare_images(
 
 def _run_one(
     path: Path, out_dir: Path, normalize: Callable[[np.ndarray], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
-    network_stage: str, postprocess: Callable[[np.ndarray], np.ndarray],
+    network_stage: str, postprocess: Callable[[np.ndarray], np.ndarray], naive: bool = False,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """One image through every stage; returns seconds per stage and the labels."""
+    """One image through every stage; returns seconds per stage and the labels.
+
+    ``naive`` measures with plain ``regionprops_table`` (the baseline) instead of the vectorised
+    :func:`~nucleiseg.io.measure.measure`; both give the same table.
+    """
     from nucleiseg.io.images import read_image, write_labels
-    from nucleiseg.io.outputs import measure, write_measurements
+    from nucleiseg.io.outputs import measure, measure_regionprops, write_measurements
 
     times: dict[str, float] = {}
     t = time.perf_counter()
@@ -168,7 +172,7 @@ def _run_one(
     times[network_stage], t = time.perf_counter() - t, time.perf_counter()
     labels = postprocess(probs)
     times["watershed"], t = time.perf_counter() - t, time.perf_counter()
-    table = measure(labels, image)
+    table = (measure_regionprops if naive else measure)(labels, image)
     times["measurements"], t = time.perf_counter() - t, time.perf_counter()
     write_labels(out_dir / f"{path.stem}_masks.tif", labels)
     write_measurements(out_dir / f"{path.stem}_measurements.csv", table)
@@ -207,7 +211,7 @@ def _runner(
         return lambda path: _run_one(
             path, work / "out", lambda img: normalize_image(img, config.normalize),
             lambda norm: whole(norm.transpose(2, 0, 1)[None])[0],  # whole image; the model pads to its stride
-            "network", lambda probs: connected_components(probs[0] > 0.5, connectivity=1).astype(np.int32),
+            "network", lambda probs: connected_components(probs[0] > 0.5, connectivity=1).astype(np.int32), naive=True,
         )
     if name == "torch":
         seg = Segmenter.from_pretrained(model_dir, backend="torch")
@@ -307,6 +311,7 @@ def run_benchmark(
     profile: int = 0,
     calib_source: str | Path | None = None,
     tile: int | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Benchmark the whole pipeline per backend and image size against the naive baseline.
 
@@ -335,6 +340,10 @@ def run_benchmark(
         Calibration images for the int8 export (default: the model's training data).
     tile : int, optional
         Tile side for the tiled pipelines (default: the model's ``infer.tile``).
+    workers : int
+        Above 1, every pipeline besides the baseline is also run by this many worker
+        processes sharing the cores (:func:`nucleiseg.benchmark_pool.measure_pool`), as
+        ``nucleiseg segment --workers`` does; those rows carry ``workers``.
 
     Returns
     -------
@@ -357,6 +366,8 @@ def run_benchmark(
             raise ValueError(f"unknown backend {name!r}; choose from {', '.join(PIPELINES[1:])} or all")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if tile is not None and tile < 1:
         raise ValueError(f"tile must be >= 1, got {tile}")
     if not sizes or any(int(s) < 1 for s in sizes):
@@ -383,7 +394,7 @@ def run_benchmark(
                 "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
                 "ort_threads": threads or "default",
             },
-            "settings": {"repeats": repeats, "sizes": sizes, "tta": tta, "backends": names,
+            "settings": {"repeats": repeats, "sizes": sizes, "tta": tta, "backends": names, "workers": workers,
                          "infer": {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "rescale": False}},
             "images": {"source": [str(s) for s in sources], "ids": [im["id"] for im in prepared[sizes[0]]],
                        "ground_truth": sum(im["gt"] is not None for im in prepared[sizes[0]])},
@@ -397,16 +408,23 @@ def run_benchmark(
         }
         for size in sizes:
             ims = prepared[size]
-            stats = _measure(runners, ims, repeats)
-            base = stats["baseline", False]["ips"]
-            for (name, use_tta), st in stats.items():
+            stats = {(name, use_tta, 1): st for (name, use_tta), st in _measure(runners, ims, repeats).items()}
+            if workers > 1:
+                from nucleiseg.benchmark_pool import measure_pool
+
+                for name, use_tta in configs[1:]:
+                    stats[name, use_tta, workers] = measure_pool(
+                        name, folder, use_tta, infer, work, weights_hash, ims, repeats, workers, _cpu_count()
+                    )
+            base = stats["baseline", False, 1]["ips"]
+            for (name, use_tta, n_workers), st in stats.items():
                 result["results"].append({
-                    "size": size, "pipeline": name, "tta": use_tta, "images": len(ims),
+                    "size": size, "pipeline": name, "tta": use_tta, "workers": n_workers, "images": len(ims),
                     "images_per_s": round(st["ips"], 3), "ms_per_image": st["ms"],
                     "peak_rss_mb": st["peak_rss_mb"], "rss_growth_mb": st["rss_growth_mb"],
                     "score": _score(ims, st["labels"]), "speedup": round(st["ips"] / base, 3),
                 })
-                if profile and size == sizes[0]:
+                if profile and size == sizes[0] and n_workers == 1:
                     run = runners[name, use_tta]
                     key = f"{name}{'+tta' if use_tta else ''}@{size}"
                     result["profile"][key] = _profile(lambda run=run: [run(im["path"]) for im in ims[:profile]])
@@ -459,9 +477,9 @@ def format_table(result: dict[str, Any]) -> str:
     for r in result["results"]:
         ms = r["ms_per_image"]
         rows.append([
-            str(r["size"]), r["pipeline"] + ("+tta" if r["tta"] else ""), f"{r['images_per_s']:.2f}",
+            str(r["size"]), r["pipeline"] + ("+tta" if r["tta"] else "") + (f" x{r['workers']}" if r.get("workers", 1) > 1 else ""), f"{r['images_per_s']:.2f}",
             "-" if r["speedup"] is None else f"{r['speedup']:.2f}", "-" if r["score"] is None else f"{r['score']:.3f}",
-            f"{r['peak_rss_mb']:.0f}", *[f"{ms[s]:.0f}" for s in STAGES], f"{ms['total']:.0f}",
+            "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}", *[f"{ms[s]:.0f}" for s in STAGES], f"{ms['total']:.0f}",
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in rows]

@@ -38,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the images; medians reported (default 3)")
     p.add_argument("--max-images", type=int, default=5, help="source images to use (default 5)")
     p.add_argument("--threads", type=int, help="intra-op threads for PyTorch and ONNX Runtime (default: library defaults)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also run each backend with N worker processes sharing the cores, as `segment --workers N` (default 1: off)")
     p.add_argument("--tile", type=int, help="tile side of the tiled pipelines (default: the model's)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile N images per configuration (default 0)")
     p.add_argument("--name", help="result name: writes benchmarks/results/pipeline_<name>.json")
@@ -57,7 +59,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     result = run_benchmark(
         images=args.images, model=args.model, backends=args.backend, sizes=args.sizes, tta=args.tta,
         repeats=args.repeats, max_images=args.max_images, threads=args.threads, profile=args.profile,
-        tile=args.tile,
+        tile=args.tile, workers=args.workers,
     )
     name = args.name or _dt.datetime.now().strftime("%Y%m%d-%H%M")
     out = Path(args.out) if args.out else Path("benchmarks") / "results" / f"pipeline_{name}.json"

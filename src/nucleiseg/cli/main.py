@@ -42,6 +42,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine (onnx needs RUN/model.onnx from `nucleiseg export`)")
     p.add_argument("--threads", type=int, help="CPU threads for the network (default: all cores)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each with its own model copy and an equal share of the cores "
+                   "(fastest for many images on a CPU: one per core); default 1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dask", metavar="SPEC",
                    help="run on Dask: 'local' (one worker per core), 'local:N', or a scheduler address tcp://host:8786")
@@ -62,6 +65,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from nucleiseg.inference.segmenter import Segmenter
     from nucleiseg.io.labels import discover_inputs
 
+    if args.workers < 1:
+        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
     items = discover_inputs([Path(p) for p in args.inputs])
     if not items:
         print(f"error: no images found in {' '.join(args.inputs)}", file=sys.stderr)
@@ -112,7 +118,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if len(todo) < len(items):
                 print(f"resume: {len(items) - len(todo)} of {len(items)} images already done", file=sys.stderr)
             items = todo
-        summary = segment_items(items, args.out, segmenter, options, infer, post, progress=not args.quiet)
+        summary = segment_items(items, args.out, segmenter, options, infer, post, progress=not args.quiet, workers=args.workers)
     print(summary.line())
     return 1 if summary.failures else 0
 

@@ -150,6 +150,7 @@ def segment_items(
     infer: InferConfig | None = None,
     post: PostprocessConfig | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> BatchSummary:
     """Segment every input item into ``out_dir`` and write ``run.json``.
 
@@ -167,7 +168,13 @@ def segment_items(
         Override the model's inference and post-processing settings.
     progress : bool
         Show a progress bar.
+    workers : int
+        Worker processes; above 1, images are segmented in parallel by
+        :func:`nucleiseg.inference.pool.iter_outcomes` (one model copy per worker, the cores
+        shared out between them). Records keep the input order either way.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     options = options or OutputOptions()
     infer = infer or segmenter.config.infer
     post = post or segmenter.config.postprocess
@@ -176,12 +183,24 @@ def segment_items(
     summary = BatchSummary()
     rle_labels: dict[str, np.ndarray] = {}
     start = time.perf_counter()
-    bar = tqdm(items, desc="segment", unit="img", disable=not progress)
-    for item in bar:
-        outcome = segment_one(item, segmenter, out, options, infer, post, want_labels=bool(options.rle))
+    want = bool(options.rle)
+    if workers > 1 and len(items) > 1:
+        from nucleiseg.inference.pool import iter_outcomes
+
+        outcomes = iter_outcomes(items, segmenter, out, options, infer, post, min(workers, len(items)), want)
+    else:
+        outcomes = ((i, segment_one(item, segmenter, out, options, infer, post, want_labels=want)) for i, item in enumerate(items))
+    done: dict[int, dict[str, Any]] = {}
+    with tqdm(total=len(items), desc="segment", unit="img", disable=not progress) as bar:
+        for index, outcome in outcomes:
+            done[index] = outcome
+            if "failure" in outcome:
+                tqdm.write(f"error: {outcome['failure']['error']}", file=sys.stderr)
+            bar.update()
+    for index, item in enumerate(items):
+        outcome = done[index]
         if "failure" in outcome:
             summary.failures.append(outcome["failure"])
-            tqdm.write(f"error: {outcome['failure']['error']}", file=sys.stderr)
             continue
         if options.rle:
             rle_labels[item.id] = outcome["labels"]
@@ -192,6 +211,7 @@ def segment_items(
     sidecar = {
         **segmenter.describe(infer, post),
         "versions": versions(),
+        "workers": workers,
         "images": summary.images,
         "failures": summary.failures,
         "summary": {"images": len(summary.images), "nuclei": summary.nuclei, "failed": len(summary.failures), "seconds": round(summary.seconds, 3)},

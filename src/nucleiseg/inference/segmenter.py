@@ -105,10 +105,13 @@ class Segmenter:
         self.stride = stride
         self.name = name
         self.model_hash = model_hash
+        #: ``(name_or_path, device, backend)`` when loaded by :meth:`from_pretrained`, so worker
+        #: processes can load the same model.
+        self.source: tuple[str, str, str] | None = None
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path = "default", device: str = "cpu", backend: str = "torch"
+        cls, name_or_path: str | Path = "default", device: str = "cpu", backend: str = "torch", threads: int | None = None
     ) -> Segmenter:
         """Load ``"classical"``, a bundled model name or a run folder.
 
@@ -122,13 +125,22 @@ class Segmenter:
         backend : {"torch", "onnx"}
             Inference engine: PyTorch, or ONNX Runtime on the CPU with ``<folder>/model.onnx``
             (``nucleiseg export``) or a given ``.onnx`` file.
+        threads : int, optional
+            ONNX Runtime intra-op threads (its default, one per core, when None). PyTorch's
+            thread count is process-wide: set it with ``torch.set_num_threads``.
         """
+        seg = cls._load(name_or_path, device, backend, threads)
+        seg.source = (str(name_or_path), device, backend)
+        return seg
+
+    @classmethod
+    def _load(cls, name_or_path: str | Path, device: str, backend: str, threads: int | None) -> Segmenter:
         if str(name_or_path) == CLASSICAL:
             return cls(ModelBundleConfig(name=CLASSICAL), None)
         if backend == "onnx":  # <folder>/model.onnx or an .onnx file, run by ONNX Runtime on the CPU
             from nucleiseg.export.runtime import load_onnx
 
-            onnx_config, ort_predictor, onnx_name, onnx_hash = load_onnx(name_or_path)
+            onnx_config, ort_predictor, onnx_name, onnx_hash = load_onnx(name_or_path, threads)
             return cls(onnx_config, ort_predictor, ort_predictor.stride, onnx_name, onnx_hash)
         if backend != "torch":
             raise ValueError(f"unknown backend {backend!r} (choose torch or onnx)")

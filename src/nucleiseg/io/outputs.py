@@ -9,33 +9,23 @@ import numpy as np
 import pandas as pd
 import roifile
 from skimage.color import hsv2rgb
-from skimage.measure import find_contours, regionprops, regionprops_table
+from skimage.measure import find_contours, regionprops
 from skimage.segmentation import find_boundaries
 
 from nucleiseg.io.atomic import atomic_path
 from nucleiseg.io.images import to_uint8_rgb
+from nucleiseg.io.measure import MEASUREMENT_COLUMNS, measure, measure_regionprops
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
     "difference_overlay",
     "label_colours",
     "measure",
+    "measure_regionprops",
     "overlay_outlines",
     "write_measurements",
     "write_rois",
 ]
-
-#: Columns of :func:`measure` (the last two only when an image is given).
-MEASUREMENT_COLUMNS = (
-    "label", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y",
-    "bbox_max_x", "perimeter", "eccentricity", "solidity", "mean_intensity", "max_intensity",
-)  # fmt: skip
-_RENAME = {
-    "centroid-0": "centroid_y", "centroid-1": "centroid_x", "bbox-0": "bbox_min_y",
-    "bbox-1": "bbox_min_x", "bbox-2": "bbox_max_y", "bbox-3": "bbox_max_x",
-    "intensity_mean": "mean_intensity", "intensity_max": "max_intensity",
-}  # fmt: skip
-
 
 def _check_labels(labels: np.ndarray, shape: tuple[int, ...] | None = None, name: str = "labels") -> np.ndarray:
     labels = np.asarray(labels)
@@ -107,39 +97,6 @@ def difference_overlay(image: np.ndarray, true: np.ndarray, pred: np.ndarray) ->
         out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(rgb, np.float32)
     out[find_boundaries(pred_labels, mode="inner") & pred] = (255, 230, 0)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def measure(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
-    """Per-nucleus measurements with :func:`skimage.measure.regionprops_table`.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        ``(H, W)`` label image.
-    image : numpy.ndarray, optional
-        Gray or RGB image in its original units; intensities are measured on the channel mean.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per label with :data:`MEASUREMENT_COLUMNS` (without the intensity columns when
-        no image is given). Areas and perimeters are in pixels; bbox max values are exclusive.
-    """
-    labels = _check_labels(labels)
-    props = ["label", "area", "centroid", "bbox", "perimeter", "eccentricity", "solidity"]
-    columns = list(MEASUREMENT_COLUMNS if image is not None else MEASUREMENT_COLUMNS[:-2])
-    intensity = None
-    if image is not None:
-        image = np.asarray(image)
-        if image.shape[:2] != labels.shape or image.ndim not in (2, 3):
-            raise ValueError(f"image shape {image.shape} does not match labels shape {labels.shape}")
-        intensity = image.astype(np.float64).mean(axis=2) if image.ndim == 3 else image.astype(np.float64)
-        props += ["intensity_mean", "intensity_max"]
-    if not labels.any():
-        return pd.DataFrame({c: pd.Series(dtype=np.float64) for c in columns}).astype({"label": np.int64})
-    table = regionprops_table(labels, intensity_image=intensity, properties=props)
-    df = pd.DataFrame(table).rename(columns=_RENAME)
-    return df[columns]
 
 
 def write_measurements(path: str | Path, df: pd.DataFrame) -> None:

@@ -90,7 +90,7 @@ def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path 
     shutil.copyfile(run / "weights.safetensors", dest / "weights.safetensors")
     if (run / "thresholds.json").is_file():
         shutil.copyfile(run / "thresholds.json", dest / "thresholds.json")
-    for extra in ("train.json", "evaluation.json", "report.json"):
+    for extra in ("train.json", "split.json", "evaluation.json", "report.json"):
         shutil.copyfile(run / extra, dest / extra)
     sha = file_hash(dest / "weights.safetensors")
     card = _card(name, json.loads((run / "train.json").read_text()), json.loads((run / "report.json").read_text()),

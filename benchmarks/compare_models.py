@@ -1,0 +1,260 @@
+"""Compare the five architectures, the bundled default model and the classical floor.
+
+Every architecture is trained with the same recipe and the same 20-minute budget
+(``configs/compare/<arch>.yaml``), then all models are scored on the fixed validation split
+(``val_fraction`` 0.1, ``split_seed`` 2018: 67 of the 664 stage-1 training images) at native
+resolution, with and without 8-fold test-time augmentation:
+
+* parameters, fp32 weights size on disk, median CPU forward milliseconds for one 1x3x256x256
+  image (2 threads, channels-last, ``torch.inference_mode``; for the classical baseline the
+  whole segmentation of a 256x256 image);
+* competition score (macro mean over images), AP@0.5, F1@0.5 and mean IoU (seed definition).
+
+Networks use the post-processing stored with them: the default thresholds for the comparison
+runs, which are never tuned; ``thresholds.json`` for the bundled default model (tuned on the same
+validation split, which the table says).
+
+Outputs: ``benchmarks/results/compare_models.json`` and ``.md`` (the table),
+``docs/figures/compare_models.png`` (validation images, true masks and every model's outlines)
+and ``docs/figures/default_diff.png`` (the default model's difference view).
+
+Usage::
+
+    python benchmarks/compare_models.py --train     # train missing runs (5 x 20 min), then score
+    python benchmarks/compare_models.py             # score existing runs in runs/compare/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from nucleiseg.config import ModelBundleConfig, PostprocessConfig, TrainConfig, from_dict, load_json
+from nucleiseg.inference.segmenter import resolve_model_dir
+from nucleiseg.io.atomic import atomic_write_text
+from nucleiseg.io.dsb import load_sample
+from nucleiseg.metrics import evaluate_pairs
+from nucleiseg.models import count_parameters
+from nucleiseg.postprocess import classical_segment, probabilities_to_labels
+from nucleiseg.training import train
+from nucleiseg.training.checkpoint import file_hash, load_model
+from nucleiseg.training.data import available_ids, load_samples, split_ids
+from nucleiseg.training.validation import predict_samples
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCHS = ("unet", "unetpp", "linknet", "hrnet", "resunet")
+RESULTS = ROOT / "benchmarks" / "results"
+FIGURES = ROOT / "docs" / "figures"
+
+
+def train_missing(archs: tuple[str, ...], progress: bool) -> None:
+    """Train every ``configs/compare/<arch>.yaml`` whose run has no ``report.json`` yet (resuming)."""
+    for arch in archs:
+        recipe = ROOT / "configs" / "compare" / f"{arch}.yaml"
+        cfg = from_dict(TrainConfig, yaml.safe_load(recipe.read_text()))
+        out = Path(cfg.out)
+        if (out / "report.json").is_file():
+            continue
+        train(cfg, resume=(out / "last.safetensors").is_file(), progress=progress)
+
+
+def summarise(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Score, AP@0.5, F1 and seed mean IoU of (id, true, predicted) label pairs."""
+    s = evaluate_pairs(pairs).summary
+    return {
+        "score": float(s["score_macro"]), "ap50": float(s["ap50"]),
+        "f1": float(s["f1_50"]), "mean_iou_seed": float(s["mean_iou_seed"]),
+    }
+
+
+def forward_ms(model: torch.nn.Module, repeats: int = 7) -> float:
+    """Median milliseconds of one 1x3x256x256 forward pass."""
+    model = model.eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            t = time.perf_counter()
+            model(x)
+            if i >= 2:
+                times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def score_network(folder: Path, samples: list, tta: bool, progress: bool) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Score one trained model folder on the validation samples; return its row and label images."""
+    config = load_json(ModelBundleConfig, folder / "config.json")
+    post, tuned = config.postprocess, (folder / "thresholds.json").is_file()
+    if tuned:
+        post = load_json(PostprocessConfig, folder / "thresholds.json")
+    weights = folder / "weights.safetensors"
+    model = load_model(config.model, weights)
+    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
+    row: dict[str, Any] = {
+        "arch": config.model.arch, "params": count_parameters(model), "weights_mb": weights.stat().st_size / 2**20,
+        "sha256": file_hash(weights)[:12], "thresholds": "tuned on val" if tuned else "default",
+        "train_minutes": round(report.get("train_seconds", float("nan")) / 60, 1), "epochs": report.get("epochs_run"),
+        "ms_256": forward_ms(model),
+    }
+    probs = predict_samples(model, samples, config.infer, progress=progress)
+    labels = [probabilities_to_labels(p, post) for p in probs]
+    row.update(summarise([(s.id, s.labels, lab) for s, lab in zip(samples, labels, strict=True)]))
+    if tta:
+        probs = predict_samples(model, samples, config.infer, tta=True, progress=progress)
+        tta_labels = [probabilities_to_labels(p, post) for p in probs]
+        row["tta"] = summarise([(s.id, s.labels, lab) for s, lab in zip(samples, tta_labels, strict=True)])
+    return row, labels
+
+
+def score_classical(data: Path, ids: list[str], samples: list) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Score the classical baseline (Otsu + distance-transform watershed) on the raw images."""
+    raws = [load_sample(data / i, check=False).image for i in ids]
+    labels = [classical_segment(img) for img in raws]
+    small = np.ascontiguousarray(raws[0][:256, :256]) if min(raws[0].shape[:2]) >= 256 else raws[0]
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        classical_segment(small)
+        times.append(time.perf_counter() - t)
+    row: dict[str, Any] = {"arch": "classical", "params": 0, "weights_mb": 0.0, "thresholds": "fixed", "ms_256": 1000 * statistics.median(times)}
+    row.update(summarise([(s.id, s.labels, lab) for s, lab in zip(samples, labels, strict=True)]))
+    return row, labels
+
+
+def figure_rows(samples: list, n: int = 4) -> list[int]:
+    """Indices of ``n`` validation images of different kinds (one per image-style cluster)."""
+    from nucleiseg.transforms import image_style_features, style_clusters
+
+    features = np.stack([image_style_features(s.image.astype(np.float32)) for s in samples])
+    clusters = style_clusters(features, n)
+    picks = [int(np.flatnonzero(clusters == c)[0]) for c in np.unique(clusters)]
+    return sorted(picks)[:n]
+
+
+def draw_figures(samples: list, raws: list, predictions: dict[str, list[np.ndarray]], rows: list[int]) -> None:
+    """The comparison grid (image, truth, each model) and the default model's difference view."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nucleiseg.io.outputs import difference_overlay, label_colours, overlay_outlines
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    names = list(predictions)
+    cols = ["image", "ground truth", *names]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.2 * len(cols), 2.3 * len(rows)), squeeze=False)
+    for r, i in enumerate(rows):
+        truth = samples[i].labels
+        colour_truth = np.zeros((*truth.shape, 3), np.uint8)
+        colour_truth[truth > 0] = label_colours(truth[truth > 0])
+        panels = [(raws[i], "image"), (colour_truth, f"truth ({truth.max()})")]
+        for name in names:
+            pred = predictions[name][i]
+            score = summarise([(samples[i].id, truth, pred)])["score"]
+            panels.append((overlay_outlines(raws[i], pred), f"{name} {score:.2f}"))
+        for c, (img, title) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img if img.ndim == 3 else img, cmap="gray")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(FIGURES / "compare_models.png", dpi=110)
+    plt.close(fig)
+    if "default" in predictions:
+        fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.4), squeeze=False)
+        for c, i in enumerate(rows):
+            axes[0, c].imshow(difference_overlay(raws[i], samples[i].labels, predictions["default"][i]))
+            axes[0, c].set_title(f"{samples[i].id[:10]}: green both, red missed, blue extra", fontsize=7)
+            axes[0, c].axis("off")
+        fig.tight_layout()
+        fig.savefig(FIGURES / "default_diff.png", dpi=110)
+        plt.close(fig)
+
+
+def markdown(rows: dict[str, dict[str, Any]], n_images: int) -> str:
+    """The comparison table in Markdown."""
+    head = (
+        f"Validation split: {n_images} images (fixed split of stage1_train). Score = competition metric.\n\n"
+        "| model | arch | params | weights MB | CPU ms / 256² | train min | thresholds | score | AP@0.5 | F1 | mean IoU (seed) | score +TTA | mean IoU +TTA |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for name, r in rows.items():
+        tta = r.get("tta", {})
+        lines.append(
+            f"| {name} | {r['arch']} | {r['params'] / 1e6:.2f} M | {r['weights_mb']:.1f} | {r['ms_256']:.0f} | "
+            f"{r.get('train_minutes', '-')} | {r['thresholds']} | {r['score']:.4f} | {r['ap50']:.4f} | {r['f1']:.4f} | "
+            f"{r['mean_iou_seed']:.4f} | {tta.get('score', float('nan')):.4f} | {tta.get('mean_iou_seed', float('nan')):.4f} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "dsb2018" / "stage1_train"))
+    parser.add_argument("--runs", default="runs/compare", help="folder of the comparison runs")
+    parser.add_argument("--archs", default=",".join(ARCHS))
+    parser.add_argument("--train", action="store_true", help="train the runs that are missing first")
+    parser.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation columns")
+    parser.add_argument("--no-figure", action="store_true")
+    parser.add_argument("--max-images", type=int, help="score only the first N validation images")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    archs = tuple(a for a in args.archs.split(",") if a)
+    progress = not args.quiet
+    if args.train:
+        train_missing(archs, progress)
+
+    data = Path(args.data)
+    default_dir = resolve_model_dir("default")
+    recipe = json.loads((default_dir / "train.json").read_text())
+    ids = split_ids(available_ids(data), recipe["val_fraction"], recipe["split_seed"])[1][: args.max_images]
+    samples = load_samples(data, ids, load_json(ModelBundleConfig, default_dir / "config.json").normalize, progress)
+    raws = [load_sample(data / i, check=False).image for i in ids]
+
+    rows: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, list[np.ndarray]] = {}
+    t0 = time.perf_counter()
+    rows["classical"], predictions["classical"] = score_classical(data, ids, samples)
+    for arch in archs:
+        folder = Path(args.runs) / arch
+        if not (folder / "weights.safetensors").is_file():
+            print(f"{folder}: no trained run, skipped (use --train)")
+            continue
+        split = json.loads((folder / "split.json").read_text())["val"]
+        if split[: len(ids)] != ids:
+            raise SystemExit(f"{folder}: its validation split differs from the default model's")
+        rows[arch], predictions[arch] = score_network(folder, samples, not args.no_tta, progress)
+        print(f"{arch}: score {rows[arch]['score']:.4f}")
+    rows["default"], predictions["default"] = score_network(default_dir, samples, not args.no_tta, progress)
+    result = {
+        "n_images": len(ids), "data": str(data), "runs": args.runs, "seconds": round(time.perf_counter() - t0, 1),
+        "environment": {"torch": torch.__version__, "threads": args.threads, "python": platform.python_version(),
+                        "machine": platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M")},
+        "models": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.max_images is None else f"_first{args.max_images}"
+    atomic_write_text(RESULTS / f"compare_models{suffix}.json", json.dumps(result, indent=2))
+    table = markdown(rows, len(ids))
+    atomic_write_text(RESULTS / f"compare_models{suffix}.md", table)
+    print(table)
+    if not args.no_figure:
+        draw_figures(samples, raws, predictions, figure_rows(samples))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""Per-nucleus measurements, vectorised over the whole label image.
+
+:func:`measure` gives the same numbers as :func:`skimage.measure.regionprops_table` (tested to
+1e-9) about 3-4 times faster: area, centroid, bounding box, perimeter, eccentricity and the
+intensities are computed for all nuclei at once from pixel counts and moments
+(``numpy.bincount``), and only the convex hull behind ``solidity`` is computed per nucleus
+(on its bounding-box crop, with scikit-image's own :func:`~skimage.morphology.convex_hull_image`).
+:func:`measure_regionprops` is the straightforward ``regionprops_table`` version, kept as the
+reference and as the naive baseline of ``nucleiseg benchmark``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+from skimage.measure import regionprops_table
+from skimage.morphology import convex_hull_image
+
+__all__ = ["MEASUREMENT_COLUMNS", "measure", "measure_regionprops"]
+
+#: Columns of :func:`measure` (the last two only when an image is given).
+MEASUREMENT_COLUMNS = (
+    "label", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y",
+    "bbox_max_x", "perimeter", "eccentricity", "solidity", "mean_intensity", "max_intensity",
+)  # fmt: skip
+_RENAME = {
+    "centroid-0": "centroid_y", "centroid-1": "centroid_x", "bbox-0": "bbox_min_y",
+    "bbox-1": "bbox_min_x", "bbox-2": "bbox_max_y", "bbox-3": "bbox_max_x",
+    "intensity_mean": "mean_intensity", "intensity_max": "max_intensity",
+}  # fmt: skip
+
+# skimage.measure.perimeter (4-connectivity): weight of a border pixel by the code
+# 1 * itself + 2 * (border edge neighbours) + 10 * (border corner neighbours).
+_PERIMETER_WEIGHTS = np.zeros(50)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
+_PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
+_PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
+
+
+def _check(labels: np.ndarray, image: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "biu":
+        raise ValueError(f"labels must be a 2-D integer array, got {labels.dtype} of shape {labels.shape}")
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise ValueError("labels must be non-negative")
+    labels = labels.astype(np.int64) if labels.dtype == bool else labels
+    intensity = None
+    if image is not None:
+        image = np.asarray(image)
+        if image.shape[:2] != labels.shape or image.ndim not in (2, 3):
+            raise ValueError(f"image shape {image.shape} does not match labels shape {labels.shape}")
+        intensity = image.astype(np.float64).mean(axis=2) if image.ndim == 3 else image.astype(np.float64)
+    return labels, intensity
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=np.float64) for c in columns}).astype({"label": np.int64})
+
+
+def measure_regionprops(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-nucleus measurements with :func:`skimage.measure.regionprops_table` (the reference).
+
+    Same parameters and result as :func:`measure`.
+    """
+    labels, intensity = _check(labels, image)
+    columns = list(MEASUREMENT_COLUMNS if image is not None else MEASUREMENT_COLUMNS[:-2])
+    if not labels.any():
+        return _empty(columns)
+    props = ["label", "area", "centroid", "bbox", "perimeter", "eccentricity", "solidity"]
+    props += ["intensity_mean", "intensity_max"] if intensity is not None else []
+    table = regionprops_table(labels, intensity_image=intensity, properties=props)
+    return pd.DataFrame(table).rename(columns=_RENAME)[columns]
+
+
+def _perimeters(labels: np.ndarray, fg: np.ndarray, n: int) -> np.ndarray:
+    """``skimage.measure.perimeter(labels == k, 4)`` for every k in ``0..n-1`` at once.
+
+    ``fg`` holds the flat indices of the foreground pixels; work is proportional to their number.
+    """
+    h, w = labels.shape
+    pad = np.pad(labels, 1).ravel()
+    p = (fg // w + 1) * (w + 2) + fg % w + 1  # foreground pixels in the padded image
+    centre = pad[p]
+    edge, corner = (-(w + 2), w + 2, -1, 1), (-(w + 3), -(w + 1), w + 1, w + 3)
+    interior = np.ones(p.size, bool)
+    for off in edge:
+        interior &= pad[p + off] == centre
+    border = np.zeros(pad.size, bool)
+    border[p[~interior]] = True
+    q, centre = p[~interior], centre[~interior]
+    code = np.ones(q.size, np.int64)
+    for weight, offsets in ((2, edge), (10, corner)):
+        for off in offsets:
+            code += weight * (border[q + off] & (pad[q + off] == centre))
+    return np.bincount(centre, weights=_PERIMETER_WEIGHTS[code], minlength=n)
+
+
+def measure(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-nucleus measurements, identical to ``regionprops_table`` but vectorised.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(H, W)`` label image.
+    image : numpy.ndarray, optional
+        Gray or RGB image in its original units; intensities are measured on the channel mean.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per label (ascending) with :data:`MEASUREMENT_COLUMNS` (without the intensity
+        columns when no image is given). Areas and perimeters are in pixels; bbox max values
+        are exclusive; eccentricity and solidity follow scikit-image's definitions.
+    """
+    labels, intensity = _check(labels, image)
+    columns = list(MEASUREMENT_COLUMNS if image is not None else MEASUREMENT_COLUMNS[:-2])
+    if not labels.any():
+        return _empty(columns)
+    flat = labels.ravel()
+    fg = np.flatnonzero(flat)
+    lab = flat[fg]
+    n = int(lab.max()) + 1
+    area_all = np.bincount(lab, minlength=n)
+    ids = np.flatnonzero(area_all)
+    area = area_all[ids].astype(np.float64)
+    slices = ndi.find_objects(labels)
+    bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in ids)], np.int64)
+    lut = np.zeros((n, 2), np.int64)
+    lut[ids] = bbox[:, :2]
+    rows, cols = np.divmod(fg, labels.shape[1])
+    r = (rows - lut[lab, 0]).astype(np.float64)  # coordinates inside each bbox keep the sums small
+    c = (cols - lut[lab, 1]).astype(np.float64)
+
+    def total(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(lab, weights=weights, minlength=n)[ids]
+
+    mean_r, mean_c = total(r) / area, total(c) / area
+    var_r = total(r * r) / area - mean_r**2
+    var_c = total(c * c) / area - mean_c**2
+    cov = total(r * c) / area - mean_r * mean_c
+    half_sum, root = (var_r + var_c) / 2, np.sqrt(((var_r - var_c) / 2) ** 2 + cov**2)
+    l1, l2 = np.clip(half_sum + root, 0, None), np.clip(half_sum - root, 0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0, None)), 0.0)
+    convex, peak = np.empty(ids.size), np.empty(ids.size)
+    for j, i in enumerate(ids):  # the convex hull (and the maximum) need each nucleus on its own
+        mask = labels[slices[i - 1]] == i
+        convex[j] = convex_hull_image(mask).sum()
+        peak[j] = intensity[slices[i - 1]][mask].max() if intensity is not None else 0.0
+    table = {
+        "label": ids.astype(np.int64), "area": area, "centroid_y": mean_r + bbox[:, 0], "centroid_x": mean_c + bbox[:, 1],
+        "bbox_min_y": bbox[:, 0], "bbox_min_x": bbox[:, 1], "bbox_max_y": bbox[:, 2], "bbox_max_x": bbox[:, 3],
+        "perimeter": _perimeters(labels, fg, n)[ids], "eccentricity": eccentricity, "solidity": area / convex,
+    }
+    if intensity is not None:
+        table["mean_intensity"] = total(intensity.ravel()[fg]) / area
+        table["max_intensity"] = peak
+    return pd.DataFrame(table)[columns]
