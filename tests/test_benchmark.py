@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from nucleiseg.benchmark import STAGES, _fit, format_table, prepare_images, run_benchmark
+from nucleiseg.benchmark import STAGES, fit, format_table, prepare_images, run_benchmark
 from nucleiseg.config import ModelBundleConfig, ModelConfig, save_json
 from nucleiseg.io.images import read_image
 from nucleiseg.models import create_model
@@ -46,7 +46,7 @@ def two_images(tmp_path: Path) -> Path:
 def test_fit_crops_and_mirror_tiles() -> None:
     image = np.arange(3 * 5, dtype=np.uint8).reshape(3, 5)
     labels = np.array([[0, 1, 1, 0, 2]] * 3, np.int32)
-    img, lab = _fit(image, labels, 8)
+    img, lab = fit(image, labels, 8)
     assert img.shape == lab.shape == (8, 8)
     assert np.array_equal(img[:3, :5], image) and np.array_equal(lab[:3, :5], labels)
     assert np.array_equal(img[3:6, :5], image[::-1])  # mirrored below
@@ -56,7 +56,7 @@ def test_fit_crops_and_mirror_tiles() -> None:
     assert len(set(np.unique(lab)) - {0}) == 12
     big = np.zeros((20, 30, 3), np.uint8)
     big[5:15, 10:20] = 7
-    crop, none = _fit(big, None, 10)
+    crop, none = fit(big, None, 10)
     assert crop.shape == (10, 10, 3) and none is None and (crop == 7).all()
 
 

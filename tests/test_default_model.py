@@ -42,3 +42,21 @@ def test_example_matches_reference_output(name, reference):
     assert abs(int(labels.max()) - ref["count"]) <= max(2, round(0.05 * ref["count"]))
     score = match_labels(read_labels(EXAMPLES / f"{name}_masks.tif"), labels).competition_score
     assert score == pytest.approx(ref["score"], abs=0.02)
+
+
+@pytest.mark.parametrize("backend,file", [("onnx", "model.onnx"), ("onnx-int8", "model.int8.onnx")])
+def test_shipped_onnx_forms_are_this_model(backend, file, reference):
+    """The bundled ONNX files come from these weights and find the example's nuclei like PyTorch."""
+    from nucleiseg.export.runtime import META, read_metadata
+
+    meta = read_metadata(DEFAULT / file)
+    assert meta[META["weights_hash"]] == reference["sha256"]
+    fp32 = (DEFAULT / "model.onnx").stat().st_size
+    if backend == "onnx-int8":
+        assert (DEFAULT / file).stat().st_size < 0.35 * fp32
+    seg = Segmenter.from_pretrained("default", backend=backend)
+    labels = seg.segment(read_image(EXAMPLES / "fluo_small.png")).labels
+    ref = reference["examples"]["fluo_small"]
+    assert abs(int(labels.max()) - ref["count"]) <= max(2, round(0.05 * ref["count"]))
+    score = match_labels(read_labels(EXAMPLES / "fluo_small_masks.tif"), labels).competition_score
+    assert score == pytest.approx(ref["score"], abs=0.02)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,22 @@ def test_export_cli(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert json.loads((tmp_path / "parity.json").read_text())["precision"] == "fp16"
     with pytest.raises(SystemExit):
         parser.parse_args(["export", str(tiny_run), "--fp16", "--int8"])
+
+
+def test_precision_backends_load_their_files(tiny_run: Path, tmp_path: Path) -> None:
+    """``onnx-int8`` / ``onnx-fp16`` load the folder's model.int8.onnx / model.fp16.onnx."""
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_run, folder)
+    export_onnx(folder, folder / "model.int8.onnx", int8=True, calib_images=2, calib_source=EXAMPLES)
+    seg = Segmenter.from_pretrained(folder, backend="onnx-int8")
+    assert seg.name == "tiny-onnx-int8-static" and seg.source == (str(folder), "cpu", "onnx-int8")
+    assert read_metadata(seg.predictor.path)[META["precision"]].startswith("int8")
+    with pytest.raises(FileNotFoundError, match="--fp16"):
+        Segmenter.from_pretrained(folder, backend="onnx-fp16")
+
+
+def test_parity_on_whole_images(tiny_run: Path) -> None:
+    cropped = check_parity(tiny_run, tiny_run / "model.onnx", images=EXAMPLES, n_images=1, max_side=64)
+    whole = check_parity(tiny_run, tiny_run / "model.onnx", images=EXAMPLES, n_images=1, max_side=None)
+    assert cropped["images"] == whole["images"] and whole["max_abs_diff_real"] < 1e-4
+    assert cropped["values_compared"] == 3 * 64 * 64 and whole["values_compared"] == 3 * 1024 * 1024  # brightfield.png, 1024 px

@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-source", metavar="DIR", help="DSB root or image folder for calibration (default: the run's training data)")
     p.add_argument("--check-images", metavar="DIR", help="images with ground truth for the parity check (default: the run's validation data)")
     p.add_argument("--check-count", type=int, default=3, metavar="N", help="real images in the parity check (default 3; 0 skips it)")
+    p.add_argument("--check-max-side", type=int, default=512, metavar="PX",
+                   help="central crop of each check image to at most PX pixels a side (default 512; 0: whole images)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--json", metavar="FILE", help="also write the parity report as JSON")
     p.set_defaults(func=cmd_export)
@@ -50,7 +52,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if args.check_count > 0:
-        report = check_parity(folder, path, images=args.check_images, n_images=args.check_count)
+        report = check_parity(folder, path, images=args.check_images, n_images=args.check_count, max_side=args.check_max_side or None)
         print(format_parity(report))
         if args.json:
             atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")

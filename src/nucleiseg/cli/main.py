@@ -40,7 +40,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rois", action="store_true", help="write <id>_rois.zip (ImageJ ROIs)")
     p.add_argument("--rle", metavar="FILE", help="write a competition run-length CSV for all images")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference engine (onnx needs RUN/model.onnx from `nucleiseg export`)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp16", "onnx-int8"],
+                   help="inference engine: PyTorch, or ONNX Runtime with the model folder's model.onnx / model.fp16.onnx / "
+                   "model.int8.onnx (from `nucleiseg export`; the bundled default model ships model.onnx and model.int8.onnx)")
     p.add_argument("--threads", type=int, help="CPU threads for the network (default: all cores)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes, each with its own model copy and an equal share of the cores "

@@ -25,7 +25,7 @@ from torch import nn
 from nucleiseg import __version__
 from nucleiseg.config import ModelBundleConfig, PostprocessConfig, load_json, to_dict
 from nucleiseg.export.quantize import INT8_MODES, calibration_crops, calibration_images, convert_fp16, quantize_int8
-from nucleiseg.export.runtime import META, ONNX_NAME, onnx_predictor
+from nucleiseg.export.runtime import META, ONNX_FILES, onnx_predictor
 from nucleiseg.io.atomic import atomic_path
 
 __all__ = [
@@ -224,11 +224,13 @@ def check_parity(
     n_images: int = 3,
     threads: int | None = None,
     seed: int = 0,
+    max_side: int | None = PARITY_MAX_SIDE,
 ) -> dict[str, Any]:
     """Compare an exported model with PyTorch on random inputs and real validation images.
 
     Random inputs of two sizes test the dynamic axes; real images (central crops of at most
-    512 pixels) are predicted with the model's tiling settings, post-processed with its
+    ``max_side`` pixels a side, whole images when None) are predicted with the model's tiling
+    settings, post-processed with its
     configuration and scored against their ground truth with the competition metric.
 
     Returns
@@ -272,7 +274,8 @@ def check_parity(
     agreement: list[float] = []
     items = _parity_items(folder, source, n_images) if source is not None and n_images > 0 else []
     for item in items:
-        image = _center_crop(read_image(item.image_path), PARITY_MAX_SIDE)
+        image = read_image(item.image_path)
+        image = _center_crop(image, max_side) if max_side else image
         chw = normalize_image(image, config.normalize).transpose(2, 0, 1)
         kw = {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "stride": stride, "blend": infer.blend}
         p_t, p_o = predict_tiled(ref, chw, **kw), predict_tiled(ort, chw, **kw)
@@ -283,7 +286,7 @@ def check_parity(
         agreement.append(match_labels(lab_t, lab_o).competition_score)
         gt = load_item_gt(item)
         if gt is not None:
-            gt = _center_crop(gt, PARITY_MAX_SIDE)
+            gt = _center_crop(gt, max_side) if max_side else gt
             scores_t.append(match_labels(gt, lab_t).competition_score)
             scores_o.append(match_labels(gt, lab_o).competition_score)
     score_t = float(np.mean(scores_t)) if scores_t else None
@@ -294,6 +297,7 @@ def check_parity(
         "max_abs_diff_random": random_diff,
         "max_abs_diff_real": real_max,
         "mean_abs_diff_real": real_sum / real_px if real_px else None,
+        "values_compared": real_px,
         "images": [it.id for it in items],
         "score_torch": score_t,
         "score_onnx": score_o,
@@ -320,4 +324,4 @@ def format_parity(report: dict[str, Any]) -> str:
 
 def default_out_path(folder: Path, fp16: bool = False, int8: bool = False) -> Path:
     """``model.onnx`` (fp32), ``model.fp16.onnx`` or ``model.int8.onnx`` inside ``folder``."""
-    return folder / (ONNX_NAME if not (fp16 or int8) else f"model.{'fp16' if fp16 else 'int8'}.onnx")
+    return folder / ONNX_FILES["fp16" if fp16 else "int8" if int8 else "fp32"]

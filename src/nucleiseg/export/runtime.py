@@ -18,9 +18,11 @@ import numpy as np
 
 from nucleiseg.config import ModelBundleConfig, PostprocessConfig, from_dict, load_json
 
-__all__ = ["META", "ONNX_NAME", "OrtPredictor", "bundle_config", "describe_onnx", "load_onnx", "onnx_predictor", "read_metadata"]
+__all__ = ["META", "ONNX_FILES", "ONNX_NAME", "OrtPredictor", "bundle_config", "describe_onnx", "load_onnx", "onnx_predictor", "read_metadata"]
 
 ONNX_NAME = "model.onnx"
+#: File inside a model folder for each ONNX precision (``nucleiseg export`` writes these names).
+ONNX_FILES = {"fp32": ONNX_NAME, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 # metadata_props keys written by nucleiseg.export.onnx.export_onnx
 META = {
     "config": "nucleiseg.config",
@@ -126,7 +128,9 @@ def _folder_config(folder: Path) -> ModelBundleConfig:
     return config
 
 
-def load_onnx(name_or_path: str | Path, threads: int | None = None) -> tuple[ModelBundleConfig, OrtPredictor, str, str]:
+def load_onnx(
+    name_or_path: str | Path, threads: int | None = None, precision: str = "fp32"
+) -> tuple[ModelBundleConfig, OrtPredictor, str, str]:
     """Load an exported model for :meth:`Segmenter.from_pretrained(..., backend="onnx")`.
 
     Parameters
@@ -137,6 +141,8 @@ def load_onnx(name_or_path: str | Path, threads: int | None = None) -> tuple[Mod
         (configured by the folder's ``config.json`` and ``thresholds.json``, as with torch).
     threads : int, optional
         ONNX Runtime intra-op threads.
+    precision : {"fp32", "fp16", "int8"}
+        Which file of a model folder to load (:data:`ONNX_FILES`); ignored for an ``.onnx`` path.
 
     Returns
     -------
@@ -158,10 +164,13 @@ def load_onnx(name_or_path: str | Path, threads: int | None = None) -> tuple[Mod
         else:
             config = bundle_config(predictor.metadata, path)
     else:
+        if precision not in ONNX_FILES:
+            raise ValueError(f"unknown ONNX precision {precision!r} (choose {', '.join(ONNX_FILES)})")
         folder = resolve_model_dir(name_or_path)
-        path = folder / ONNX_NAME
+        path = folder / ONNX_FILES[precision]
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no ONNX model (create it with: nucleiseg export {folder} --format onnx)")
+            flag = "" if precision == "fp32" else f" --{precision}"
+            raise FileNotFoundError(f"{path}: no ONNX model (create it with: nucleiseg export {folder} --format onnx{flag})")
         config = _folder_config(folder)
         predictor = onnx_predictor(path, threads)
     precision = predictor.metadata.get(META["precision"], "fp32")

@@ -88,5 +88,5 @@ def iter_outcomes(
             index = futures[future]
             try:
                 yield index, future.result()
-            except Exception as exc:  # a worker died (out of memory, killed): record, go on
+            except Exception as exc:  # noqa: BLE001 - a worker died (out of memory, killed): record it, go on
                 yield index, {"failure": failure_record(items[index], exc)}

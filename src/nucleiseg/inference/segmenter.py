@@ -20,6 +20,8 @@ from nucleiseg.transforms import normalize_image
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 CLASSICAL = "classical"
+#: Inference engines of :meth:`Segmenter.from_pretrained`.
+BACKENDS = ("torch", "onnx", "onnx-fp16", "onnx-int8")
 # Re-segment at a new scale only when nuclei are off the training scale by more than this factor.
 RESCALE_TOLERANCE = 1.3
 
@@ -122,9 +124,10 @@ class Segmenter:
             ``config.json`` and ``weights.safetensors``.
         device : str
             Torch device.
-        backend : {"torch", "onnx"}
-            Inference engine: PyTorch, or ONNX Runtime on the CPU with ``<folder>/model.onnx``
-            (``nucleiseg export``) or a given ``.onnx`` file.
+        backend : {"torch", "onnx", "onnx-fp16", "onnx-int8"}
+            Inference engine: PyTorch, or ONNX Runtime on the CPU with the folder's
+            ``model.onnx``, ``model.fp16.onnx`` or ``model.int8.onnx`` (``nucleiseg export``), or
+            with a given ``.onnx`` file (any ``onnx*`` backend).
         threads : int, optional
             ONNX Runtime intra-op threads (its default, one per core, when None). PyTorch's
             thread count is process-wide: set it with ``torch.set_num_threads``.
@@ -137,13 +140,14 @@ class Segmenter:
     def _load(cls, name_or_path: str | Path, device: str, backend: str, threads: int | None) -> Segmenter:
         if str(name_or_path) == CLASSICAL:
             return cls(ModelBundleConfig(name=CLASSICAL), None)
-        if backend == "onnx":  # <folder>/model.onnx or an .onnx file, run by ONNX Runtime on the CPU
+        if backend in BACKENDS[1:]:  # <folder>/model[.fp16|.int8].onnx or an .onnx file, run by ONNX Runtime
             from nucleiseg.export.runtime import load_onnx
 
-            onnx_config, ort_predictor, onnx_name, onnx_hash = load_onnx(name_or_path, threads)
+            precision = backend.removeprefix("onnx").removeprefix("-") or "fp32"
+            onnx_config, ort_predictor, onnx_name, onnx_hash = load_onnx(name_or_path, threads, precision)
             return cls(onnx_config, ort_predictor, ort_predictor.stride, onnx_name, onnx_hash)
         if backend != "torch":
-            raise ValueError(f"unknown backend {backend!r} (choose torch or onnx)")
+            raise ValueError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
         from nucleiseg.inference.predictors import torch_predictor
         from nucleiseg.training.checkpoint import file_hash, load_model
 

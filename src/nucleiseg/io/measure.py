@@ -78,7 +78,7 @@ def _perimeters(labels: np.ndarray, fg: np.ndarray, n: int) -> np.ndarray:
 
     ``fg`` holds the flat indices of the foreground pixels; work is proportional to their number.
     """
-    h, w = labels.shape
+    w = labels.shape[1]
     pad = np.pad(labels, 1).ravel()
     p = (fg // w + 1) * (w + 2) + fg % w + 1  # foreground pixels in the padded image
     centre = pad[p]

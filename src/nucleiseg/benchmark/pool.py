@@ -1,6 +1,6 @@
 """Throughput of a benchmark pipeline run by a pool of worker processes (``--workers N``).
 
-Each worker builds the same pipeline as the serial benchmark (``nucleiseg.benchmark._runner``)
+Each worker builds the same pipeline as the serial benchmark (``nucleiseg.benchmark.runners.make_runner``)
 with ``cores // N`` threads, warms up on one image, then all workers share the timed images;
 throughput is the number of images over the wall time of the whole pool, which is what
 ``nucleiseg segment --workers N`` gives a user with a folder of images.
@@ -27,10 +27,10 @@ _STATE: dict[str, Any] = {}
 def _init(name: str, folder: Path, tta: bool, infer: Any, work: Path, threads: int, weights_hash: str, barrier: Any) -> None:
     import torch
 
-    from nucleiseg.benchmark import _runner
+    from nucleiseg.benchmark.runners import make_runner
 
     torch.set_num_threads(threads)
-    _STATE["run"] = _runner(name, folder, tta, infer, work, threads, None, weights_hash)
+    _STATE["run"] = make_runner(name, folder, tta, infer, work, threads, None, weights_hash)
     _STATE["barrier"] = barrier
 
 
@@ -74,7 +74,7 @@ def measure_pool(
                     rss[r[2]] = max(rss.get(r[2], 0), r[3])
     n = len(images)
     wall = statistics.median(walls)
-    from nucleiseg.benchmark import STAGES
+    from nucleiseg.benchmark.runners import STAGES
 
     ms = {k: round(1000 * statistics.median(t.get(k, 0.0) for t in stage_times), 2) for k in STAGES}
     return {

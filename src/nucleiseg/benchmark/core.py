@@ -25,8 +25,6 @@ import platform
 import pstats
 import statistics
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,206 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from nucleiseg.config import InferConfig, PostprocessConfig
+from nucleiseg.benchmark.images import default_images, prepare_images
+from nucleiseg.benchmark.memory import PeakRSS, trim_heap
+from nucleiseg.benchmark.runners import PIPELINES, STAGES, Runner, make_runner, snapshot
 
-__all__ = ["BACKENDS", "PIPELINES", "STAGES", "format_table", "prepare_images", "run_benchmark"]
+__all__ = ["BACKENDS", "format_table", "run_benchmark"]
 
-STAGES = ("read", "normalize", "network", "tta", "watershed", "measurements", "write")
-PIPELINES = ("baseline", "torch", "onnx", "onnx-int8", "onnx-fp16")
 BACKENDS = {"torch": ["torch"], "onnx": ["onnx"], "all": ["torch", "onnx", "onnx-int8"]}
-
-
-def _rss_reader() -> Callable[[], int]:
-    """Current resident set size in bytes (psutil), or the process's peak so far without psutil."""
-    try:
-        import psutil
-    except ImportError:  # psutil is optional: fall back to the kernel's high-water mark
-        import resource
-        import sys
-
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in KiB on Linux, bytes on macOS
-        return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-    proc = psutil.Process()
-    return lambda: int(proc.memory_info().rss)
-
-
-class PeakRSS:
-    """Context manager sampling the process's resident memory every ``interval`` seconds."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self._read = _rss_reader()
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.start_bytes = self.peak_bytes = 0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._read())
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.start_bytes = self.peak_bytes = self._read()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self._read())
-
-
-def _trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``) so RSS growth is per pass."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): growth is then an upper bound
-        pass
-
-
-def _fit(image: np.ndarray, labels: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Central ``size`` x ``size`` crop; smaller images are first mirror-padded (labels get new ids per copy)."""
-    h, w = image.shape[:2]
-    pad = ((0, max(0, size - h)), (0, max(0, size - w)))
-    if pad[0][1] or pad[1][1]:
-        image = np.pad(image, pad + ((0, 0),) * (image.ndim - 2), mode="symmetric")
-        if labels is not None:
-            rows, cols = image.shape[:2]
-            copy = (np.arange(rows)[:, None] // h) * (-(-cols // w)) + np.arange(cols)[None, :] // w
-            labels = np.pad(labels, pad, mode="symmetric").astype(np.int64)
-            labels = np.where(labels > 0, labels + copy * int(labels.max()), 0)
-    y0, x0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    crop = np.ascontiguousarray(image[y0 : y0 + size, x0 : x0 + size])
-    return crop, None if labels is None else np.ascontiguousarray(labels[y0 : y0 + size, x0 : x0 + size], dtype=np.int32)
-
-
-def prepare_images(
-    source: str | Path | Sequence[str | Path], sizes: Sequence[int], out_dir: str | Path, max_images: int | None = None
-) -> dict[int, list[dict[str, Any]]]:
-    """Write ``size`` x ``size`` versions of real images (and their ground truth) into ``out_dir``.
-
-    Returns ``{size: [{"id", "path", "gt"}]}``; ``gt`` is an int32 label array or None.
-    """
-    import tifffile
-
-    from nucleiseg.io.atomic import atomic_path
-    from nucleiseg.io.images import read_image, write_image
-    from nucleiseg.io.labels import discover_inputs, load_item_gt
-
-    sources = [source] if isinstance(source, (str, Path)) else list(source)
-    items = discover_inputs([Path(s) for s in sources])[: max_images or None]
-    if not items:
-        raise FileNotFoundError(f"{', '.join(map(str, sources))}: no images to benchmark")
-    out = Path(out_dir)
-    prepared: dict[int, list[dict[str, Any]]] = {s: [] for s in sizes}
-    for item in items:
-        image, gt = read_image(item.image_path), load_item_gt(item)
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = image[..., :3]
-        for size in sizes:
-            img, lab = _fit(image, gt if gt is not None and gt.shape == image.shape[:2] else None, size)
-            path = out / f"{item.id}_{size}{'.png' if img.dtype == np.uint8 else '.tif'}"
-            if img.dtype == np.uint8:
-                write_image(path, img)
-            else:
-                with atomic_path(path) as tmp:
-                    tifffile.imwrite(tmp, img)
-            prepared[size].append({"id": item.id, "path": path, "gt": lab})
-    return prepared
-
-
-def _run_one(
-    path: Path, out_dir: Path, normalize: Callable[[np.ndarray], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
-    network_stage: str, postprocess: Callable[[np.ndarray], np.ndarray], naive: bool = False,
-) -> tuple[dict[str, float], np.ndarray]:
-    """One image through every stage; returns seconds per stage and the labels.
-
-    ``naive`` measures with plain ``regionprops_table`` (the baseline) instead of the vectorised
-    :func:`~nucleiseg.io.measure.measure`; both give the same table.
-    """
-    from nucleiseg.io.images import read_image, write_labels
-    from nucleiseg.io.outputs import measure, measure_regionprops, write_measurements
-
-    times: dict[str, float] = {}
-    t = time.perf_counter()
-    image = read_image(path)
-    times["read"], t = time.perf_counter() - t, time.perf_counter()
-    norm = normalize(image)
-    times["normalize"], t = time.perf_counter() - t, time.perf_counter()
-    probs = predict(norm)
-    times[network_stage], t = time.perf_counter() - t, time.perf_counter()
-    labels = postprocess(probs)
-    times["watershed"], t = time.perf_counter() - t, time.perf_counter()
-    table = (measure_regionprops if naive else measure)(labels, image)
-    times["measurements"], t = time.perf_counter() - t, time.perf_counter()
-    write_labels(out_dir / f"{path.stem}_masks.tif", labels)
-    write_measurements(out_dir / f"{path.stem}_measurements.csv", table)
-    times["write"] = time.perf_counter() - t
-    return times, labels
-
-
-def _current(onnx_path: Path, weights_hash: str) -> bool:
-    """True if ``onnx_path`` exists and was exported from the weights with ``weights_hash``."""
-    from nucleiseg.export.runtime import META, read_metadata
-
-    return onnx_path.is_file() and read_metadata(onnx_path).get(META["weights_hash"]) == weights_hash
-
-
-Runner = Callable[[Path], tuple[dict[str, float], np.ndarray]]
-
-
-def _runner(
-    name: str, model_dir: Path, tta: bool, infer: InferConfig, work: Path, threads: int | None,
-    calib_source: str | Path | None, weights_hash: str,
-) -> Runner:
-    """``path -> (seconds per stage, labels)`` for one pipeline; outputs go to ``work/out``."""
-    from skimage.measure import label as connected_components
-
-    from nucleiseg.export.onnx import export_onnx, load_torch_model
-    from nucleiseg.inference.predictors import torch_predictor
-    from nucleiseg.inference.segmenter import Segmenter
-    from nucleiseg.inference.tiling import predict_tiled
-    from nucleiseg.inference.tta import tta_predictor
-    from nucleiseg.postprocess import probabilities_to_labels
-    from nucleiseg.transforms import normalize_image
-
-    if name == "baseline":
-        model, config, _, _ = load_torch_model(model_dir)
-        whole = torch_predictor(model)
-        return lambda path: _run_one(
-            path, work / "out", lambda img: normalize_image(img, config.normalize),
-            lambda norm: whole(norm.transpose(2, 0, 1)[None])[0],  # whole image; the model pads to its stride
-            "network", lambda probs: connected_components(probs[0] > 0.5, connectivity=1).astype(np.int32), naive=True,
-        )
-    if name == "torch":
-        seg = Segmenter.from_pretrained(model_dir, backend="torch")
-    else:
-        onnx_path = model_dir / "model.onnx" if name == "onnx" else None
-        if onnx_path is None or not _current(onnx_path, weights_hash):
-            onnx_path = work / f"{name}.onnx"
-            if not onnx_path.is_file():
-                export_onnx(model_dir, onnx_path, fp16=name == "onnx-fp16", int8=name == "onnx-int8", calib_images=16, calib_source=calib_source)
-        seg = Segmenter.from_pretrained(onnx_path, backend="onnx")
-        if threads is not None:
-            from nucleiseg.export.runtime import onnx_predictor
-
-            seg.predictor = onnx_predictor(onnx_path, threads)
-    net = tta_predictor(seg.predictor) if tta else seg.predictor
-    kw = {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "stride": seg.stride, "blend": infer.blend}
-    post: PostprocessConfig = seg.config.postprocess
-    return lambda path: _run_one(
-        path, work / "out", lambda img: normalize_image(img, seg.config.normalize),
-        lambda norm: predict_tiled(net, norm.transpose(2, 0, 1), **kw),
-        "tta" if tta else "network", lambda probs: probabilities_to_labels(probs, post),
-    )
 
 
 def _measure(
@@ -251,7 +56,7 @@ def _measure(
     """
     memory: dict[tuple[str, bool], tuple[int, int]] = {}
     for key, run in runners.items():
-        _trim_heap()
+        trim_heap()
         with PeakRSS() as mem:  # warm-up: lazy allocations, ORT arenas, oneDNN kernel selection
             run(images[0]["path"])
         memory[key] = (mem.peak_bytes, mem.peak_bytes - mem.start_bytes)
@@ -261,7 +66,7 @@ def _measure(
         for key, run in runners.items():
             sums = dict.fromkeys(STAGES, 0.0)
             labels[key] = []
-            _trim_heap()
+            trim_heap()
             with PeakRSS() as mem:
                 for im in images:
                     times, lab = run(im["path"])
@@ -374,13 +179,13 @@ def run_benchmark(
         raise ValueError(f"sizes must be positive integers, got {list(sizes)}")
     sizes = [int(s) for s in sizes]
     source_folder = resolve_model_dir(model)
-    source = images if images is not None else _default_images(source_folder)
+    source = images if images is not None else default_images(source_folder)
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as tmp:
         work = Path(tmp)
         # Every pipeline loads this snapshot: a training run rewriting the weights meanwhile
         # cannot make the pipelines compare different models.
-        folder = _snapshot(source_folder, work / "model")
+        folder = snapshot(source_folder, work / "model")
         _, bundle, _, weights_hash = load_torch_model(folder)
         infer = bundle.infer if tile is None else replace(bundle.infer, tile=tile)
         prepared = prepare_images(sources, sizes, work / "in", max_images)
@@ -403,14 +208,14 @@ def run_benchmark(
         }
         configs = [("baseline", False)] + [(n, False) for n in names] + ([(n, True) for n in names] if tta else [])
         runners = {
-            (name, use_tta): _runner(name, folder, use_tta, infer, work, threads, calib_source, weights_hash)
+            (name, use_tta): make_runner(name, folder, use_tta, infer, work, threads, calib_source, weights_hash)
             for name, use_tta in configs
         }
         for size in sizes:
             ims = prepared[size]
             stats = {(name, use_tta, 1): st for (name, use_tta), st in _measure(runners, ims, repeats).items()}
             if workers > 1:
-                from nucleiseg.benchmark_pool import measure_pool
+                from nucleiseg.benchmark.pool import measure_pool
 
                 for name, use_tta in configs[1:]:
                     stats[name, use_tta, workers] = measure_pool(
@@ -445,29 +250,11 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _snapshot(folder: Path, dest: Path) -> Path:
-    """Copy a model folder's config, weights and thresholds (plus an up-to-date ``model.onnx``) to ``dest``."""
-    import shutil
-
-    dest.mkdir(parents=True)
-    for name in ("config.json", "weights.safetensors", "thresholds.json", "split.json", "train.json", "model.onnx"):
-        if (folder / name).is_file():
-            shutil.copy2(folder / name, dest / name)
-    return dest
-
-
 def _cpu_count() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-
-def _default_images(folder: Path) -> Path:
-    """The repository's ``examples/`` when present, else the model's training data folder."""
-    from nucleiseg.export.onnx import REPO, default_image_source
-
-    examples = REPO / "examples"
-    return examples if examples.is_dir() else default_image_source(folder)
 
 
 def format_table(result: dict[str, Any]) -> str:
