@@ -45,6 +45,7 @@ from nucleiseg.config import (
     TrainConfig,
     from_dict,
     load_json,
+    to_dict,
 )
 from nucleiseg.inference.segmenter import resolve_model_dir
 from nucleiseg.io.atomic import atomic_write_text
@@ -116,8 +117,14 @@ def forward_ms(model: torch.nn.Module, repeats: int = 7) -> float:
     return 1000 * statistics.median(times)
 
 
-def score_network(folder: Path, samples: list, tta: bool, progress: bool) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Score one trained model folder on the validation samples; return its row and label images."""
+def score_network(
+    folder: Path, samples: list, tta: bool, figure_rows: list[int], cache: Path, progress: bool
+) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
+    """Score one trained model folder on the validation samples.
+
+    Returns its table row and the labels of the figure's images. Scores are cached in ``cache``
+    (keyed by the weights hash, the image ids and TTA), so a re-run only re-times the network.
+    """
     config = load_json(ModelBundleConfig, folder / "config.json")
     post, tuned = config.postprocess, (folder / "thresholds.json").is_file()
     if tuned:
@@ -125,23 +132,33 @@ def score_network(folder: Path, samples: list, tta: bool, progress: bool) -> tup
     weights = folder / "weights.safetensors"
     model = load_model(config.model, weights)
     report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").is_file() else {}
+    key = {"sha256": file_hash(weights), "ids": [s.id for s in samples], "tta": tta, "post": to_dict(post)}
     row: dict[str, Any] = {
         "arch": config.model.arch, "params": count_parameters(model), "weights_mb": weights.stat().st_size / 2**20,
-        "sha256": file_hash(weights)[:12], "thresholds": "tuned on val" if tuned else "default",
+        "sha256": key["sha256"][:12], "thresholds": "tuned on val" if tuned else "default",
         "train_minutes": round(report.get("train_seconds", float("nan")) / 60, 1), "epochs": report.get("epochs_run"),
         "ms_256": forward_ms(model),
     }
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("key") == key:
+        row.update(cached["scores"])
+        figure = [samples[i] for i in figure_rows]
+        probs = predict_samples(model, figure, config.infer)
+        return row, {i: probabilities_to_labels(p, post) for i, p in zip(figure_rows, probs, strict=True)}
     probs = predict_samples(model, samples, config.infer, progress=progress)
     labels = [probabilities_to_labels(p, post) for p in probs]
-    row.update(summarise([(s.id, s.labels, lab) for s, lab in zip(samples, labels, strict=True)]))
+    scores: dict[str, Any] = summarise([(s.id, s.labels, lab) for s, lab in zip(samples, labels, strict=True)])
     if tta:
         probs = predict_samples(model, samples, config.infer, tta=True, progress=progress)
         tta_labels = [probabilities_to_labels(p, post) for p in probs]
-        row["tta"] = summarise([(s.id, s.labels, lab) for s, lab in zip(samples, tta_labels, strict=True)])
-    return row, labels
+        scores["tta"] = summarise([(s.id, s.labels, lab) for s, lab in zip(samples, tta_labels, strict=True)])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, json.dumps({"key": key, "scores": scores}))
+    row.update(scores)
+    return row, {i: labels[i] for i in figure_rows}
 
 
-def score_classical(data: Path, ids: list[str], samples: list) -> tuple[dict[str, Any], list[np.ndarray]]:
+def score_classical(data: Path, ids: list[str], samples: list) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
     """Score the classical baseline (Otsu + distance-transform watershed) on the raw images."""
     raws = [load_sample(data / i, check=False).image for i in ids]
     labels = [classical_segment(img) for img in raws]
@@ -153,7 +170,7 @@ def score_classical(data: Path, ids: list[str], samples: list) -> tuple[dict[str
         times.append(time.perf_counter() - t)
     row: dict[str, Any] = {"arch": "classical", "params": 0, "weights_mb": 0.0, "thresholds": "fixed", "ms_256": 1000 * statistics.median(times)}
     row.update(summarise([(s.id, s.labels, lab) for s, lab in zip(samples, labels, strict=True)]))
-    return row, labels
+    return row, dict(enumerate(labels))
 
 
 def figure_rows(samples: list, n: int = 4) -> list[int]:
@@ -166,7 +183,7 @@ def figure_rows(samples: list, n: int = 4) -> list[int]:
     return sorted(picks)[:n]
 
 
-def draw_figures(samples: list, raws: list, predictions: dict[str, list[np.ndarray]], rows: list[int]) -> None:
+def draw_figures(samples: list, raws: list, predictions: dict[str, dict[int, np.ndarray]], rows: list[int]) -> None:
     """The comparison grid (image, truth, each model) and the default model's difference view."""
     import matplotlib
 
@@ -252,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     raws = [load_sample(data / i, check=False).image for i in ids]
 
     rows: dict[str, dict[str, Any]] = {}
-    predictions: dict[str, list[np.ndarray]] = {}
+    predictions: dict[str, dict[int, np.ndarray]] = {}
+    shown = figure_rows(samples)
+    cache = Path(args.runs) / "scores"
     t0 = time.perf_counter()
     rows["classical"], predictions["classical"] = score_classical(data, ids, samples)
     for arch in archs:
@@ -263,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         split = json.loads((folder / "split.json").read_text())["val"]
         if split[: len(ids)] != ids:
             raise SystemExit(f"{folder}: its validation split differs from the default model's")
-        rows[arch], predictions[arch] = score_network(folder, samples, not args.no_tta, progress)
+        rows[arch], predictions[arch] = score_network(folder, samples, not args.no_tta, shown, cache / f"{arch}.json", progress)
         print(f"{arch}: score {rows[arch]['score']:.4f}")
-    rows["default"], predictions["default"] = score_network(default_dir, samples, not args.no_tta, progress)
+    rows["default"], predictions["default"] = score_network(default_dir, samples, not args.no_tta, shown, cache / "default.json", progress)
     result = {
         "n_images": len(ids), "data": str(data), "runs": args.runs, "seconds": round(time.perf_counter() - t0, 1),
         "environment": {"torch": torch.__version__, "threads": args.threads, "python": platform.python_version(),
@@ -279,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(RESULTS / f"compare_models{suffix}.md", table)
     print(table)
     if not args.no_figure:
-        draw_figures(samples, raws, predictions, figure_rows(samples))
+        draw_figures(samples, raws, predictions, shown)
     return 0
 
 

@@ -100,3 +100,25 @@ def test_short_real_training_run(tmp_path, dsb_root):
     assert (bundled / "MODEL_CARD.md").read_text().count(file_hash(bundled / "weights.safetensors")) == 1
     reference = json.loads((bundled / "reference.json").read_text())["examples"]["fluo_small"]
     assert set(reference) == {"count", "score"} and 0 <= reference["score"] <= 1
+
+
+def test_canonical_scale_samples_and_bundle(real_sample_dirs, dsb_root):
+    """``train_diameter`` rescales each image and its labels to one nucleus size, and the bundle
+    config then always rescales at inference."""
+    from nucleiseg.config import NormalizeConfig
+    from nucleiseg.postprocess import estimate_diameter
+    from nucleiseg.training.data import load_samples
+    from nucleiseg.training.trainer import bundle_config
+
+    ids = [d.name for d in real_sample_dirs]
+    native = load_samples(dsb_root, ids, NormalizeConfig(), progress=False)
+    scaled = load_samples(dsb_root, ids, NormalizeConfig(), progress=False, diameter=18.0)
+    for a, b in zip(native, scaled, strict=True):
+        d = estimate_diameter(a.labels)
+        assert b.image.shape[:2] == b.labels.shape and b.image.dtype == np.float16
+        assert abs(b.image.shape[0] - a.image.shape[0] * min(4.0, max(0.25, 18.0 / d))) <= 1
+        assert abs(estimate_diameter(b.labels) - 18.0) < 0.15 * 18.0 or not 0.25 < 18.0 / d < 4.0
+        assert set(np.unique(b.labels)) <= set(np.unique(a.labels))  # nearest neighbour: no new ids
+    infer = bundle_config(TrainConfig(train_diameter=20.0)).infer
+    assert infer.rescale and infer.target_diameter == 20.0 and infer.rescale_tolerance == 1.1
+    assert bundle_config(TrainConfig()).infer.rescale_tolerance == 1.3

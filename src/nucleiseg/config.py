@@ -149,7 +149,13 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """A full training recipe: data, model, targets, loss, optimisation and bookkeeping."""
+    """A full training recipe: data, model, targets, loss, optimisation and bookkeeping.
+
+    ``train_diameter`` (pixels) trains at one canonical scale: every training and validation
+    image is rescaled so that the median diameter of its ground-truth nuclei becomes this value
+    (augmentation still zooms around it); the saved inference config then always rescales
+    images to it (``target_diameter``, ``rescale_tolerance`` 1.1). None trains at native scale.
+    """
 
     data: str = "../shared/data/dsb2018/stage1_train"
     out: str = "runs/unet"
@@ -176,11 +182,18 @@ class TrainConfig:
     threads: int | None = None
     limit_images: int | None = None
     oversample: bool = True
+    train_diameter: float | None = None
 
 
 @dataclass
 class InferConfig:
-    """Sliding-window prediction and test-time augmentation settings."""
+    """Sliding-window prediction, test-time augmentation and scale settings.
+
+    With ``rescale``, a first pass estimates the median nucleus diameter; when it differs from
+    ``target_diameter`` by more than a factor ``rescale_tolerance`` the image is rescaled so
+    nuclei measure ``target_diameter`` pixels and segmented again (``diameter`` skips the
+    estimate).
+    """
 
     tile: int = 1024
     overlap: float = 0.25
@@ -191,6 +204,7 @@ class InferConfig:
     rescale: bool = True
     diameter: float | None = None
     target_diameter: float = 18.0
+    rescale_tolerance: float = 1.3
 
 
 @dataclass

@@ -43,7 +43,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp16", "onnx-int8"],
                    help="inference engine: PyTorch, or ONNX Runtime with the model folder's model.onnx / model.fp16.onnx / "
                    "model.int8.onnx (from `nucleiseg export`; the bundled default model ships model.onnx and model.int8.onnx)")
-    p.add_argument("--threads", type=int, help="CPU threads for the network (default: all cores)")
+    p.add_argument("--threads", type=int, help="CPU threads for the network, per worker with --workers (default: all cores, shared out)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes, each with its own model copy and an equal share of the cores "
                    "(fastest for many images on a CPU: one per core); default 1")
@@ -120,7 +120,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if len(todo) < len(items):
                 print(f"resume: {len(items) - len(todo)} of {len(items)} images already done", file=sys.stderr)
             items = todo
-        summary = segment_items(items, args.out, segmenter, options, infer, post, progress=not args.quiet, workers=args.workers)
+        summary = segment_items(items, args.out, segmenter, options, infer, post, progress=not args.quiet,
+                                workers=args.workers, worker_threads=args.threads)
     print(summary.line())
     return 1 if summary.failures else 0
 
@@ -212,6 +213,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--train-diameter", type=float, metavar="PX",
+                   help="train at one scale: rescale every image so its median nucleus diameter is PX pixels "
+                   "(inference then always rescales to it); default: native scale")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -232,7 +236,7 @@ def load_recipe(args: argparse.Namespace):
         "batch_size": args.batch_size, "crop_size": args.crop_size, "lr": args.lr, "optimizer": args.optimizer,
         "scheduler": args.scheduler, "patience": args.patience, "max_minutes": args.max_minutes,
         "val_fraction": args.val_fraction, "limit_images": args.limit_images, "val_max_images": args.val_max_images,
-        "threads": args.threads, "seed": args.seed,
+        "threads": args.threads, "seed": args.seed, "train_diameter": args.train_diameter,
     }
     data.update({k: v for k, v in flat.items() if v is not None})
     if args.arch:

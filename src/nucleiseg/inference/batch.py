@@ -151,6 +151,7 @@ def segment_items(
     post: PostprocessConfig | None = None,
     progress: bool = True,
     workers: int = 1,
+    worker_threads: int | None = None,
 ) -> BatchSummary:
     """Segment every input item into ``out_dir`` and write ``run.json``.
 
@@ -172,6 +173,8 @@ def segment_items(
         Worker processes; above 1, images are segmented in parallel by
         :func:`nucleiseg.inference.pool.iter_outcomes` (one model copy per worker, the cores
         shared out between them). Records keep the input order either way.
+    worker_threads : int, optional
+        Threads per worker process (default: the cores divided by ``workers``).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -187,7 +190,7 @@ def segment_items(
     if workers > 1 and len(items) > 1:
         from nucleiseg.inference.pool import iter_outcomes
 
-        outcomes = iter_outcomes(items, segmenter, out, options, infer, post, min(workers, len(items)), want)
+        outcomes = iter_outcomes(items, segmenter, out, options, infer, post, min(workers, len(items)), want, worker_threads)
     else:
         outcomes = ((i, segment_one(item, segmenter, out, options, infer, post, want_labels=want)) for i, item in enumerate(items))
     done: dict[int, dict[str, Any]] = {}

@@ -23,7 +23,6 @@ CLASSICAL = "classical"
 #: Inference engines of :meth:`Segmenter.from_pretrained`.
 BACKENDS = ("torch", "onnx", "onnx-fp16", "onnx-int8")
 # Re-segment at a new scale only when nuclei are off the training scale by more than this factor.
-RESCALE_TOLERANCE = 1.3
 
 
 @dataclass
@@ -228,7 +227,7 @@ class Segmenter:
             diameter = estimate_diameter(labels) if labels.any() else None
         if diameter is not None and infer.rescale and math.isfinite(diameter) and diameter > 0:
             factor = scale_factor(diameter, infer.target_diameter)
-            if max(factor, 1 / factor) < RESCALE_TOLERANCE and labels is not None:
+            if max(factor, 1 / factor) < infer.rescale_tolerance and labels is not None:
                 factor = 1.0
         if labels is None or factor != 1.0:
             t = time.perf_counter()

@@ -13,7 +13,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from nucleiseg.config import AugmentConfig, NormalizeConfig, TargetConfig
+from nucleiseg.inference.scale import rescale_image, resize_labels, scale_factor
 from nucleiseg.io.dsb import list_samples, load_sample
+from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms import (
     build_augment,
     gap_weights,
@@ -66,8 +68,9 @@ def load_samples(
     ids: Sequence[str],
     normalize: NormalizeConfig,
     progress: bool = True,
+    diameter: float | None = None,
 ) -> list[TrainingSample]:
-    """Load and normalise DSB samples into memory.
+    """Load and normalise DSB samples into memory (optionally at one canonical nucleus scale).
 
     Parameters
     ----------
@@ -79,13 +82,22 @@ def load_samples(
         Normalisation applied once here, identical to inference.
     progress : bool
         Show a progress bar.
+    diameter : float, optional
+        Rescale each image (bilinear) and its labels (nearest) so that the median diameter of
+        its ground-truth nuclei becomes this many pixels (zoom clamped to 0.25-4).
     """
     root = Path(root)
     out = []
     for sample_id in tqdm(ids, desc="loading", disable=not progress, leave=False):
         sample = load_sample(root / sample_id)
-        image = normalize_image(sample.image, normalize).astype(np.float16)
-        out.append(TrainingSample(sample_id, image, sample.labels.astype(np.int32)))
+        image = normalize_image(sample.image, normalize)
+        labels = sample.labels.astype(np.int32)
+        if diameter is not None and labels.any():
+            factor = scale_factor(estimate_diameter(labels), diameter)
+            if factor != 1.0:
+                image = rescale_image(image, factor)
+                labels = resize_labels(labels, image.shape[:2])
+        out.append(TrainingSample(sample_id, image.astype(np.float16), labels))
     return out
 
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nucleiseg import __version__
-from nucleiseg.config import ModelBundleConfig, TrainConfig, save_json
+from nucleiseg.config import InferConfig, ModelBundleConfig, TrainConfig, save_json
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.losses import build_loss
 from nucleiseg.models import create_model
@@ -79,11 +79,15 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
 def bundle_config(cfg: TrainConfig) -> ModelBundleConfig:
     """The inference-side configuration saved as ``config.json`` beside the weights."""
     model = replace(cfg.model, in_channels=cfg.normalize.channels, out_channels=cfg.targets.channels)
+    infer = InferConfig()
+    if cfg.train_diameter is not None:  # trained at one scale: always bring images to it
+        infer = replace(infer, rescale=True, target_diameter=cfg.train_diameter, rescale_tolerance=1.1)
     return ModelBundleConfig(
         model=model,
         targets=cfg.targets,
         normalize=cfg.normalize,
         postprocess=cfg.postprocess,
+        infer=infer,
         name=Path(cfg.out).name,
         version=__version__,
     )
@@ -132,8 +136,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     atomic_write_text(out / "split.json", json.dumps({"seed": cfg.split_seed, "train": train_ids, "val": val_ids}, indent=1))
     val_ids = val_ids[: cfg.val_max_images] if cfg.val_max_images else val_ids  # per-epoch subset
 
-    train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress)
-    val_samples = load_samples(cfg.data, val_ids, cfg.normalize, progress)
+    train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress, cfg.train_diameter)
+    val_samples = load_samples(cfg.data, val_ids, cfg.normalize, progress, cfg.train_diameter)  # selection only
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_samples) / cfg.batch_size))
     dataset = CropDataset(
         train_samples, cfg.crop_size, cfg.targets, cfg.augment, steps * cfg.batch_size,
