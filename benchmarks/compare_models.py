@@ -224,6 +224,10 @@ def draw_figures(samples: list, raws: list, predictions: dict[str, dict[int, np.
         plt.close(fig)
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def markdown(rows: dict[str, dict[str, Any]], n_images: int) -> str:
     """The comparison table in Markdown."""
     head = (
@@ -237,7 +241,7 @@ def markdown(rows: dict[str, dict[str, Any]], n_images: int) -> str:
         lines.append(
             f"| {name} | {r['arch']} | {r['params'] / 1e6:.2f} M | {r['weights_mb']:.1f} | {r['ms_256']:.0f} | "
             f"{r.get('train_minutes', '-')} | {r['thresholds']} | {r['score']:.4f} | {r['ap50']:.4f} | {r['f1']:.4f} | "
-            f"{r['mean_iou_seed']:.4f} | {tta.get('score', float('nan')):.4f} | {tta.get('mean_iou_seed', float('nan')):.4f} |"
+            f"{r['mean_iou_seed']:.4f} | {_fmt(tta.get('score'))} | {_fmt(tta.get('mean_iou_seed'))} |"
         )
     return head + "\n".join(lines) + "\n"
 
