@@ -35,6 +35,7 @@ import numpy as np
 from nucleiseg.benchmark.images import default_images, prepare_images
 from nucleiseg.benchmark.memory import PeakRSS, trim_heap
 from nucleiseg.benchmark.runners import PIPELINES, STAGES, Runner, make_runner, snapshot
+from nucleiseg.inference.pool import available_cpus
 
 __all__ = ["BACKENDS", "format_table", "run_benchmark"]
 
@@ -195,7 +196,7 @@ def run_benchmark(
             "model": {"path": str(source_folder), "name": bundle.name, "arch": bundle.model.arch,
                       "params": bundle.model.params, "weights_hash": weights_hash},
             "machine": {
-                "platform": platform.platform(), "cpus": _cpu_count(), "torch": torch.__version__,
+                "platform": platform.platform(), "cpus": available_cpus(), "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
                 "ort_threads": threads or "default",
             },
@@ -219,7 +220,7 @@ def run_benchmark(
 
                 for name, use_tta in configs[1:]:
                     stats[name, use_tta, workers] = measure_pool(
-                        name, folder, use_tta, infer, work, weights_hash, ims, repeats, workers, _cpu_count()
+                        name, folder, use_tta, infer, work, weights_hash, ims, repeats, workers, available_cpus()
                     )
             base = stats["baseline", False, 1]["ips"]
             for (name, use_tta, n_workers), st in stats.items():
@@ -248,12 +249,6 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 

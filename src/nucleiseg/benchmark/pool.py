@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from nucleiseg.benchmark.runners import STAGES, make_runner
+
 __all__ = ["measure_pool"]
 
 _STATE: dict[str, Any] = {}
@@ -26,8 +28,6 @@ _STATE: dict[str, Any] = {}
 
 def _init(name: str, folder: Path, tta: bool, infer: Any, work: Path, threads: int, weights_hash: str, barrier: Any) -> None:
     import torch
-
-    from nucleiseg.benchmark.runners import make_runner
 
     torch.set_num_threads(threads)
     _STATE["run"] = make_runner(name, folder, tta, infer, work, threads, None, weights_hash)
@@ -74,8 +74,6 @@ def measure_pool(
                     rss[r[2]] = max(rss.get(r[2], 0), r[3])
     n = len(images)
     wall = statistics.median(walls)
-    from nucleiseg.benchmark.runners import STAGES
-
     ms = {k: round(1000 * statistics.median(t.get(k, 0.0) for t in stage_times), 2) for k in STAGES}
     return {
         "ips": n / wall, "ms": ms | {"total": round(1000 * wall / n, 2)}, "labels": labels,
