@@ -158,9 +158,8 @@ def score_network(
     return row, {i: labels[i] for i in figure_rows}
 
 
-def score_classical(data: Path, ids: list[str], samples: list) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
+def score_classical(raws: list[np.ndarray], samples: list) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
     """Score the classical baseline (Otsu + distance-transform watershed) on the raw images."""
-    raws = [load_sample(data / i, check=False).image for i in ids]
     labels = [classical_segment(img) for img in raws]
     small = np.ascontiguousarray(raws[0][:256, :256]) if min(raws[0].shape[:2]) >= 256 else raws[0]
     times = []
@@ -277,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = figure_rows(samples)
     cache = Path(args.runs) / "scores"
     t0 = time.perf_counter()
-    rows["classical"], predictions["classical"] = score_classical(data, ids, samples)
+    rows["classical"], predictions["classical"] = score_classical(raws, samples)
     for arch in archs:
         folder = Path(args.runs) / arch
         if not (folder / "weights.safetensors").is_file():

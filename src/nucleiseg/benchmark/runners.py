@@ -82,9 +82,9 @@ def make_runner(
     if name == "torch":
         seg = Segmenter.from_pretrained(model_dir, backend="torch")
     else:
-        from nucleiseg.export.runtime import ONNX_FILES
+        from nucleiseg.export.runtime import ONNX_FILES, backend_precision
 
-        onnx_path = model_dir / ONNX_FILES[name.removeprefix("onnx").removeprefix("-") or "fp32"]  # shipped with the model
+        onnx_path = model_dir / ONNX_FILES[backend_precision(name)]  # shipped with the model
         if not _current(onnx_path, weights_hash):
             onnx_path = work / f"{name}.onnx"
             if not onnx_path.is_file():

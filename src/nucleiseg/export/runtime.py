@@ -18,11 +18,16 @@ import numpy as np
 
 from nucleiseg.config import ModelBundleConfig, PostprocessConfig, from_dict, load_json
 
-__all__ = ["META", "ONNX_FILES", "ONNX_NAME", "OrtPredictor", "bundle_config", "describe_onnx", "load_onnx", "onnx_predictor", "read_metadata"]
+__all__ = ["META", "ONNX_FILES", "ONNX_NAME", "OrtPredictor", "backend_precision", "bundle_config", "describe_onnx", "load_onnx", "onnx_predictor", "read_metadata"]
 
 ONNX_NAME = "model.onnx"
 #: File inside a model folder for each ONNX precision (``nucleiseg export`` writes these names).
 ONNX_FILES = {"fp32": ONNX_NAME, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+def backend_precision(backend: str) -> str:
+    """The ONNX precision a backend name selects: ``onnx`` -> fp32, ``onnx-int8`` -> int8, ..."""
+    return backend.removeprefix("onnx").removeprefix("-") or "fp32"
 # metadata_props keys written by nucleiseg.export.onnx.export_onnx
 META = {
     "config": "nucleiseg.config",

@@ -10,12 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from nucleiseg.config import InferConfig, ModelBundleConfig, PostprocessConfig, load_json, to_dict
+from nucleiseg.config import (
+    InferConfig,
+    ModelBundleConfig,
+    PostprocessConfig,
+    load_json,
+    to_dict,
+)
 from nucleiseg.inference.predictors import Predictor
 from nucleiseg.inference.scale import rescale_image, resize_probabilities, scale_factor
 from nucleiseg.inference.tiling import predict_tiled
 from nucleiseg.inference.tta import multiscale_predictor, tta_predictor
-from nucleiseg.postprocess import classical_segment, estimate_diameter, probabilities_to_labels
+from nucleiseg.postprocess import (
+    classical_segment,
+    estimate_diameter,
+    probabilities_to_labels,
+)
 from nucleiseg.transforms import normalize_image
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -140,10 +150,9 @@ class Segmenter:
         if str(name_or_path) == CLASSICAL:
             return cls(ModelBundleConfig(name=CLASSICAL), None)
         if backend in BACKENDS[1:]:  # <folder>/model[.fp16|.int8].onnx or an .onnx file, run by ONNX Runtime
-            from nucleiseg.export.runtime import load_onnx
+            from nucleiseg.export.runtime import backend_precision, load_onnx
 
-            precision = backend.removeprefix("onnx").removeprefix("-") or "fp32"
-            onnx_config, ort_predictor, onnx_name, onnx_hash = load_onnx(name_or_path, threads, precision)
+            onnx_config, ort_predictor, onnx_name, onnx_hash = load_onnx(name_or_path, threads, backend_precision(backend))
             return cls(onnx_config, ort_predictor, ort_predictor.stride, onnx_name, onnx_hash)
         if backend != "torch":
             raise ValueError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
