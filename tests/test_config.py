@@ -52,3 +52,16 @@ def test_public_api_is_lazy_and_complete():
         nucleiseg.not_there  # noqa: B018
     code = "import sys, nucleiseg; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_train_recipe_amp_from_yaml_and_command_line(tmp_path):
+    from nucleiseg.cli.main import build_parser, load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("amp: off\nlr: 0.002\n")  # a bare YAML off is a boolean
+    args = build_parser().parse_args(["train", "--config", str(recipe)])
+    assert load_recipe(args).amp == "off"
+    args = build_parser().parse_args(["train", "--config", str(recipe), "--amp", "bf16"])
+    cfg = load_recipe(args)
+    assert cfg.amp == "bf16" and cfg.lr == 0.002
+    assert load_recipe(build_parser().parse_args(["train"])).amp == "auto"

@@ -242,3 +242,64 @@ def test_tuning_custom_grid_and_validation(make_disks):
         tune_postprocess([probs], [], base)
     with pytest.raises(ValueError, match="do not match"):
         tune_postprocess([probs], [truth[:10]], base)
+
+
+def _reference_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from skimage.segmentation import watershed
+
+    return watershed(image, markers, mask=mask)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_watershed_by_component_equals_whole_image_watershed(seed):
+    from nucleiseg.postprocess.watershed import watershed_by_component
+
+    rng = np.random.default_rng(seed)
+    relief = ndi.gaussian_filter(rng.random((160, 190)), 2)  # continuous: no ties between pixels
+    mask = ndi.gaussian_filter(rng.random((160, 190)), 3) > 0.5
+    markers, _ = ndi.label((rng.random((160, 190)) > 0.97) & mask)
+    got = watershed_by_component(relief, markers, mask)
+    np.testing.assert_array_equal(got, _reference_watershed(relief, markers, mask))
+    comps, n = ndi.label(mask)
+    per_comp = [len(np.unique(markers[(comps == k) & (markers > 0)])) for k in range(1, n + 1)]
+    assert max(per_comp) >= 2 and min(per_comp) == 0 and 1 in per_comp  # all three cases occur
+
+
+def test_watershed_by_component_on_real_predictions(real_sample_dirs):
+    """Same labels as the whole-image watershed on the bundled model's real probabilities."""
+    from nucleiseg.inference.segmenter import Segmenter
+    from nucleiseg.postprocess.watershed import (
+        foreground_mask,
+        marker_probability,
+        remove_small_labels,
+        watershed_by_component,
+    )
+
+    seg = Segmenter.from_pretrained("default")
+    post = seg.config.postprocess
+    for sample_dir in real_sample_dirs:
+        image, _ = load_dsb(sample_dir)
+        probs = seg.segment(image).probabilities
+        mask = foreground_mask(probs[0], post)
+        core = marker_probability(probs)
+        markers, _ = ndi.label((core > post.marker_threshold) & mask)
+        markers = remove_small_labels(markers, post.min_marker_size)
+        np.testing.assert_array_equal(
+            watershed_by_component(-core, markers, mask), _reference_watershed(-core, markers, mask), err_msg=sample_dir.name
+        )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_holes_equals_scipy(seed):
+    from nucleiseg.postprocess.watershed import fill_holes
+
+    rng = np.random.default_rng(seed)
+    mask = ndi.gaussian_filter(rng.random((90, 130)), rng.uniform(1, 3)) > rng.uniform(0.45, 0.55)
+    rr, cc = np.mgrid[:90, :130]
+    mask |= np.abs(np.hypot(rr - 45, cc - 60) - 12) < 2  # a ring: at least one hole
+    mask[0, :] |= rng.random(130) > 0.5  # foreground touching the border
+    expected = ndi.binary_fill_holes(mask)
+    assert (expected != mask).any()  # there are holes to fill
+    np.testing.assert_array_equal(fill_holes(mask), expected)
+    np.testing.assert_array_equal(fill_holes(np.ones((5, 6), bool)), np.ones((5, 6), bool))
+    np.testing.assert_array_equal(fill_holes(np.zeros((5, 6), bool)), np.zeros((5, 6), bool))

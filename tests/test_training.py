@@ -18,6 +18,7 @@ from nucleiseg.training import file_hash, load_weights, save_weights, split_ids,
 from nucleiseg.training.bundle import bundle_run
 from nucleiseg.training.evaluate import evaluate_run
 from nucleiseg.training.checkpoint import load_training_state, save_training_state
+from nucleiseg.training.trainer import autocast_dtype, cpu_supports_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,6 +56,15 @@ def test_training_state_round_trip(tmp_path):
     assert all(float(s1[k]["step"]) == float(s2[k]["step"]) for k in s1)
 
 
+def test_autocast_dtype_choices():
+    assert autocast_dtype("off", "cpu") is None and autocast_dtype("off", "cuda") is None
+    assert autocast_dtype("bf16", "cpu") is torch.bfloat16
+    assert autocast_dtype("auto", "cuda") is torch.bfloat16
+    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_supports_bf16() else None)
+    with pytest.raises(ValueError, match="unknown amp"):
+        autocast_dtype("fp8", "cpu")
+
+
 def test_weights_mismatch_is_a_clear_error(tmp_path):
     save_weights(create_model("unet", 3, 3, depth=3, base_channels=8), tmp_path / "w.safetensors")
     with pytest.raises(ValueError, match="do not fit"):
@@ -74,6 +84,8 @@ def test_short_real_training_run(tmp_path, dsb_root):
         assert (out / name).is_file(), name
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(metrics) == 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["autocast"] == ("bfloat16" if cpu_supports_bf16() else "off")  # amp="auto"
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
     assert metrics["val_score"].between(0, 1).all()
     split = json.loads((out / "split.json").read_text())

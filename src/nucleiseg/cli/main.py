@@ -213,6 +213,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"],
+                   help="bfloat16 autocast: auto (default) uses it on CUDA and on CPUs with native bfloat16")
     p.add_argument("--train-diameter", type=float, metavar="PX",
                    help="train at one scale: rescale every image so its median nucleus diameter is PX pixels "
                    "(inference then always rescales to it); default: native scale")
@@ -237,8 +239,11 @@ def load_recipe(args: argparse.Namespace):
         "scheduler": args.scheduler, "patience": args.patience, "max_minutes": args.max_minutes,
         "val_fraction": args.val_fraction, "limit_images": args.limit_images, "val_max_images": args.val_max_images,
         "threads": args.threads, "seed": args.seed, "train_diameter": args.train_diameter,
+        "amp": args.amp,
     }
     data.update({k: v for k, v in flat.items() if v is not None})
+    if isinstance(data.get("amp"), bool):  # YAML 1.1 reads a bare off/on as a boolean
+        data["amp"] = "bf16" if data["amp"] else "off"
     if args.arch:
         data.setdefault("model", {})["arch"] = args.arch
     if args.targets:

@@ -1,10 +1,10 @@
 """Per-nucleus measurements, vectorised over the whole label image.
 
 :func:`measure` gives the same numbers as :func:`skimage.measure.regionprops_table` (tested to
-1e-9) about 3-4 times faster: area, centroid, bounding box, perimeter, eccentricity and the
+1e-9) 4-10 times faster on dense images: area, centroid, bounding box, perimeter, eccentricity and the
 intensities are computed for all nuclei at once from pixel counts and moments
-(``numpy.bincount``), and only the convex hull behind ``solidity`` is computed per nucleus
-(on its bounding-box crop, with scikit-image's own :func:`~skimage.morphology.convex_hull_image`).
+(``numpy.bincount``), and the convex hulls behind ``solidity`` come from the first and last
+pixel of every row of every nucleus (:func:`_convex_areas`, exact integer arithmetic).
 :func:`measure_regionprops` is the straightforward ``regionprops_table`` version, kept as the
 reference and as the naive baseline of ``nucleiseg benchmark``.
 """
@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
-from skimage.morphology import convex_hull_image
 
 __all__ = ["MEASUREMENT_COLUMNS", "measure", "measure_regionprops"]
 
@@ -96,6 +95,76 @@ def _perimeters(labels: np.ndarray, fg: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(centre, weights=_PERIMETER_WEIGHTS[code], minlength=n)
 
 
+def _lower_envelope(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Vertices of the lower convex envelope ``x(y)`` of each group's points.
+
+    Points are sorted by group then strictly increasing ``y``. A point on or above the chord
+    of its two neighbours is never a vertex of the envelope, so every such point is dropped at
+    once, pass after pass, until each group's chain is strictly convex. Integer arithmetic keeps
+    it exact.
+    """
+    while g.size >= 3:
+        same = (g[:-2] == g[1:-1]) & (g[1:-1] == g[2:])
+        above = (x[1:-1] - x[:-2]) * (y[2:] - y[:-2]) >= (x[2:] - x[:-2]) * (y[1:-1] - y[:-2])
+        drop = same & above
+        if not drop.any():
+            break
+        keep = np.ones(g.size, bool)
+        keep[1:-1] = ~drop
+        g, y, x = g[keep], y[keep], x[keep]
+    return g, y, x
+
+
+def _convex_areas(key: np.ndarray, cols: np.ndarray, height: int, ids: np.ndarray, bbox: np.ndarray) -> np.ndarray:
+    """Pixel counts of ``skimage.morphology.convex_hull_image`` for every nucleus at once.
+
+    scikit-image takes the convex hull of the pixels' edge midpoints (each pixel centre moved
+    half a pixel up, down, left and right) and counts the pixel centres inside or on it. The
+    hull is also the hull of the first and last pixel of every row, so its left and right
+    sides are the convex envelopes of those points' midpoints; the count is, row by row, the
+    integers between the two sides. Coordinates are doubled so every number is an integer and
+    the count is exact.
+
+    Parameters
+    ----------
+    key : numpy.ndarray
+        ``label * height + row`` of each foreground pixel, in raster order.
+    cols : numpy.ndarray
+        Column of each foreground pixel.
+    height : int
+        Image height.
+    ids, bbox : numpy.ndarray
+        Labels present (ascending) and their ``(min_row, min_col, max_row, max_col)`` boxes.
+    """
+    order = np.argsort(key, kind="stable")  # by label, then row; columns stay ascending
+    k, c = key[order], cols[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    ends = np.r_[starts[1:], k.size] - 1
+    g, r = np.divmod(k[starts], height)
+    y2 = 2 * r + 1  # doubled row of the pixel centre, shifted so the half-pixel above is >= 0
+    sides = []
+    for first, sign in ((c[starts], 1), (c[ends], -1)):  # left side; right side mirrored
+        gg = np.repeat(g, 3)
+        yy = np.stack([y2, y2 - 1, y2 + 1], axis=1).ravel()
+        xx = (sign * np.stack([2 * first - sign, 2 * first, 2 * first], axis=1)).ravel()
+        o = np.lexsort((xx, yy, gg))
+        gg, yy, xx = gg[o], yy[o], xx[o]
+        first_of_row = np.r_[True, (gg[1:] != gg[:-1]) | (yy[1:] != yy[:-1])]  # outermost point per row
+        sides.append(_lower_envelope(gg[first_of_row], yy[first_of_row], xx[first_of_row]))
+    heights = bbox[:, 2] - bbox[:, 0]
+    owner = np.repeat(np.arange(ids.size), heights)
+    rows = np.repeat(bbox[:, 0], heights) + np.arange(heights.sum()) - np.repeat(np.cumsum(heights) - heights, heights)
+    qg, qy = ids[owner].astype(np.int64), 2 * rows + 1
+    span = 2 * height + 3
+    bounds = []
+    for (eg, ey, ex), sign in zip(sides, (1, -1)):
+        i = np.searchsorted(eg * span + ey, qg * span + qy, side="right") - 1
+        dy = ey[i + 1] - ey[i]
+        num = sign * (ex[i] * dy + (qy - ey[i]) * (ex[i + 1] - ex[i]))  # side at this row = num / (2 dy)
+        bounds.append(-((-num) // (2 * dy)) if sign == 1 else num // (2 * dy))  # ceil on the left, floor on the right
+    return np.bincount(owner, weights=bounds[1] - bounds[0] + 1, minlength=ids.size)
+
+
 def measure(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
     """Per-nucleus measurements, identical to ``regionprops_table`` but vectorised.
 
@@ -143,11 +212,8 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame
     l1, l2 = np.clip(half_sum + root, 0, None), np.clip(half_sum - root, 0, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0, None)), 0.0)
-    convex, peak = np.empty(ids.size), np.empty(ids.size)
-    for j, i in enumerate(ids):  # the convex hull (and the maximum) need each nucleus on its own
-        mask = labels[slices[i - 1]] == i
-        convex[j] = convex_hull_image(mask).sum()
-        peak[j] = intensity[slices[i - 1]][mask].max() if intensity is not None else 0.0
+    key = lab.astype(np.int64) * labels.shape[0] + rows
+    convex = _convex_areas(key, cols, labels.shape[0], ids, bbox)
     table = {
         "label": ids.astype(np.int64), "area": area, "centroid_y": mean_r + bbox[:, 0], "centroid_x": mean_c + bbox[:, 1],
         "bbox_min_y": bbox[:, 0], "bbox_min_x": bbox[:, 1], "bbox_max_y": bbox[:, 2], "bbox_max_x": bbox[:, 3],
@@ -155,5 +221,8 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame
     }
     if intensity is not None:
         table["mean_intensity"] = total(intensity.ravel()[fg]) / area
-        table["max_intensity"] = peak
+        values = intensity.ravel()[fg]
+        by_label = np.argsort(lab, kind="stable")
+        first = np.flatnonzero(np.r_[True, np.diff(lab[by_label]) != 0])
+        table["max_intensity"] = np.maximum.reduceat(values[by_label], first)
     return pd.DataFrame(table)[columns]

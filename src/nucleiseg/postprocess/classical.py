@@ -13,9 +13,14 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from nucleiseg.config import PostprocessConfig
-from nucleiseg.postprocess.watershed import remove_small_mask, estimate_diameter, labels_from_mask
+from nucleiseg.postprocess.watershed import (
+    estimate_diameter,
+    fill_holes,
+    labels_from_mask,
+    remove_small_mask,
+)
 
-__all__ = ["classical_segment", "to_gray", "normalize_percentile"]
+__all__ = ["classical_segment", "normalize_percentile", "to_gray"]
 
 # The estimated nucleus diameter (pixels) is clamped to this range.
 DIAMETER_RANGE = (4.0, 200.0)
@@ -82,7 +87,7 @@ def classical_segment(image: np.ndarray, cfg: PostprocessConfig | None = None) -
         return np.zeros(gray.shape, np.int32)
     mask = smooth > threshold_otsu(smooth)
     if cfg.fill_holes:
-        mask = ndi.binary_fill_holes(mask)
+        mask = fill_holes(mask)
     mask = remove_small_mask(mask, cfg.min_size)
     diameter = estimate_diameter(mask, default=cfg.diameter)
     diameter = float(np.clip(diameter, *DIAMETER_RANGE))

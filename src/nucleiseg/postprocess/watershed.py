@@ -20,20 +20,22 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 from nucleiseg.config import PostprocessConfig
 
 __all__ = [
     "estimate_diameter",
+    "fill_holes",
     "foreground_mask",
-    "threshold_mask",
     "labels_from_mask",
     "labels_from_parts",
     "marker_probability",
     "probabilities_to_labels",
     "remove_small_labels",
     "remove_small_mask",
+    "threshold_mask",
+    "watershed_by_component",
 ]
 
 # Otsu thresholds on probabilities are clamped to this range so that an image without nuclei
@@ -107,8 +109,26 @@ def threshold_mask(fg: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
         raise ValueError(f"threshold_method must be 'fixed' or 'otsu', got {cfg.threshold_method!r}")
     mask = fg > thr
     if cfg.fill_holes:
-        mask = ndi.binary_fill_holes(mask)
+        mask = fill_holes(mask)
     return mask
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` in one labelling pass.
+
+    A hole is a 4-connected background component that does not touch the image border (the
+    same rule as SciPy's, which grows the border background by repeated dilation and takes
+    tens of milliseconds on a megapixel image).
+    """
+    mask = np.asarray(mask, bool)
+    background, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # foreground stays foreground
+    return ~outside[background] | mask
 
 
 def marker_probability(probs: np.ndarray) -> np.ndarray:
@@ -123,19 +143,70 @@ def _finish(ws: np.ndarray, mask: np.ndarray, min_size: int) -> np.ndarray:
     """Give unmarked foreground components their own ids, drop small objects, relabel 1..n."""
     unmarked = mask & (ws == 0)
     if unmarked.any():
-        extra, n_extra = ndi.label(unmarked)
+        extra, _ = ndi.label(unmarked)
         ws = np.where(extra > 0, extra + ws.max(), ws)
-    ws = remove_small_labels(ws, min_size)
-    out, _, _ = relabel_sequential(ws.astype(np.int32, copy=False))
-    return out.astype(np.int32, copy=False)
+    sizes = np.bincount(ws.ravel().astype(np.intp, copy=False))
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    lut = np.zeros(sizes.size, np.int32)  # small objects to 0, the rest renumbered 1..n in order
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[ws]
 
 
 def _contour_labels(mask: np.ndarray, core: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
     """Watershed of the core probability from thresholded cores, inside ``mask``."""
     markers, _ = ndi.label((core > cfg.marker_threshold) & mask)
     markers = remove_small_labels(markers, cfg.min_marker_size)
-    ws = watershed(-core, markers, mask=mask)
-    return _finish(ws, mask, cfg.min_size)
+    return _finish(watershed_by_component(-core, markers, mask), mask, cfg.min_size)
+
+
+def watershed_by_component(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.watershed(image, markers, mask=mask)``, one mask component at a time.
+
+    A flood inside a mask never crosses from one 4-connected component of the mask to another,
+    so each component can be solved on its own: a component holding one marker becomes that
+    marker's region without flooding, one without markers stays 0, and only components with
+    two or more markers are flooded, each on its bounding-box crop. The result equals the
+    whole-image watershed (tested on real predictions and on continuous reliefs) and costs a
+    fraction of it, since most nuclei are a component with a single marker. Only where marker
+    pixels tie exactly in value can the two differ: scikit-image orders such ties by its heap
+    layout, which depends on the rest of the image, so either answer is as valid.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(H, W)`` relief to flood (low values first).
+    markers : np.ndarray
+        ``(H, W)`` integer markers, 0 = none; every marker pixel must lie inside ``mask``.
+    mask : np.ndarray
+        ``(H, W)`` boolean region to label.
+
+    Returns
+    -------
+    np.ndarray
+        Labels of ``markers``' dtype (int32 at least), 0 outside the flooded components.
+    """
+    comps, n = ndi.label(mask)
+    out = np.zeros(markers.shape, np.promote_types(markers.dtype, np.int32))
+    if n == 0:
+        return out
+    flat_m, flat_c = markers.ravel(), comps.ravel()
+    marked = np.flatnonzero(flat_m)
+    stride = np.int64(flat_m.max()) + 1
+    pairs = np.unique(flat_c[marked].astype(np.int64) * stride + flat_m[marked])  # (component, marker)
+    pair_comp, pair_marker = np.divmod(pairs, stride)
+    per_comp = np.bincount(pair_comp, minlength=n + 1)
+    lut = np.zeros(n + 1, out.dtype)
+    single = per_comp[pair_comp] == 1
+    lut[pair_comp[single]] = pair_marker[single]
+    out[...] = lut[comps]
+    slices = ndi.find_objects(comps)
+    for k in np.flatnonzero(per_comp >= 2):
+        box = slices[k - 1]
+        inside = comps[box] == k
+        flooded = watershed(image[box], np.where(inside, markers[box], 0), mask=inside)
+        out[box][inside] = flooded[inside]
+    return out
 
 
 def labels_from_mask(mask: np.ndarray, cfg: PostprocessConfig | None = None) -> np.ndarray:
@@ -169,8 +240,7 @@ def labels_from_mask(mask: np.ndarray, cfg: PostprocessConfig | None = None) -> 
     peaks = peak_local_max(smooth, min_distance=min_distance, labels=comps, exclude_border=False)
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    ws = watershed(-smooth, markers, mask=mask)
-    return _finish(ws, mask, cfg.min_size)
+    return _finish(watershed_by_component(-smooth, markers, mask), mask, cfg.min_size)
 
 
 def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = None) -> np.ndarray:
@@ -195,7 +265,9 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
         probs = probs[None]
     if probs.ndim != 3 or probs.shape[0] < 1:
         raise ValueError(f"probs must have shape (K, H, W), got {probs.shape}")
-    probs = np.nan_to_num(probs.astype(np.float32, copy=False), nan=0.0)
+    probs = probs.astype(np.float32, copy=False)
+    if np.isnan(probs).any():
+        probs = np.nan_to_num(probs, nan=0.0)
     return labels_from_parts(probs, foreground_mask(probs[0], cfg), cfg)
 
 

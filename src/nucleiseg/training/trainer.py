@@ -20,7 +20,11 @@ from nucleiseg.config import InferConfig, ModelBundleConfig, TrainConfig, save_j
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.losses import build_loss
 from nucleiseg.models import create_model
-from nucleiseg.training.checkpoint import load_training_state, save_training_state, save_weights
+from nucleiseg.training.checkpoint import (
+    load_training_state,
+    save_training_state,
+    save_weights,
+)
 from nucleiseg.training.data import CropDataset, available_ids, load_samples, split_ids
 from nucleiseg.training.report import write_curves, write_metrics_csv
 from nucleiseg.training.validation import validate
@@ -74,6 +78,31 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
     if name == "none":
         return None
     raise ValueError(f"unknown scheduler {cfg.scheduler!r} (cosine, plateau, none)")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(amp: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for ``TrainConfig.amp`` on ``device``, or None for float32.
+
+    ``"auto"`` gives bfloat16 on CUDA and on CPUs with native bfloat16 support (emulated
+    bfloat16 is slower than float32, so other CPUs train in float32); ``"bf16"`` always gives
+    bfloat16; ``"off"`` gives None.
+    """
+    name = amp.lower()
+    if name == "off":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") or cpu_supports_bf16() else None
+    raise ValueError(f"unknown amp {amp!r} (auto, bf16, off)")
 
 
 def bundle_config(cfg: TrainConfig) -> ModelBundleConfig:
@@ -156,7 +185,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     if resume and last.exists():
         info = load_training_state(last, model, optimizer, scheduler)
     start_time = time.monotonic() - float(info["seconds"])
-    use_amp = device == "cuda"
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    amp_device = "cuda" if device.startswith("cuda") else "cpu"
     timed_cosine = cfg.scheduler.lower() == "cosine" and cfg.max_minutes is not None
 
     for epoch in range(int(info["epoch"]) + 1, cfg.epochs + 1):
@@ -172,7 +202,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
                 for group in optimizer.param_groups:
                     group["lr"] = time_cosine_lr(cfg, time.monotonic() - start_time)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device_type=amp_device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(images)
             loss = loss_fn(logits.float(), targets, weights)
             loss.backward()
@@ -213,6 +243,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         "n_val_per_epoch": len(val_ids),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
         "torch": torch.__version__,
         "nucleiseg": __version__,
         "final": info["history"][-1] if info["history"] else None,
