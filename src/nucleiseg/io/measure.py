@@ -220,8 +220,8 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame
         "perimeter": _perimeters(labels, fg, n)[ids], "eccentricity": eccentricity, "solidity": area / convex,
     }
     if intensity is not None:
-        table["mean_intensity"] = total(intensity.ravel()[fg]) / area
         values = intensity.ravel()[fg]
+        table["mean_intensity"] = total(values) / area
         by_label = np.argsort(lab, kind="stable")
         first = np.flatnonzero(np.r_[True, np.diff(lab[by_label]) != 0])
         table["max_intensity"] = np.maximum.reduceat(values[by_label], first)

@@ -160,7 +160,9 @@ def _contour_labels(mask: np.ndarray, core: np.ndarray, cfg: PostprocessConfig) 
     return _finish(watershed_by_component(-core, markers, mask), mask, cfg.min_size)
 
 
-def watershed_by_component(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def watershed_by_component(
+    image: np.ndarray, markers: np.ndarray, mask: np.ndarray, components: tuple[np.ndarray, int] | None = None
+) -> np.ndarray:
     """``skimage.segmentation.watershed(image, markers, mask=mask)``, one mask component at a time.
 
     A flood inside a mask never crosses from one 4-connected component of the mask to another,
@@ -180,13 +182,15 @@ def watershed_by_component(image: np.ndarray, markers: np.ndarray, mask: np.ndar
         ``(H, W)`` integer markers, 0 = none; every marker pixel must lie inside ``mask``.
     mask : np.ndarray
         ``(H, W)`` boolean region to label.
+    components : (np.ndarray, int), optional
+        ``scipy.ndimage.label(mask)`` when the caller already has it.
 
     Returns
     -------
     np.ndarray
         Labels of ``markers``' dtype (int32 at least), 0 outside the flooded components.
     """
-    comps, n = ndi.label(mask)
+    comps, n = ndi.label(mask) if components is None else components
     out = np.zeros(markers.shape, np.promote_types(markers.dtype, np.int32))
     if n == 0:
         return out
@@ -232,7 +236,7 @@ def labels_from_mask(mask: np.ndarray, cfg: PostprocessConfig | None = None) -> 
     mask = mask.astype(bool, copy=False)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    comps, _ = ndi.label(mask)
+    comps, n = ndi.label(mask)
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     # A light blur removes the one-pixel ripples of a jagged outline without moving real peaks.
     smooth = ndi.gaussian_filter(dist, 1.0) * mask
@@ -240,7 +244,7 @@ def labels_from_mask(mask: np.ndarray, cfg: PostprocessConfig | None = None) -> 
     peaks = peak_local_max(smooth, min_distance=min_distance, labels=comps, exclude_border=False)
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    return _finish(watershed_by_component(-smooth, markers, mask), mask, cfg.min_size)
+    return _finish(watershed_by_component(-smooth, markers, mask, (comps, n)), mask, cfg.min_size)
 
 
 def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = None) -> np.ndarray:
