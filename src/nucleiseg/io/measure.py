@@ -115,7 +115,9 @@ def _lower_envelope(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.nda
     return g, y, x
 
 
-def _convex_areas(key: np.ndarray, cols: np.ndarray, height: int, ids: np.ndarray, bbox: np.ndarray) -> np.ndarray:
+def _convex_areas(
+    key: np.ndarray, order: np.ndarray, cols: np.ndarray, height: int, ids: np.ndarray, bbox: np.ndarray
+) -> np.ndarray:
     """Pixel counts of ``skimage.morphology.convex_hull_image`` for every nucleus at once.
 
     scikit-image takes the convex hull of the pixels' edge midpoints (each pixel centre moved
@@ -129,6 +131,8 @@ def _convex_areas(key: np.ndarray, cols: np.ndarray, height: int, ids: np.ndarra
     ----------
     key : numpy.ndarray
         ``label * height + row`` of each foreground pixel, in raster order.
+    order : numpy.ndarray
+        ``numpy.argsort(key, kind="stable")``: by label, then row, columns ascending.
     cols : numpy.ndarray
         Column of each foreground pixel.
     height : int
@@ -136,7 +140,6 @@ def _convex_areas(key: np.ndarray, cols: np.ndarray, height: int, ids: np.ndarra
     ids, bbox : numpy.ndarray
         Labels present (ascending) and their ``(min_row, min_col, max_row, max_col)`` boxes.
     """
-    order = np.argsort(key, kind="stable")  # by label, then row; columns stay ascending
     k, c = key[order], cols[order]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
     ends = np.r_[starts[1:], k.size] - 1
@@ -213,7 +216,8 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame
     with np.errstate(divide="ignore", invalid="ignore"):
         eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0, None)), 0.0)
     key = lab.astype(np.int64) * labels.shape[0] + rows
-    convex = _convex_areas(key, cols, labels.shape[0], ids, bbox)
+    by_label = np.argsort(key, kind="stable")  # by label, then row; columns stay ascending
+    convex = _convex_areas(key, by_label, cols, labels.shape[0], ids, bbox)
     table = {
         "label": ids.astype(np.int64), "area": area, "centroid_y": mean_r + bbox[:, 0], "centroid_x": mean_c + bbox[:, 1],
         "bbox_min_y": bbox[:, 0], "bbox_min_x": bbox[:, 1], "bbox_max_y": bbox[:, 2], "bbox_max_x": bbox[:, 3],
@@ -222,7 +226,6 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame
     if intensity is not None:
         values = intensity.ravel()[fg]
         table["mean_intensity"] = total(values) / area
-        by_label = np.argsort(lab, kind="stable")
         first = np.flatnonzero(np.r_[True, np.diff(lab[by_label]) != 0])
         table["max_intensity"] = np.maximum.reduceat(values[by_label], first)
     return pd.DataFrame(table)[columns]
