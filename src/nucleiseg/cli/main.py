@@ -279,6 +279,12 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
     p.add_argument("--no-pipeline", action="store_true", help="skip the full-pipeline (rescaling) scores")
     p.add_argument("--max-images", type=int, help="first N validation images only")
+    p.add_argument("--suite", action="store_true",
+                   help="also run the accuracy suite (zoomed validation images, BBBC039 held out, MoNuSeg: image kinds "
+                   "the run was not tuned on) and write RUN/accuracy.json and RUN/accuracy.md")
+    p.add_argument("--shared", default="../shared/data", help="shared data folder for --suite (default ../shared/data)")
+    p.add_argument("--baseline", default="benchmarks/results/accuracy_classical.json",
+                   help="classical rows to reuse for --suite when they cover the same sets (else recomputed)")
     p.set_defaults(func=cmd_validate)
 
 
@@ -290,6 +296,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
                            max_images=args.max_images)
     print(format_results(results))
     print(f"written: {Path(results['run']) / 'evaluation.json'}")
+    if args.suite:
+        from nucleiseg.benchmark.accuracy import format_markdown, run_suite
+        from nucleiseg.io.atomic import atomic_write_text
+
+        run = Path(results["run"])
+        suite = run_suite(str(run), Path(args.shared), Path("out") / "accuracy_suite", baseline_file=Path(args.baseline))
+        command = f"nucleiseg validate {args.run} --suite"
+        suite["command"] = command
+        atomic_write_text(run / "accuracy.json", json.dumps(suite, indent=2) + "\n")
+        table = format_markdown(suite, command)
+        atomic_write_text(run / "accuracy.md", table)
+        print(table)
+        print(f"written: {run / 'accuracy.json'}, {run / 'accuracy.md'}")
     return 0
 
 

@@ -29,7 +29,25 @@ def reference_outputs(model_dir: str | Path, examples: str | Path) -> dict[str, 
     return out
 
 
-def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: dict[str, Any], sha: str) -> str:
+def _suite_section(suite: dict[str, Any] | None) -> list[str]:
+    """The accuracy-suite part of a model card (from ``nucleiseg validate RUN --suite``), led by "unseen kinds"."""
+    if suite is None:
+        return ["## Accuracy suite", "", "Not run for this model: `nucleiseg validate RUN --suite` measures it.", ""]
+    from nucleiseg.benchmark.accuracy import format_markdown
+
+    s = suite["summary"]
+    return [
+        "## Accuracy suite: image kinds it was not tuned on",
+        "",
+        f"**Unseen kinds: {s['unseen_kinds']:.4f}** (classical {s['baseline_unseen_kinds']:.4f}); "
+        f"DSB validation split: {s['validation']:.4f} (classical {s['baseline_validation']:.4f}).",
+        "",
+        format_markdown(suite, suite.get("command", "")),
+    ]
+
+
+def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: dict[str, Any], sha: str,
+          suite: dict[str, Any] | None = None) -> str:
     rows = []
     for key, label in [("native_default", "native scale, default thresholds"), ("native_tuned", "native scale, tuned thresholds"),
                        ("native_tuned_tta", "native scale, tuned thresholds, 8-fold TTA"),
@@ -50,6 +68,7 @@ def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: 
         f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads), torch {report['torch']}.",
         "- Post-processing thresholds tuned on the validation split: `thresholds.json`.",
         "",
+        *_suite_section(suite),
         "## Validation figures",
         "",
         "Reproduce: `nucleiseg validate runs/" + name + " --tta` on a run trained with the recipe.",
@@ -75,7 +94,8 @@ def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path 
     ----------
     run_dir : path
         Run folder with ``weights.safetensors``, ``config.json``, ``train.json``,
-        ``report.json`` and ``evaluation.json`` (from ``nucleiseg validate``).
+        ``report.json`` and ``evaluation.json`` (from ``nucleiseg validate``); its
+        ``accuracy.json`` (``nucleiseg validate --suite``), when present, goes into the model card.
     name : str
         Bundled model name.
     examples : path, optional
@@ -90,11 +110,13 @@ def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path 
     shutil.copyfile(run / "weights.safetensors", dest / "weights.safetensors")
     if (run / "thresholds.json").is_file():
         shutil.copyfile(run / "thresholds.json", dest / "thresholds.json")
-    for extra in ("train.json", "split.json", "evaluation.json", "report.json"):
-        shutil.copyfile(run / extra, dest / extra)
+    for extra in ("train.json", "split.json", "evaluation.json", "report.json", "accuracy.json"):
+        if extra != "accuracy.json" or (run / extra).is_file():
+            shutil.copyfile(run / extra, dest / extra)
     sha = file_hash(dest / "weights.safetensors")
+    suite = json.loads((run / "accuracy.json").read_text()) if (run / "accuracy.json").is_file() else None
     card = _card(name, json.loads((run / "train.json").read_text()), json.loads((run / "report.json").read_text()),
-                 json.loads((run / "evaluation.json").read_text()), sha)
+                 json.loads((run / "evaluation.json").read_text()), sha, suite)
     atomic_write_text(dest / "MODEL_CARD.md", card)
     if examples is not None:
         reference = {"sha256": sha, "examples": reference_outputs(dest, examples)}
