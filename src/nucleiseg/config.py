@@ -110,7 +110,22 @@ class PostprocessConfig:
 
 @dataclass
 class AugmentConfig:
-    """Paired image/label augmentation (albumentations); probabilities per transform."""
+    """Paired image/label augmentation (albumentations); probabilities per transform.
+
+    The fields after ``invert_p`` were added for the wider default model (issue 15). Their
+    defaults leave the transforms out, so older recipes build exactly the pipeline (and draw
+    exactly the crops) they did before:
+
+    * ``hed_p``: stain variation in HED colour-deconvolution space (``hed_scale``: multiplicative
+      jitter of each stain, ``hed_shift``: additive jitter in optical density), applied only to
+      crops with a bright background (stained tissue, brightfield);
+    * ``jpeg_p``: JPEG compression artefacts, quality ``jpeg_quality_min``..95;
+    * ``downscale_p``: down- and up-sampling (a low-resolution camera), factor
+      ``downscale_min``..0.9.
+
+    Scale jitter is ``scale_min``..``scale_max`` (with ``affine_p``); inversion of bright-field
+    contrast is ``invert_p`` (normalisation does not invert unless ``invert_bright``).
+    """
 
     flips: bool = True
     rotate90: bool = True
@@ -128,6 +143,39 @@ class AugmentConfig:
     noise_p: float = 0.15
     grayscale_p: float = 0.1
     invert_p: float = 0.2
+    hed_p: float = 0.0
+    hed_scale: float = 0.15
+    hed_shift: float = 0.05
+    jpeg_p: float = 0.0
+    jpeg_quality_min: int = 30
+    downscale_p: float = 0.0
+    downscale_min: float = 0.5
+
+
+@dataclass
+class ExtraDataConfig:
+    """A folder of images with label images added to a recipe's training set.
+
+    Parameters
+    ----------
+    path : str
+        Any layout :func:`nucleiseg.io.discover_inputs` reads (``images/`` + ``masks/``, Cellpose
+        pairs, DSB); relative paths are taken from the working directory (the repo root), like
+        ``TrainConfig.data``. Images without ground truth are skipped.
+    exclude : list of str
+        Images never to load: names of committed held-out lists in :mod:`nucleiseg.io.splits`
+        (``bbbc039_heldout``) or paths of text files with one image name (file stem) per line.
+        Every committed held-out list is excluded from every extra folder whatever this says.
+    name : str
+        Prefix of the sample ids (``<name>/<id>``) in ``split.json``; defaults to the folder name.
+    limit_images : int, optional
+        Use only the first N images left after the exclusion (rehearsals).
+    """
+
+    path: str = ""
+    exclude: list[str] = field(default_factory=list)
+    name: str = ""
+    limit_images: int | None = None
 
 
 @dataclass
@@ -160,6 +208,15 @@ class TrainConfig:
     CUDA and on CPUs with native bfloat16 support (AVX512-BF16 or AMX; 1.5-2x faster steps
     here, ``docs/models.md``), ``"bf16"`` forces it, ``"off"`` trains in float32. Weights, optimizer
     state and the loss stay float32 either way.
+
+    ``extra_data`` adds label-image folders (:class:`ExtraDataConfig`; a bare string is a path)
+    to the training images of ``data``; validation stays on ``data``'s validation split. With
+    ``oversample``, images are drawn so that every image-style cluster of the combined set is
+    drawn equally often, so a large extra set of one kind does not crowd out the rare kinds.
+
+    ``init_weights`` starts training from trained weights instead of a random initialisation
+    (fine-tuning): a bundled model name (``"default"``), a run folder or a ``.safetensors``
+    file whose tensors fit ``model`` exactly. ``--resume`` takes precedence over it.
     """
 
     data: str = "../shared/data/dsb2018/stage1_train"
@@ -189,6 +246,16 @@ class TrainConfig:
     oversample: bool = True
     train_diameter: float | None = None
     amp: str = "auto"
+    extra_data: list[ExtraDataConfig] = field(default_factory=list)
+    init_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        self.extra_data = [
+            e if isinstance(e, ExtraDataConfig)
+            else ExtraDataConfig(path=e) if isinstance(e, str)
+            else from_dict(ExtraDataConfig, e)
+            for e in (self.extra_data or [])
+        ]
 
 
 @dataclass

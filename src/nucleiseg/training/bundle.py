@@ -46,6 +46,15 @@ def _suite_section(suite: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _extra_data(train: dict[str, Any], report: dict[str, Any]) -> str:
+    """", plus N images of <folder>" for the recipe's extra training folders (held-out lists excluded)."""
+    n_extra = int(report.get("n_train_extra", 0))
+    if not n_extra:
+        return ""
+    names = ", ".join(f"`{Path(e['path']).name}`" for e in train.get("extra_data", []))
+    return f", plus {n_extra} images of {names} (CC0; held-out lists in `nucleiseg/io/splits/` never loaded)"
+
+
 def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: dict[str, Any], sha: str,
           suite: dict[str, Any] | None = None) -> str:
     rows = []
@@ -61,7 +70,7 @@ def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: 
         "",
         f"- Architecture: `{model['arch']}` {json.dumps(model['params'])}, targets `{train['targets']['mode']}`.",
         f"- Weights: `weights.safetensors`, SHA-256 `{sha}`.",
-        f"- Trained on DSB 2018 stage1_train (CC0), {report['n_train']} images; validation split of "
+        f"- Trained on DSB 2018 stage1_train (CC0), {report['n_train']} images{_extra_data(train, report)}; validation split of "
         f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})` "
         f"(`split.json` of the run). Recipe: `configs/{name}.yaml` (`train.json` here).",
         f"- Training: {report['epochs_run']} epochs, best at epoch {report['best_epoch']}, "

@@ -1,20 +1,30 @@
-"""Training data: a fixed validation split, in-memory samples and random augmented crops."""
+"""Training data: a fixed validation split, in-memory samples and random augmented crops.
+
+Training images come from the recipe's DSB folder (minus its validation split) and, optionally,
+from extra label-image folders (:class:`~nucleiseg.config.ExtraDataConfig`). Images on a
+committed held-out list (:mod:`nucleiseg.io.splits`) and data sets that are for measuring only
+are never loaded here.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from nucleiseg.config import AugmentConfig, NormalizeConfig, TargetConfig
+from nucleiseg.config import AugmentConfig, ExtraDataConfig, NormalizeConfig, TargetConfig
 from nucleiseg.inference.scale import rescale_image, resize_labels, scale_factor
 from nucleiseg.io.dsb import list_samples, load_sample
+from nucleiseg.io.images import read_image
+from nucleiseg.io.labels import discover_inputs, load_item_gt
+from nucleiseg.io.splits import bbbc039_heldout
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms import (
     build_augment,
@@ -63,6 +73,22 @@ class TrainingSample:
     labels: np.ndarray
 
 
+def _prepare(
+    sample_id: str, image: np.ndarray, labels: np.ndarray, normalize: NormalizeConfig, diameter: float | None
+) -> TrainingSample:
+    """Normalise one raw image (and optionally bring it to the canonical nucleus scale)."""
+    image = normalize_image(image, normalize)
+    labels = labels.astype(np.int32)
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"{sample_id}: image {image.shape[:2]} and labels {labels.shape} differ in size")
+    if diameter is not None and labels.any():
+        factor = scale_factor(estimate_diameter(labels), diameter)
+        if factor != 1.0:
+            image = rescale_image(image, factor)
+            labels = resize_labels(labels, image.shape[:2])
+    return TrainingSample(sample_id, image.astype(np.float16), labels)
+
+
 def load_samples(
     root: str | Path,
     ids: Sequence[str],
@@ -90,15 +116,112 @@ def load_samples(
     out = []
     for sample_id in tqdm(ids, desc="loading", disable=not progress, leave=False):
         sample = load_sample(root / sample_id)
-        image = normalize_image(sample.image, normalize)
-        labels = sample.labels.astype(np.int32)
-        if diameter is not None and labels.any():
-            factor = scale_factor(estimate_diameter(labels), diameter)
-            if factor != 1.0:
-                image = rescale_image(image, factor)
-                labels = resize_labels(labels, image.shape[:2])
-        out.append(TrainingSample(sample_id, image.astype(np.float16), labels))
+        out.append(_prepare(sample_id, sample.image, sample.labels, normalize, diameter))
     return out
+
+
+#: Committed held-out lists by name. Every one is excluded from every extra training folder.
+HELDOUT_LISTS: dict[str, Callable[[], list[str]]] = {"bbbc039_heldout": bbbc039_heldout}
+
+#: Data sets whose licence or role allows measuring only: a training folder whose path names one
+#: of these is refused (MoNuSeg's test set is non-commercial and held out for measuring).
+MEASURING_ONLY = ("monuseg",)
+
+
+def excluded_names(exclude: Sequence[str]) -> set[str]:
+    """Image names (file stems) never to train on: every committed held-out list plus ``exclude``.
+
+    Parameters
+    ----------
+    exclude : sequence of str
+        Names of lists in :data:`HELDOUT_LISTS` or paths of text files with one image name per
+        line (``#`` starts a comment line).
+
+    Raises
+    ------
+    ValueError
+        An entry that is neither a known list name nor an existing file.
+    """
+    names: set[str] = set()
+    for fn in HELDOUT_LISTS.values():
+        names.update(fn())
+    for entry in exclude:
+        if entry in HELDOUT_LISTS:
+            continue
+        path = Path(entry)
+        if not path.is_file():
+            raise ValueError(
+                f"exclude entry {entry!r} is neither a held-out list ({', '.join(sorted(HELDOUT_LISTS))}) nor a file"
+            )
+        lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+        names.update(line for line in lines if line and not line.startswith("#"))
+    return names
+
+
+def _check_trainable(path: Path) -> None:
+    """Refuse folders of measuring-only data sets before anything in them is read."""
+    parts = [part.lower() for part in path.resolve().parts]
+    for name in MEASURING_ONLY:
+        if any(name in part for part in parts):
+            raise ValueError(f"{path}: {name} data is for measuring only and is never loaded for training")
+
+
+def load_extra_samples(
+    extra: ExtraDataConfig,
+    normalize: NormalizeConfig,
+    progress: bool = True,
+    diameter: float | None = None,
+) -> tuple[list[TrainingSample], dict[str, Any]]:
+    """Load the training images of an extra label-image folder.
+
+    Images are found with :func:`nucleiseg.io.discover_inputs` and read with
+    :func:`~nucleiseg.io.read_image` / :func:`~nucleiseg.io.load_item_gt`. Images named on a
+    held-out list (:func:`excluded_names`, matched by file stem or id) and images without
+    ground truth are dropped *before* anything is read; then the first ``extra.limit_images``
+    are kept. Normalisation and ``diameter`` are as in :func:`load_samples`.
+
+    Returns
+    -------
+    samples : list of TrainingSample
+        Ids are ``"<name>/<id>"`` (``name`` defaults to the folder name).
+    record : dict
+        ``name``, ``path``, ``used`` (ids loaded), ``excluded`` (held-out ids found in the folder)
+        and ``no_labels`` (ids without ground truth), for ``split.json``.
+
+    Raises
+    ------
+    ValueError
+        A measuring-only folder, a bad ``exclude`` entry, or no usable image.
+    """
+    root = Path(extra.path)
+    _check_trainable(root)
+    held = excluded_names(extra.exclude)
+    name = extra.name or root.resolve().name
+    used, excluded, no_labels = [], [], []
+    for item in discover_inputs(root):
+        if item.image_path.stem in held or item.id in held:
+            excluded.append(item.id)
+        elif item.gt_kind is None:
+            no_labels.append(item.id)
+        else:
+            used.append(item)
+    if extra.limit_images is not None:
+        used = used[: extra.limit_images]
+    if not used:
+        raise ValueError(f"{root}: no images with ground truth left to train on")
+    samples = []
+    for item in tqdm(used, desc=f"loading {name}", disable=not progress, leave=False):
+        labels = load_item_gt(item)
+        assert labels is not None  # gt_kind was checked above
+        samples.append(_prepare(f"{name}/{item.id}", read_image(item.image_path), labels, normalize, diameter))
+    record = {
+        "name": name,
+        "path": extra.path,
+        "used": [s.id for s in samples],
+        "excluded": excluded,
+        "no_labels": no_labels,
+    }
+    return samples, record
 
 
 def available_ids(root: str | Path) -> list[str]:
@@ -124,8 +247,9 @@ class CropDataset(Dataset):
     gap_weight : float
         Weight of separation pixels in the BCE pixel weights (0 disables).
     oversample : bool
-        Sample images so that each image-style cluster is drawn equally often, which
-        oversamples rare kinds (stained tissue, brightfield) over common fluorescence.
+        Sample images so that each image-style cluster (:func:`sample_style_clusters`, on all
+        samples together) is drawn equally often, which oversamples rare kinds (stained tissue,
+        brightfield) over common fluorescence, however many images an extra data set adds.
     seed : int
         Seed for image sampling and augmentation (each worker/epoch derives its own stream).
     """
@@ -151,7 +275,13 @@ class CropDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.augment = build_augment(augment, crop_size, channels=samples[0].image.shape[-1])
-        self.weights = sampling_weights(samples) if oversample else np.full(len(samples), 1 / len(samples))
+        n_clusters = 4
+        if oversample and len(samples) >= n_clusters * 2:
+            self.clusters = sample_style_clusters(samples, n_clusters)
+            self.weights = weights_from_clusters(self.clusters)
+        else:
+            self.clusters = np.zeros(len(samples), dtype=np.int64)
+            self.weights = np.full(len(samples), 1 / len(samples))
 
     def set_epoch(self, epoch: int) -> None:
         """Change the random stream so every epoch sees different crops, reproducibly."""
@@ -179,12 +309,41 @@ class CropDataset(Dataset):
         )
 
 
+def sample_style_clusters(samples: list[TrainingSample], n_clusters: int = 4) -> np.ndarray:
+    """Image-style cluster of every sample (all 0 when there are fewer than ``2 * n_clusters``).
+
+    The clusters are computed on the whole (combined) training set, so images of an extra data
+    set join the cluster of their kind (e.g. BBBC039's Hoechst images join DSB's fluorescence).
+    """
+    if len(samples) < n_clusters * 2:
+        return np.zeros(len(samples), dtype=np.int64)
+    features = np.stack([image_style_features(s.image.astype(np.float32)) for s in samples])
+    return style_clusters(features, n_clusters)
+
+
+def weights_from_clusters(clusters: np.ndarray) -> np.ndarray:
+    """Sampling probabilities giving every cluster the same total weight (split evenly inside)."""
+    counts = np.bincount(clusters, minlength=clusters.max() + 1).astype(np.float64)
+    weights = 1.0 / counts[clusters]
+    return weights / weights.sum()
+
+
 def sampling_weights(samples: list[TrainingSample], n_clusters: int = 4) -> np.ndarray:
     """Per-image sampling probabilities that give every image-style cluster equal weight."""
     if len(samples) < n_clusters * 2:
         return np.full(len(samples), 1 / len(samples))
-    features = np.stack([image_style_features(s.image.astype(np.float32)) for s in samples])
-    clusters = style_clusters(features, n_clusters)
-    counts = np.bincount(clusters, minlength=clusters.max() + 1).astype(np.float64)
-    weights = 1.0 / counts[clusters]
-    return weights / weights.sum()
+    return weights_from_clusters(sample_style_clusters(samples, n_clusters))
+
+
+def sampling_summary(samples: list[TrainingSample], clusters: np.ndarray, weights: np.ndarray) -> list[dict[str, Any]]:
+    """Per style cluster: its images by source (the id prefix before ``/``; ``dsb`` without one)
+    and the share of crops drawn from it, for ``report.json``."""
+    out = []
+    for k in range(int(clusters.max()) + 1 if len(clusters) else 0):
+        members = np.flatnonzero(clusters == k)
+        sources: dict[str, int] = {}
+        for i in members:
+            source = samples[i].id.split("/", 1)[0] if "/" in samples[i].id else "dsb"
+            sources[source] = sources.get(source, 0) + 1
+        out.append({"cluster": k, "images": sources, "share": round(float(weights[members].sum()), 4)})
+    return out

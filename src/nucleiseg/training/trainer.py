@@ -21,11 +21,20 @@ from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.losses import build_loss
 from nucleiseg.models import create_model
 from nucleiseg.training.checkpoint import (
+    file_hash,
+    load_weights,
     load_training_state,
     save_training_state,
     save_weights,
 )
-from nucleiseg.training.data import CropDataset, available_ids, load_samples, split_ids
+from nucleiseg.training.data import (
+    CropDataset,
+    available_ids,
+    load_extra_samples,
+    load_samples,
+    sampling_summary,
+    split_ids,
+)
 from nucleiseg.training.report import write_curves, write_metrics_csv
 from nucleiseg.training.validation import validate
 
@@ -81,9 +90,14 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
+
+    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on plain
+    AVX512 CPUs, where bfloat16 is emulated and a U-Net training step is ~2.5x *slower* than in
+    float32 (measured on an AVX512 Xeon without AVX512-BF16), so the CPU's own flags decide.
+    """
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -103,6 +117,18 @@ def autocast_dtype(amp: str, device: str) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") or cpu_supports_bf16() else None
     raise ValueError(f"unknown amp {amp!r} (auto, bf16, off)")
+
+
+def init_weights_file(name_or_path: str) -> Path:
+    """The ``.safetensors`` file named by ``TrainConfig.init_weights``: a file, a run folder or a bundled model name."""
+    path = Path(name_or_path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: init_weights file missing")
+        return path
+    from nucleiseg.inference.segmenter import resolve_model_dir
+
+    return resolve_model_dir(name_or_path) / "weights.safetensors"
 
 
 def bundle_config(cfg: TrainConfig) -> ModelBundleConfig:
@@ -126,7 +152,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     """Train a model from a recipe and write a complete run folder.
 
     The run folder holds ``config.json`` (inference config), ``train.json`` (this recipe),
-    ``split.json``, ``weights.safetensors`` (best validation competition score),
+    ``split.json`` (DSB train/validation ids and, under ``extra``, the images of every
+    ``extra_data`` folder used and excluded), ``weights.safetensors`` (best validation score),
     ``last.safetensors`` (+ ``.json``, for ``resume``), ``metrics.csv``, ``curves.png`` and
     ``report.json``.
 
@@ -159,13 +186,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     train_ids, val_ids = split_ids(ids, cfg.val_fraction, cfg.split_seed)
     if cfg.limit_images:
         train_ids = train_ids[: cfg.limit_images]
+    extra_samples, extra_records = [], []
+    for extra in cfg.extra_data:  # checked and loaded first: a bad folder fails before any output
+        samples, record = load_extra_samples(extra, cfg.normalize, progress, cfg.train_diameter)
+        extra_samples += samples
+        extra_records.append(record)
     save_json(cfg, out / "train.json")
     bundle = bundle_config(cfg)
     save_json(bundle, out / "config.json")
-    atomic_write_text(out / "split.json", json.dumps({"seed": cfg.split_seed, "train": train_ids, "val": val_ids}, indent=1))
+    split: dict[str, Any] = {"seed": cfg.split_seed, "train": train_ids, "val": val_ids}
+    if extra_records:
+        split["extra"] = extra_records
+    atomic_write_text(out / "split.json", json.dumps(split, indent=1))
     val_ids = val_ids[: cfg.val_max_images] if cfg.val_max_images else val_ids  # per-epoch subset
 
-    train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress, cfg.train_diameter)
+    train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress, cfg.train_diameter) + extra_samples
     val_samples = load_samples(cfg.data, val_ids, cfg.normalize, progress, cfg.train_diameter)  # selection only
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_samples) / cfg.batch_size))
     dataset = CropDataset(
@@ -182,8 +217,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
 
     info: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     last = out / "last.safetensors"
+    init_file = init_weights_file(cfg.init_weights) if cfg.init_weights else None
     if resume and last.exists():
         info = load_training_state(last, model, optimizer, scheduler)
+    elif init_file is not None:
+        load_weights(model, init_file)
     start_time = time.monotonic() - float(info["seconds"])
     amp_dtype = autocast_dtype(cfg.amp, device)
     amp_device = "cuda" if device.startswith("cuda") else "cpu"
@@ -240,7 +278,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         "epochs_run": info["epoch"],
         "train_seconds": info["seconds"],
         "n_train": len(train_ids),
+        "n_train_extra": len(extra_samples),
+        "init_weights": None if init_file is None else {"source": cfg.init_weights, "sha256": file_hash(init_file)},
         "n_val_per_epoch": len(val_ids),
+        "sampling": sampling_summary(dataset.samples, dataset.clusters, dataset.weights),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",

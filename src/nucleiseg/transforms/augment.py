@@ -9,9 +9,12 @@ so label ids stay exact and are never duplicated (reflection padding would copy 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import albumentations as A
+import cv2
 import numpy as np
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 from nucleiseg.config import AugmentConfig
 
@@ -24,6 +27,55 @@ _GAMMA = (70.0, 150.0)
 _HSV = {"hue_shift_limit": 15, "sat_shift_limit": 25, "val_shift_limit": 15}
 _BLUR_SIGMA = (0.3, 1.5)
 _NOISE_STD = (0.005, 0.04)
+_JPEG_QUALITY_MAX = 95
+_DOWNSCALE_MAX = 0.9
+_OD_EPS = 1e-3  # darkest transmitted intensity in the HED jitter (optical density <= 6.9)
+
+
+class HEDJitter(A.ImageOnlyTransform):
+    """Stain variation for H&E-like images by jittering their HED colour deconvolution.
+
+    The image's optical density ``-ln(I)`` is split into haematoxylin, eosin and DAB amounts with
+    scikit-image's Ruifrok-Johnston matrices (``skimage.color.hed_from_rgb``); each amount is
+    scaled by a factor drawn from ``1 ± scale`` and shifted by an optical density drawn from
+    ``± shift``, and the image rebuilt (``rgb_from_hed``) and clipped to 0..1 (Tellez et al.
+    2018, "HED jitter"). Unlike ``skimage.color.rgb2hed`` nothing is clipped in between, so a
+    zero jitter returns the image unchanged (but for values below 1e-3, which become 1e-3).
+    albumentations' ``HEStain`` projects onto two stains and so alters every image even without
+    jitter.
+
+    With ``bright_only`` (the default) crops whose mean intensity is below 0.5, i.e. fluorescence
+    on a dark background, where stain variation means nothing, are returned unchanged. Images
+    that are not 3-channel are returned unchanged.
+
+    Works on float32 images in 0..1 (the normalised network input).
+    """
+
+    def __init__(self, scale: float = 0.15, shift: float = 0.05, bright_only: bool = True, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        if scale < 0 or shift < 0:
+            raise ValueError(f"hed_scale and hed_shift must be >= 0, got {scale}, {shift}")
+        self.scale, self.shift, self.bright_only = float(scale), float(shift), bool(bright_only)
+
+    def get_params(self) -> dict[str, Any]:
+        """Draw one scale factor and one shift per stain."""
+        return {
+            "factors": self.random_generator.uniform(1.0 - self.scale, 1.0 + self.scale, 3).astype(np.float32),
+            "shifts": self.random_generator.uniform(-self.shift, self.shift, 3).astype(np.float32),
+        }
+
+    def apply(self, img: np.ndarray, factors: np.ndarray, shifts: np.ndarray, **params: Any) -> np.ndarray:
+        """Jitter the stains of ``img`` (float32 ``(H, W, 3)`` in 0..1)."""
+        if img.ndim != 3 or img.shape[2] != 3 or (self.bright_only and float(img.mean()) < 0.5):
+            return img
+        od = -np.log(np.maximum(img.astype(np.float32), np.float32(_OD_EPS)))
+        stains = od.reshape(-1, 3) @ hed_from_rgb.astype(np.float32)
+        stains = stains * factors + shifts
+        out = np.exp(-(stains @ rgb_from_hed.astype(np.float32))).reshape(img.shape)
+        return np.clip(out, 0.0, 1.0).astype(img.dtype, copy=False)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("scale", "shift", "bright_only")
 
 
 def _probabilities(cfg: AugmentConfig) -> dict[str, float]:
@@ -39,6 +91,9 @@ def _probabilities(cfg: AugmentConfig) -> dict[str, float]:
         "noise_p": cfg.noise_p,
         "grayscale_p": cfg.grayscale_p,
         "invert_p": cfg.invert_p,
+        "hed_p": cfg.hed_p,
+        "jpeg_p": cfg.jpeg_p,
+        "downscale_p": cfg.downscale_p,
     }
 
 
@@ -55,6 +110,12 @@ def _validate(cfg: AugmentConfig, crop_size: int, channels: int, nonempty_p: flo
         raise ValueError(f"need 0 < scale_min <= scale_max, got {cfg.scale_min}, {cfg.scale_max}")
     if cfg.rotate_limit < 0 or cfg.shear < 0:
         raise ValueError(f"rotate_limit and shear must be >= 0, got {cfg.rotate_limit}, {cfg.shear}")
+    if cfg.hed_scale < 0 or cfg.hed_shift < 0:
+        raise ValueError(f"hed_scale and hed_shift must be >= 0, got {cfg.hed_scale}, {cfg.hed_shift}")
+    if not 1 <= cfg.jpeg_quality_min <= _JPEG_QUALITY_MAX:
+        raise ValueError(f"jpeg_quality_min must be in 1..{_JPEG_QUALITY_MAX}, got {cfg.jpeg_quality_min}")
+    if not 0.0 < cfg.downscale_min <= _DOWNSCALE_MAX:
+        raise ValueError(f"downscale_min must be in (0, {_DOWNSCALE_MAX}], got {cfg.downscale_min}")
 
 
 def _crop(crop_size: int, nonempty_p: float) -> A.BasicTransform:
@@ -83,9 +144,12 @@ def build_augment(
     shear ``±cfg.shear``) on the whole image, so zooming out or rotating only shows borders where
     the real image ends; a ``crop_size`` crop that contains nuclei with probability
     ``nonempty_p``; flips and 90° rotations; elastic and grid distortion on the crop; then
-    intensity transforms (brightness/contrast, gamma, hue/saturation, to-gray, inversion
-    ``1 - x``, Gaussian blur, Gaussian noise). Every probability comes from
-    ``cfg``; a probability of 0 leaves the transform out.
+    intensity transforms (HED stain jitter of bright-background crops, brightness/contrast,
+    gamma, hue/saturation, to-gray, inversion ``1 - x``, Gaussian blur, Gaussian noise); then
+    acquisition artefacts (down/up-sampling, JPEG compression). Every probability comes from
+    ``cfg``; a probability of 0 leaves the transform out (the transforms added later,
+    ``hed_p``, ``jpeg_p`` and ``downscale_p``, default to 0, so older recipes get the same
+    pipeline and the same random crops as before).
 
     Parameters
     ----------
@@ -136,6 +200,10 @@ def build_augment(
     colour = channels == 3
     optional: list[tuple[float, A.BasicTransform]] = [
         (
+            cfg.hed_p if colour else 0.0,
+            HEDJitter(cfg.hed_scale, cfg.hed_shift, p=cfg.hed_p),
+        ),
+        (
             cfg.brightness_contrast_p,
             A.RandomBrightnessContrast(_BRIGHTNESS, _CONTRAST, p=cfg.brightness_contrast_p),
         ),
@@ -145,6 +213,18 @@ def build_augment(
         (cfg.invert_p, A.InvertImg(p=cfg.invert_p)),
         (cfg.blur_p, A.GaussianBlur(sigma_limit=_BLUR_SIGMA, p=cfg.blur_p)),
         (cfg.noise_p, A.GaussNoise(std_range=_NOISE_STD, p=cfg.noise_p)),
+        (
+            cfg.downscale_p,
+            A.Downscale(
+                scale_range=(cfg.downscale_min, _DOWNSCALE_MAX),
+                interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+                p=cfg.downscale_p,
+            ),
+        ),
+        (
+            cfg.jpeg_p,
+            A.ImageCompression(quality_range=(cfg.jpeg_quality_min, _JPEG_QUALITY_MAX), p=cfg.jpeg_p),
+        ),
     ]
     steps += [t for p, t in optional if p > 0]
     return A.Compose(steps, seed=seed)
