@@ -125,7 +125,7 @@ def test_segment_zip_holds_every_output(client, image_bytes):
     assert 'filename="my_image_nucleiseg.zip"' in r.headers["content-disposition"]
     with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
         names = set(zf.namelist())
-        assert names == {"my_image_masks.tif", "my_image_overlay.png", "my_image_measurements.csv", "run.json"}
+        assert names == {"my_image_masks.tif", "my_image_overlay.png", "my_image_measurements.csv", "my_image.geojson", "run.json"}
         labels = tifffile.imread(io.BytesIO(zf.read("my_image_masks.tif")))
         run = json.loads(zf.read("run.json"))
         csv = zf.read("my_image_measurements.csv").decode().strip().splitlines()

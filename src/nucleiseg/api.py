@@ -8,28 +8,56 @@ from pathlib import Path
 import numpy as np
 
 
-def segment(image: np.ndarray, model: str | Path = "default", **infer_options: object) -> np.ndarray:
-    """Segment one image array and return its instance labels.
+def segment(
+    image: np.ndarray,
+    model: str | Path = "default",
+    *,
+    channel: int | str | None = None,
+    axes: str | None = None,
+    channel_names: list[str] | None = None,
+    **infer_options: object,
+) -> np.ndarray:
+    """Segment one image array (or a multi-channel image, or a time/z stack) into instance labels.
 
     Parameters
     ----------
     image : ndarray
-        ``(H, W)`` gray or ``(H, W, 3|4)`` colour image of any dtype.
+        ``(H, W)`` gray or ``(H, W, 3|4)`` colour image of any dtype; with ``axes``, any layout
+        such as ``(Z, Y, X)``, ``(C, Y, X)`` or ``(T, C, Y, X)``.
     model : str or Path
         Bundled model name, run folder, or ``"classical"``.
+    channel : int or str, optional
+        The nuclear channel of a multi-channel image (index, or a name from ``channel_names``).
+    axes : str, optional
+        One letter per dimension of ``image`` (T, Z, C, S, Y, X); needed when the layout is not
+        plain gray or RGB. T and Z planes are segmented one by one.
+    channel_names : list of str, optional
+        Names of the channels, for ``channel="dapi"``.
     **infer_options
         Fields of :class:`~nucleiseg.config.InferConfig` to override (``tta=True``, ...).
+
+    Returns
+    -------
+    ndarray
+        ``(H, W)`` labels, or ``stack_shape + (H, W)`` for a stack (labels 1..n per plane).
 
     Examples
     --------
     >>> import nucleiseg, imageio.v3 as iio  # doctest: +SKIP
     >>> labels = nucleiseg.segment(iio.imread("examples/fluo_small.png"), model="classical")  # doctest: +SKIP
+    >>> nucleiseg.segment(zstack, axes="ZYX").shape  # (10, H, W)  # doctest: +SKIP
     """
     from dataclasses import replace
 
     segmenter = _cached_segmenter(str(model))
     infer = replace(segmenter.config.infer, **infer_options)  # type: ignore[arg-type]
-    return segmenter.segment(image, infer, keep_probabilities=False).labels
+    image = np.asarray(image)
+    plain = image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))
+    if channel is None and axes is None and plain:
+        return segmenter.segment(image, infer, keep_probabilities=False).labels
+    from nucleiseg.inference.stack import segment_array
+
+    return segment_array(segmenter, image, axes, channel, channel_names, infer).labels
 
 
 @functools.lru_cache(maxsize=4)

@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,10 @@ from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.inference.batch import versions
 from nucleiseg.inference.segmenter import Result, Segmenter
 from nucleiseg.io.dsb import merge_masks
-from nucleiseg.io.images import ImageReadError, read_image, read_labels, to_uint8_rgb, write_labels
+from nucleiseg.inference.stack import segment_planes, stack_record, write_stack_outputs
+from nucleiseg.io.geojson import write_geojson
+from nucleiseg.io.images import ImageReadError, read_labels, to_uint8_rgb, write_labels
+from nucleiseg.io.stacks import Planes, read_planes
 from nucleiseg.io.outputs import difference_overlay, measure, overlay_outlines
 from nucleiseg.metrics import match_labels, pixel_metrics
 from nucleiseg.app.limits import api_error, scrub
@@ -66,6 +70,8 @@ class Options:
     threshold: float | None = None
     min_size: int | None = None
     diameter: float | None = None
+    channel: int | str | None = None
+    axes: str | None = None
 
     def configs(self, segmenter: Segmenter) -> tuple[InferConfig, PostprocessConfig]:
         """The model's inference and post-processing settings with these overrides."""
@@ -99,15 +105,27 @@ def _read_error(exc: ImageReadError, name: str, field: str, folder: Path, entry:
     return api_error(status, f"{where}: {scrub(exc.problem, folder, '')}")
 
 
-def decode_image(upload: Upload, max_pixels: int, field: str = "file") -> np.ndarray:
-    """Decode an uploaded image (gray or RGB array, dtype kept) or raise 413/422."""
+def decode_planes(upload: Upload, max_pixels: int, options: Options | None = None, field: str = "file") -> Planes:
+    """Decode an upload into planes (nuclear channel picked, T/Z split) or raise 413/422."""
+    options = options or Options()
     with tempfile.TemporaryDirectory(prefix="nucleiseg-app-") as tmp:
         path = Path(tmp) / f"upload.{upload.kind}"
         path.write_bytes(upload.data)
         try:
-            return read_image(path, max_pixels=max_pixels)
+            return read_planes(path, options.channel, options.axes, max_pixels=max_pixels)
         except ImageReadError as exc:
             raise _read_error(exc, upload.name, field, Path(tmp)) from None
+
+
+def decode_image(upload: Upload, max_pixels: int, field: str = "file", options: Options | None = None) -> np.ndarray:
+    """Decode an uploaded image (gray or RGB array, dtype kept) or raise 413/422 (422 for stacks)."""
+    planes = decode_planes(upload, max_pixels, options, field)
+    if planes.is_stack:
+        raise api_error(
+            422, f"{field} '{upload.name}' is a {planes.stack_axes} stack of {len(planes.planes)} planes; "
+            "ask for ?format=zip to segment every plane"
+        )
+    return planes.image
 
 
 def _binary_to_instances(labels: np.ndarray) -> np.ndarray:
@@ -196,7 +214,7 @@ def _run(segmenter: Segmenter, image: np.ndarray, options: Options) -> tuple[Res
 def segment_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: int) -> dict[str, Any]:
     """Decode, segment and render one upload into the ``/api/segment`` JSON payload."""
     t0 = time.perf_counter()
-    image = decode_image(upload, max_pixels)
+    image = decode_image(upload, max_pixels, options=options)
     t_decode = time.perf_counter() - t0
     result, described = _run(segmenter, image, options)
     t1 = time.perf_counter()
@@ -212,6 +230,7 @@ def segment_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixe
         "channels": 1 if image.ndim == 2 else int(image.shape[2]),
         "dtype": str(image.dtype),
         "diameter": _clean(result.diameter),
+        "diameter_source": result.diameter_source,
         "scale": _clean(result.scale),
         "model": described["model"],
         "model_hash": described["model_hash"],
@@ -229,9 +248,15 @@ def segment_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixe
 
 
 def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: int) -> bytes:
-    """Decode and segment one upload; return a ZIP with labels TIFF, overlay, CSV and run.json."""
+    """Decode and segment one upload; return a ZIP with labels TIFF, overlay, CSV, GeoJSON and run.json.
+
+    A time/z stack gives the stack outputs of :func:`nucleiseg.inference.stack.write_stack_outputs`.
+    """
     t0 = time.perf_counter()
-    image = decode_image(upload, max_pixels)
+    planes = decode_planes(upload, max_pixels, options)
+    if planes.is_stack:
+        return _stack_zip(segmenter, upload.name, planes, options, t0)
+    image = planes.image
     result, described = _run(segmenter, image, options)
     rgb = to_uint8_rgb(image)
     name = upload.name
@@ -241,6 +266,7 @@ def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: 
         "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0]), "dtype": str(image.dtype)},
         "count": result.count,
         "diameter": _clean(result.diameter),
+        "diameter_source": result.diameter_source,
         "scale": _clean(result.scale),
         "timings": {k: round(float(v), 4) for k, v in result.timings.items()} | {"total_server": round(time.perf_counter() - t0, 4)},
     }
@@ -251,7 +277,35 @@ def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: 
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.write(tif, tif.name)
             zf.writestr(f"{name}_overlay.png", png_bytes(overlay_outlines(rgb, result.labels)))
-            zf.writestr(f"{name}_measurements.csv", measure(result.labels, image).to_csv(index=False))
+            table = measure(result.labels, image)
+            zf.writestr(f"{name}_measurements.csv", table.to_csv(index=False))
+            geojson = Path(tmp) / f"{name}.geojson"
+            write_geojson(geojson, result.labels, table)
+            zf.write(geojson, geojson.name)
+            zf.writestr("run.json", json.dumps(sidecar, indent=2))
+    return buf.getvalue()
+
+
+def _stack_zip(segmenter: Segmenter, name: str, planes: Planes, options: Options, t0: float) -> bytes:
+    """ZIP of a stack's label stack, overlay stack, measurements (``plane`` column), GeoJSON and run.json."""
+    infer, post = options.configs(segmenter)
+    stacked = segment_planes(segmenter, planes, infer, post)
+    sidecar = {
+        **segmenter.describe(infer, post),
+        "versions": versions(),
+        "image": {"name": name, "width": int(planes.planes.shape[2]), "height": int(planes.planes.shape[1]),
+                  "dtype": str(planes.planes.dtype), "axes": planes.label_axes, "shape": list(stacked.labels.shape),
+                  "channel": planes.channel},
+        **stack_record(planes, stacked),
+        "timings": {"total_server": round(time.perf_counter() - t0, 4)},
+    }
+    outputs = SimpleNamespace(png=False, overlay=True, measure=True, rois=True, geojson=True)
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-app-") as tmp:
+        files = write_stack_outputs(name, planes, stacked, Path(tmp), outputs)
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for file in files:
+                zf.write(Path(tmp) / file, file)
             zf.writestr("run.json", json.dumps(sidecar, indent=2))
     return buf.getvalue()
 
@@ -261,7 +315,7 @@ def evaluate_job(
 ) -> dict[str, Any]:
     """Segment an upload and score it against uploaded ground truth (``/api/evaluate`` payload)."""
     t0 = time.perf_counter()
-    image = decode_image(upload, max_pixels)
+    image = decode_image(upload, max_pixels, options=options)
     true = decode_ground_truth(truth, image.shape[:2], max_pixels)
     result, described = _run(segmenter, image, options)
     pred = result.labels

@@ -7,13 +7,21 @@ Endpoints
 ``POST /api/segment``
     Multipart form: ``file`` (PNG, TIFF, JPEG or BMP, judged by content) and optional
     ``tta`` (bool), ``threshold`` (0 < t < 1), ``min_size`` (pixels >= 0), ``diameter``
-    (pixels > 0). Returns JSON ``{name, count, width, height, channels, dtype, diameter, scale,
-    model, model_hash, settings, measurements: [row, ...], measurements_csv, timings,
-    image_png, overlay_png, labels_png}``; the three images are base64-encoded PNGs: the
+    (pixels > 0), ``channel`` (nuclear channel of a multi-channel image: 0-based index or a
+    name from the OME/ImageJ metadata) and ``axes`` (axis letters of a file without axis
+    metadata, e.g. ``ZYX``). Returns JSON ``{name, count, width, height, channels, dtype, diameter,
+    diameter_source, scale, model, model_hash, settings, measurements: [row, ...],
+    measurements_csv, timings, image_png, overlay_png, labels_png}``: ``diameter`` is the
+    estimated (or given, ``diameter_source == "given"``) median nucleus diameter in pixels,
+    ``scale`` the zoom the image was segmented at, ``timings.estimate`` the seconds the size
+    estimate took. The three images are base64-encoded PNGs: the
     image scaled to 8-bit RGB for display, the outlines drawn on it, and the labels as a 16-bit
     gray PNG whose pixel values are the nucleus ids 1..count (``null`` beyond 65,535 nuclei: use
     the ZIP). With ``?format=zip`` the answer is a ZIP holding ``<name>_masks.tif``,
-    ``<name>_overlay.png``, ``<name>_measurements.csv`` and ``run.json``.
+    ``<name>_overlay.png``, ``<name>_measurements.csv``, ``<name>.geojson`` (QuPath detections)
+    and ``run.json``; a time/z stack (JSON mode answers 422 for it) gives the label stack
+    ``<name>_masks.tif``, ``<name>_overlay.tif``, the measurements with a ``plane`` column,
+    ``<name>_rois.zip``, ``<name>.geojson`` and ``run.json``.
 ``POST /api/evaluate``
     ``file`` plus the ground truth as ``gt`` (label image; a binary mask is split into connected
     components) or ``gt_zip`` (ZIP of binary per-nucleus mask images), and the same options.
@@ -51,6 +59,7 @@ from nucleiseg import __version__
 from nucleiseg.app.limits import MULTIPART_SLACK, AppSettings, BodySizeLimit, RequestGate, api_error, read_upload, safe_name
 from nucleiseg.app.render import Options, Upload, evaluate_job, segment_job, zip_job
 from nucleiseg.inference.segmenter import CLASSICAL, WEIGHTS_DIR, Segmenter
+from nucleiseg.io.stacks import parse_channel
 
 __all__ = ["AppSettings", "ModelHolder", "available_models", "create_app", "load_segmenter"]
 
@@ -68,6 +77,8 @@ ThresholdField = Annotated[float | None, Form(gt=0.0, lt=1.0, allow_inf_nan=Fals
 MinSizeField = Annotated[int | None, Form(ge=0, le=10_000_000, description="remove nuclei smaller than this (pixels)")]
 DiameterField = Annotated[float | None, Form(gt=0.0, le=10_000.0, allow_inf_nan=False, description="nucleus diameter in pixels")]
 TtaField = Annotated[bool, Form(description="average the 8 flips/rotations")]
+ChannelField = Annotated[str | None, Form(max_length=64, description="nuclear channel: 0-based index or a channel name from the OME/ImageJ metadata")]
+AxesField = Annotated[str | None, Form(pattern=r"^[TZCSYXtzcsyx]{2,6}$", description="axis order of files without metadata, e.g. ZYX, CYX, TCYX")]
 
 
 def available_models() -> list[str]:
@@ -239,12 +250,14 @@ def create_app(
         threshold: ThresholdField = None,
         min_size: MinSizeField = None,
         diameter: DiameterField = None,
+        channel: ChannelField = None,
+        axes: AxesField = None,
         format: Annotated[Literal["json", "zip"], Query(description="json (default) or zip")] = "json",
     ) -> dict[str, Any] | Response:
-        """Segment one image; JSON with base64 PNGs, or a ZIP with ``?format=zip``."""
+        """Segment one image; JSON with base64 PNGs, or a ZIP with ``?format=zip`` (also for stacks)."""
         data, kind = await read_upload(file, settings.max_upload_bytes, "file", IMAGE_KINDS)
         upload = Upload(_upload_name(file), data, kind)
-        options = Options(tta, threshold, min_size, diameter)
+        options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes)
         if format == "zip":
             content = await process(zip_job, upload, options)
             disposition = f'attachment; filename="{upload.name}_nucleiseg.zip"'
@@ -260,6 +273,8 @@ def create_app(
         threshold: ThresholdField = None,
         min_size: MinSizeField = None,
         diameter: DiameterField = None,
+        channel: ChannelField = None,
+        axes: AxesField = None,
     ) -> dict[str, Any]:
         """Segment one image and score it against its ground truth."""
         if (gt is None) == (gt_zip is None):
@@ -270,7 +285,8 @@ def create_app(
         allowed = (*IMAGE_KINDS, "zip") if field == "gt" else ("zip",)
         truth_data, truth_kind = await read_upload(truth_file, settings.max_upload_bytes, field, allowed)
         truth = Upload(_upload_name(truth_file, field), truth_data, truth_kind)
-        return await process(evaluate_job, upload, truth, Options(tta, threshold, min_size, diameter))
+        options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes)
+        return await process(evaluate_job, upload, truth, options)
 
     return app
 

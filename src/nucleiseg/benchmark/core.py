@@ -4,7 +4,9 @@ Every configuration runs the full path of ``nucleiseg segment`` on real images c
 mirror-tiled) to square sizes, stage by stage:
 
 ``read`` (decode the file) -> ``normalize`` -> ``network`` (tiled prediction) or ``tta``
-(tiled prediction averaged over the 8 flips/rotations) -> ``watershed`` (probabilities to
+(tiled prediction averaged over the 8 flips/rotations) -> ``estimate`` (the nucleus size
+probe, for models with a size estimator; its cost on top of the native pass, which it reuses
+when it views the whole image) -> ``watershed`` (probabilities to
 labels) -> ``measurements`` (per-nucleus table) -> ``write`` (label TIFF + CSV, atomic).
 
 The **baseline** is the seed work's pipeline measured in the same run on the same images and

@@ -1,4 +1,10 @@
-"""One benchmark pipeline: read -> normalize -> network/TTA -> watershed -> measurements -> write."""
+"""One benchmark pipeline: read -> normalize -> network/TTA -> estimate -> watershed -> measurements -> write.
+
+``estimate`` is the nucleus size estimate of :meth:`Segmenter.segment` (its size probe,
+:mod:`nucleiseg.inference.size`) for a model with a size estimator: what it adds to a native
+pass, as the segmenter reuses that pass's probabilities for a whole-image zoom-1 view. It is 0
+for the baseline and for models without a size estimator.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,14 @@ from nucleiseg.config import InferConfig, PostprocessConfig
 
 __all__ = ["PIPELINES", "STAGES", "Runner", "make_runner", "snapshot"]
 
-STAGES = ("read", "normalize", "network", "tta", "watershed", "measurements", "write")
+STAGES = ("read", "normalize", "network", "tta", "estimate", "watershed", "measurements", "write")
 PIPELINES = ("baseline", "torch", "onnx", "onnx-int8", "onnx-fp16")
 
 
 def _run_one(
     path: Path, out_dir: Path, normalize: Callable[[np.ndarray], np.ndarray], predict: Callable[[np.ndarray], np.ndarray],
     network_stage: str, postprocess: Callable[[np.ndarray], np.ndarray], naive: bool = False,
+    estimate: Callable[[np.ndarray, np.ndarray], object] | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """One image through every stage; returns seconds per stage and the labels.
 
@@ -36,6 +43,9 @@ def _run_one(
     times["normalize"], t = time.perf_counter() - t, time.perf_counter()
     probs = predict(norm)
     times[network_stage], t = time.perf_counter() - t, time.perf_counter()
+    if estimate is not None:
+        estimate(norm, probs)
+        times["estimate"], t = time.perf_counter() - t, time.perf_counter()
     labels = postprocess(probs)
     times["watershed"], t = time.perf_counter() - t, time.perf_counter()
     table = (measure_regionprops if naive else measure)(labels, image)
@@ -101,7 +111,25 @@ def make_runner(
         path, work / "out", lambda img: normalize_image(img, seg.config.normalize),
         lambda norm: predict_tiled(net, norm.transpose(2, 0, 1), **kw),
         "tta" if tta else "network", lambda probs: probabilities_to_labels(probs, post),
+        estimate=_size_estimate(seg, kw, reuse=not tta) if seg.size_model is not None else None,
     )
+
+
+def _size_estimate(seg: object, kw: dict, reuse: bool) -> Callable[[np.ndarray, np.ndarray], object]:
+    """``(norm, native probs) -> diameter``: the segmenter's size probe, the native pass reused
+    (``reuse``; a TTA pass is not: the probe predicts without TTA)."""
+    from nucleiseg.inference.size import estimate_size
+    from nucleiseg.inference.tiling import predict_tiled
+
+    def run(norm: np.ndarray, native: np.ndarray) -> float:
+        def predict(chw: np.ndarray) -> np.ndarray:
+            if reuse and chw.shape[1:] == norm.shape[:2] and native.shape[1:] == norm.shape[:2]:
+                return native  # the whole image at zoom 1: the pass the segmenter reuses
+            return predict_tiled(seg.predictor, chw, **kw)  # type: ignore[attr-defined]
+
+        return estimate_size(norm, predict, seg.size_model).diameter  # type: ignore[attr-defined]
+
+    return run
 
 
 
@@ -110,7 +138,7 @@ def snapshot(folder: Path, dest: Path) -> Path:
     import shutil
 
     dest.mkdir(parents=True)
-    for name in ("config.json", "weights.safetensors", "thresholds.json", "split.json", "train.json",
+    for name in ("config.json", "weights.safetensors", "thresholds.json", "split.json", "train.json", "size_model.json",
                  "model.onnx", "model.fp16.onnx", "model.int8.onnx"):
         if (folder / name).is_file():
             shutil.copy2(folder / name, dest / name)

@@ -18,13 +18,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "competition scores). Use it with Segmenter.from_pretrained(folder, backend='onnx').",
     )
     p.add_argument("model", metavar="RUN_DIR|NAME", help="run folder or bundled model name")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "bioimageio"],
+                   help="export format (default onnx); bioimageio: a bioimage.io model package (.zip, spec 0.5) of the "
+                   "folder's model.onnx for deepImageJ/Fiji and napari (needs nucleiseg[bioimageio])")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="store weights as float16 (half the file size)")
     precision.add_argument("--int8", action="store_true", help="quantize to int8 (about a quarter of the size)")
     p.add_argument("--int8-mode", default="static", choices=["static", "dynamic"],
                    help="static: calibrated QDQ weights+activations (fast); dynamic: weights only, no data (slow on CPU)")
-    p.add_argument("-o", "--out", help="output .onnx file (default: RUN_DIR/model.onnx, model.fp16.onnx or model.int8.onnx)")
+    p.add_argument("-o", "--out", help="output .onnx file (default: RUN_DIR/model.onnx, model.fp16.onnx or model.int8.onnx), "
+                   "or the .zip of --format bioimageio (default: NAME.bioimageio.zip)")
+    p.add_argument("--test-image", metavar="FILE", help="--format bioimageio: image for the package's test tensors and cover "
+                   "(default examples/fluo_small.png)")
     p.add_argument("--calib-images", type=int, default=32, metavar="N", help="256x256 training crops for int8 calibration (default 32)")
     p.add_argument("--calib-source", metavar="DIR", help="DSB root or image folder for calibration (default: the run's training data)")
     p.add_argument("--check-images", metavar="DIR", help="images with ground truth for the parity check (default: the run's validation data)")
@@ -42,6 +47,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     from nucleiseg.inference.segmenter import resolve_model_dir
     from nucleiseg.io.atomic import atomic_write_text
 
+    if args.format == "bioimageio":
+        import sys
+
+        from nucleiseg.export.bioimageio import build_bioimageio
+
+        target = Path(args.out) if args.out else Path(f"{Path(str(args.model)).name}.bioimageio.zip")
+        try:
+            path = build_bioimageio(args.model, target, args.test_image)
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): bioimage.io model package")
+        return 0
     if args.calib_images < 1:
         raise ValueError(f"--calib-images must be >= 1, got {args.calib_images}")
     folder = resolve_model_dir(args.model)

@@ -39,6 +39,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure", action="store_true", help="write <id>_measurements.csv")
     p.add_argument("--rois", action="store_true", help="write <id>_rois.zip (ImageJ ROIs)")
     p.add_argument("--rle", metavar="FILE", help="write a competition run-length CSV for all images")
+    p.add_argument("--geojson", action="store_true",
+                   help="write <id>.geojson: QuPath detections (one polygon per nucleus) with the measurements")
+    p.add_argument("--channel", metavar="N|NAME",
+                   help="nuclear channel of multi-channel images: 0-based index, or a channel name from the "
+                   "OME/ImageJ metadata (e.g. dapi)")
+    p.add_argument("--axes", metavar="LETTERS",
+                   help="axis order of files without axis metadata, e.g. ZYX, TYX, CYX, TCYX (T and Z planes are "
+                   "segmented one by one into a label stack)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp16", "onnx-int8"],
                    help="inference engine: PyTorch, or ONNX Runtime with the model folder's model.onnx / model.fp16.onnx / "
@@ -90,9 +98,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
         post = replace(post, threshold=args.threshold)
     if args.min_size is not None:
         post = replace(post, min_size=args.min_size)
-    options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle)
-    if args.block is not None and (args.png or args.overlay or args.measure or args.rois or args.rle):
-        print("error: --block writes only OUT/<id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle", file=sys.stderr)
+    from nucleiseg.io.stacks import parse_channel
+
+    options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle,
+                            geojson=args.geojson, channel=parse_channel(args.channel), axes=args.axes)
+    if args.block is not None and (args.png or args.overlay or args.measure or args.rois or args.rle or args.geojson):
+        print("error: --block writes only OUT/<id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson", file=sys.stderr)
+        return 2
+    if args.block is not None and (args.channel is not None or args.axes):
+        print("error: --block reads 2-D gray or RGB images; drop --channel/--axes", file=sys.stderr)
         return 2
     if args.dask or args.block is not None:
         from nucleiseg.distributed import get_client, segment_items_blockwise, segment_items_dask

@@ -21,7 +21,7 @@ whole. Stitching then follows three rules:
 Each output tile depends on 9 segmented tiles, never on the whole image, so Dask streams the
 image through the workers. Requirements: ``overlap`` larger than a nucleus and at most half
 a block. Intensity normalisation and the nucleus scale are decided once for the whole image
-(percentiles of a subsample, diameter on a central crop), so every tile of a network model
+(percentiles of a subsample, diameter estimated once on a central crop), so every tile of a network model
 sees the same scale and contrast. The classical model thresholds every tile separately.
 """
 
@@ -45,7 +45,7 @@ from nucleiseg.distributed.arrays import compute, open_array
 from nucleiseg.distributed.workers import cached_segmenter, model_reference
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.postprocess import estimate_diameter
-from nucleiseg.transforms.normalize import is_bright_background
+from nucleiseg.transforms.normalize import is_bright_background, normalize_image
 
 __all__ = ["BlockPlan", "plan_blocks", "segment_blocks", "segment_dask"]
 
@@ -153,14 +153,35 @@ def _segment_region(
     return result.labels, diameter
 
 
+def _estimate_region(
+    image: np.ndarray, model: Model, device: str, infer: InferConfig | None, post: PostprocessConfig | None,
+    intensity: tuple[float, float, bool] | None,
+) -> float | None:
+    """Nucleus diameter of one (central) region, estimated on a worker without segmenting it.
+
+    A network model with a size estimator probes small views of the region
+    (:meth:`Segmenter.estimate_size`); other models segment it and measure the objects.
+    """
+    if callable(model):
+        return _segment_region(image, model, device, infer, post, intensity)[1]
+    segmenter = cached_segmenter(str(model), device)
+    if segmenter.is_classical or intensity is None:
+        return _segment_region(image, model, device, infer, post, intensity)[1]
+    plain = replace(segmenter.config.normalize, mode="none", invert_bright=False, grayscale=False)
+    norm = normalize_image(_prepare(image, segmenter.config.normalize, intensity), plain)
+    return segmenter.estimate_size(norm, infer, post).diameter
+
+
 def plan_blocks(
     image: da.Array, model: Model = "default", block: int = 2048, overlap: int | None = None,
     infer: InferConfig | None = None, post: PostprocessConfig | None = None, client: Any = None, device: str = "cpu",
 ) -> BlockPlan:
     """Fix the scale, the contrast and the overlap for the whole image.
 
-    The diameter is ``infer.diameter`` when given, else estimated by segmenting a central
-    ``1024 x 1024`` crop (on a worker). The default overlap is ``max(64, 4 * diameter)``.
+    The diameter is ``infer.diameter`` when given, else estimated once for the whole image on a
+    central ``1024 x 1024`` crop (on a worker): by the model's size estimator, which only looks
+    at a few downsampled views of it (:mod:`nucleiseg.inference.size`), or, for models without
+    one, by segmenting the crop. The default overlap is ``max(64, 4 * diameter)``.
 
     Raises
     ------
@@ -185,8 +206,8 @@ def plan_blocks(
         ch, cw = min(CROP, h), min(CROP, w)
         y0, x0 = (h - ch) // 2, (w - cw) // 2
         crop = image[y0 : y0 + ch, x0 : x0 + cw]
-        task = dask.delayed(_segment_region, pure=True)(crop, reference, device, infer, post, intensity)
-        diameter = compute(task, client)[1]
+        task = dask.delayed(_estimate_region, pure=True)(crop, reference, device, infer, post, intensity)
+        diameter = compute(task, client)
         if infer is not None:  # every tile uses this scale (or the native one when no nucleus was found)
             infer = replace(infer, diameter=diameter) if diameter else replace(infer, rescale=False)
     size = diameter if diameter else (infer.target_diameter if infer is not None else 18.0)

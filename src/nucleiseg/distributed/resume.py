@@ -24,7 +24,16 @@ def expected_outputs(item: InputItem, options: OutputOptions) -> list[str]:
         names.append(f"{item.id}_measurements.csv")
     if options.rois:
         names.append(f"{item.id}_rois.zip")
+    if options.geojson:
+        names.append(f"{item.id}.geojson")
     return names
+
+
+def _exists(out: Path, name: str) -> bool:
+    """True when ``name`` is in ``out``; a stack's overlay is ``<id>_overlay.tif`` instead of ``.png``."""
+    if (out / name).is_file():
+        return True
+    return name.endswith("_overlay.png") and (out / (name[: -len(".png")] + ".tif")).is_file()
 
 
 def pending_items(items: list[InputItem], out_dir: str | Path, options: OutputOptions | None = None) -> list[InputItem]:
@@ -35,4 +44,4 @@ def pending_items(items: list[InputItem], out_dir: str | Path, options: OutputOp
     """
     out = Path(out_dir)
     options = options or OutputOptions()
-    return [item for item in items if not all((out / name).is_file() for name in expected_outputs(item, options))]
+    return [item for item in items if not all(_exists(out, name) for name in expected_outputs(item, options))]

@@ -20,22 +20,33 @@ from tqdm import tqdm
 from nucleiseg import __version__
 from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.inference.segmenter import Result, Segmenter
+from nucleiseg.inference.stack import segment_planes, stack_record, write_stack_outputs
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.io.labels import InputItem, load_item_gt
-from nucleiseg.io.images import read_image, to_uint8_rgb, write_image, write_labels
+from nucleiseg.io.geojson import write_geojson
+from nucleiseg.io.images import to_uint8_rgb, write_image, write_labels
+from nucleiseg.io.stacks import read_planes
 from nucleiseg.io.outputs import difference_overlay, measure, overlay_outlines, write_measurements, write_rois
 from nucleiseg.io.rle import write_rle_csv
 
 
 @dataclass
 class OutputOptions:
-    """Which files to write for each image (``<id>_masks.tif`` is always written)."""
+    """Which files to write for each image (``<id>_masks.tif`` is always written).
+
+    ``geojson`` writes ``<id>.geojson`` (QuPath detections with measurements). ``channel`` and
+    ``axes`` say how to read multi-channel images and stacks (:func:`nucleiseg.io.stacks.read_planes`):
+    the nuclear channel (index or metadata name) and the axis letters of files without metadata.
+    """
 
     png: bool = False
     overlay: bool = False
     measure: bool = False
     rois: bool = False
     rle: str | None = None
+    geojson: bool = False
+    channel: int | str | None = None
+    axes: str | None = None
 
 
 @dataclass
@@ -90,9 +101,13 @@ def write_outputs(item: InputItem, image: np.ndarray, result: Result, out_dir: P
         if truth is not None and truth.shape == result.labels.shape:
             write_image(out_dir / f"{item.id}_diff.png", difference_overlay(rgb, truth, result.labels))
             written.append(f"{item.id}_diff.png")
+    table = measure(result.labels, image) if (options.measure or options.geojson) else None
     if options.measure:
-        write_measurements(out_dir / f"{item.id}_measurements.csv", measure(result.labels, image))
+        write_measurements(out_dir / f"{item.id}_measurements.csv", table)
         written.append(f"{item.id}_measurements.csv")
+    if options.geojson:
+        write_geojson(out_dir / f"{item.id}.geojson", result.labels, table)
+        written.append(f"{item.id}.geojson")
     if options.rois:
         write_rois(out_dir / f"{item.id}_rois.zip", result.labels)
         written.append(f"{item.id}_rois.zip")
@@ -123,22 +138,37 @@ def segment_one(
     """
     t = time.perf_counter()
     try:
-        image = read_image(item.image_path)
-        result = segmenter.segment(image, infer, post, keep_probabilities=False)
-        files = write_outputs(item, image, result, out_dir, options)
+        planes = read_planes(item.image_path, options.channel, options.axes)
+        if planes.is_stack:
+            if options.rle or options.png:  # refused before the planes are segmented
+                flag = "--rle" if options.rle else "--png"
+                raise ValueError(f"a {planes.stack_axes} stack of {len(planes.planes)} planes cannot be written by {flag} (2-D only); drop {flag}")
+            stacked = segment_planes(segmenter, planes, infer, post)
+            files = write_stack_outputs(item.id, planes, stacked, out_dir, options)
+        else:
+            image = planes.image
+            result = segmenter.segment(image, infer, post, keep_probabilities=False)
+            files = write_outputs(item, image, result, out_dir, options)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # one bad image never stops the batch
         return {"failure": failure_record(item, exc)}
+    if planes.is_stack:
+        record = {"id": item.id, "file": str(item.image_path), **stack_record(planes, stacked)}
+        record.update(channel=planes.channel, seconds=round(time.perf_counter() - t, 4), outputs=files)
+        return {"record": record, "labels": None}
     record = {
         "id": item.id,
         "file": str(item.image_path),
         "count": result.count,
         "diameter": None if result.diameter is None else round(float(result.diameter), 2),
+        "diameter_source": result.diameter_source,
         "scale": round(float(result.scale), 4),
         "seconds": round(time.perf_counter() - t, 4),
         "outputs": files,
     }
+    if planes.channel is not None:
+        record["channel"] = planes.channel
     return {"record": record, "labels": result.labels if want_labels else None}
 
 

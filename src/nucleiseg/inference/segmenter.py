@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from nucleiseg.config import (
 )
 from nucleiseg.inference.predictors import Predictor
 from nucleiseg.inference.scale import rescale_image, resize_probabilities, scale_factor
+from nucleiseg.inference.size import SizeModel, estimate_size, load_size_model
 from nucleiseg.inference.tiling import predict_tiled
 from nucleiseg.inference.tta import multiscale_predictor, tta_predictor
 from nucleiseg.postprocess import (
@@ -50,7 +51,12 @@ class Result:
     scale : float
         Factor the image was rescaled by before the network (1.0 = native).
     timings : dict
-        Seconds per stage.
+        Seconds per stage (``estimate``: finding the nucleus size, when it was estimated).
+    diameter_source : str or None
+        Where ``diameter`` came from: ``"given"`` (``infer.diameter``), ``"size_model"`` (the
+        model's size estimator, :mod:`nucleiseg.inference.size`), ``"first_pass"`` (objects of a
+        native pass, for models without a size estimator), ``"labels"`` (classical model), or
+        None when there is no diameter.
     """
 
     labels: np.ndarray
@@ -58,11 +64,34 @@ class Result:
     diameter: float | None
     scale: float
     timings: dict[str, float] = field(default_factory=dict)
+    diameter_source: str | None = None
 
     @property
     def count(self) -> int:
         """Number of nuclei found."""
         return int(len(np.unique(self.labels)) - (1 if (self.labels == 0).any() else 0))
+
+
+class SizeFinding(NamedTuple):
+    """What :meth:`Segmenter.estimate_size` found.
+
+    Attributes
+    ----------
+    diameter : float or None
+        Median nucleus diameter in input pixels (None when no nucleus is seen).
+    native : np.ndarray or None
+        Native-resolution probabilities of the whole image, exactly as :meth:`Segmenter.segment`
+        computes them, when the estimate computed them on the way (reused at native scale).
+    labels : np.ndarray or None
+        Their labels, when the estimate computed them too.
+    source : str or None
+        ``"size_model"`` or ``"first_pass"``.
+    """
+
+    diameter: float | None
+    native: np.ndarray | None
+    labels: np.ndarray | None
+    source: str | None
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
@@ -101,6 +130,9 @@ class Segmenter:
         Side multiple the predictor needs.
     name, model_hash : str
         Written into every output's sidecar.
+    size_model : SizeModel or None
+        Nucleus size estimator (``size_model.json`` of the model folder); without one the size
+        is estimated from the objects of a first pass at native resolution.
     """
 
     def __init__(
@@ -110,12 +142,14 @@ class Segmenter:
         stride: int = 32,
         name: str = CLASSICAL,
         model_hash: str = "",
+        size_model: SizeModel | None = None,
     ) -> None:
         self.config = config
         self.predictor = predictor
         self.stride = stride
         self.name = name
         self.model_hash = model_hash
+        self.size_model = size_model
         #: ``(name_or_path, device, backend)`` when loaded by :meth:`from_pretrained`, so worker
         #: processes can load the same model.
         self.source: tuple[str, str, str] | None = None
@@ -153,7 +187,9 @@ class Segmenter:
             from nucleiseg.export.runtime import backend_precision, load_onnx
 
             onnx_config, ort_predictor, onnx_name, onnx_hash = load_onnx(name_or_path, threads, backend_precision(backend))
-            return cls(onnx_config, ort_predictor, ort_predictor.stride, onnx_name, onnx_hash)
+            path = Path(name_or_path)
+            size_dir = path.parent if path.suffix.lower() == ".onnx" else resolve_model_dir(name_or_path)
+            return cls(onnx_config, ort_predictor, ort_predictor.stride, onnx_name, onnx_hash, load_size_model(size_dir))
         if backend != "torch":
             raise ValueError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
         from nucleiseg.inference.predictors import torch_predictor
@@ -168,7 +204,10 @@ class Segmenter:
         if tuned.is_file():
             config = replace(config, postprocess=load_json(PostprocessConfig, tuned))
         model = load_model(config.model, weights)
-        return cls(config, torch_predictor(model, device), int(getattr(model, "stride", 32)), config.name or folder.name, file_hash(weights))
+        return cls(
+            config, torch_predictor(model, device), int(getattr(model, "stride", 32)), config.name or folder.name,
+            file_hash(weights), load_size_model(folder),
+        )
 
     @property
     def is_classical(self) -> bool:
@@ -197,6 +236,33 @@ class Segmenter:
             batch_size=infer.batch_size, stride=self.stride, blend=infer.blend,
         )
 
+    def _plain_probabilities(self, image_chw: np.ndarray, infer: InferConfig) -> np.ndarray:
+        """Tiled prediction without TTA or multi-scale (the size probe's views)."""
+        assert self.predictor is not None
+        return predict_tiled(
+            self.predictor, image_chw, tile=infer.tile, overlap=infer.overlap,
+            batch_size=infer.batch_size, stride=self.stride, blend=infer.blend,
+        )
+
+    def estimate_size(
+        self, norm: np.ndarray, infer: InferConfig | None = None, post: PostprocessConfig | None = None,
+    ) -> SizeFinding:
+        """Estimate the median nucleus diameter of a normalised ``(H, W, C)`` image.
+
+        With a size model (:mod:`nucleiseg.inference.size`) the network sees a few small views of
+        the image; without one, the objects of a full pass at native resolution are measured.
+        """
+        infer = infer or self.config.infer
+        post = post or self.config.postprocess
+        plain = not infer.tta and list(infer.scales) == [1.0]
+        if self.size_model is not None:
+            est = estimate_size(norm, lambda chw: self._plain_probabilities(chw, infer), self.size_model)
+            seen = bool((est.stats[:, 1] + est.stats[:, 2]).sum() > 0)
+            return SizeFinding(est.diameter if seen else None, est.native if plain else None, None, "size_model")
+        probs = self._probabilities(norm, infer)
+        labels = probabilities_to_labels(probs, post)
+        return SizeFinding(estimate_diameter(labels) if labels.any() else None, probs, labels, "first_pass")
+
     def segment(
         self,
         image: np.ndarray,
@@ -206,10 +272,13 @@ class Segmenter:
     ) -> Result:
         """Segment one image array (``(H, W)`` gray or ``(H, W, 3|4)`` colour, any dtype).
 
-        With ``infer.rescale`` (default) and no ``infer.diameter``, a first pass at native
-        resolution estimates the typical nucleus diameter; if it is far from the training scale
-        (``infer.target_diameter``) the image is rescaled, segmented again and the labels mapped
-        back to the input's size.
+        With ``infer.rescale`` (default) and no ``infer.diameter``, the typical nucleus diameter
+        is estimated first (:meth:`estimate_size`, timed as the ``estimate`` stage); if it is
+        farther than a factor ``infer.rescale_tolerance`` from the training scale
+        (``infer.target_diameter``) the image is rescaled, segmented and the labels mapped back to
+        the input's size. At native scale, probabilities the estimate already computed for the
+        whole image are reused, never predicted twice. A given ``infer.diameter`` skips the
+        estimate and is always honoured.
         """
         infer = infer or self.config.infer
         post = post or self.config.postprocess
@@ -221,25 +290,29 @@ class Segmenter:
         if self.is_classical:
             labels = classical_segment(image, post)
             timings["total"] = time.perf_counter() - t0
-            return Result(labels, None, estimate_diameter(labels) if labels.any() else None, 1.0, timings)
+            found = labels.any()
+            return Result(labels, None, estimate_diameter(labels) if found else None, 1.0, timings, "labels" if found else None)
 
         norm = normalize_image(image, self.config.normalize)
         timings["normalize"] = time.perf_counter() - t0
         diameter = infer.diameter
+        source: str | None = "given" if diameter is not None else None
         factor = 1.0
-        probs = labels = None
+        found = SizeFinding(None, None, None, None)
         if diameter is None and infer.rescale:
             t = time.perf_counter()
-            probs = self._probabilities(norm, infer)
-            labels = probabilities_to_labels(probs, post)
-            timings["first_pass"] = time.perf_counter() - t
-            diameter = estimate_diameter(labels) if labels.any() else None
+            found = self.estimate_size(norm, infer, post)
+            timings["estimate"] = time.perf_counter() - t
+            diameter, source = found.diameter, (found.source if found.diameter is not None else None)
         if diameter is not None and infer.rescale and math.isfinite(diameter) and diameter > 0:
             factor = scale_factor(diameter, infer.target_diameter)
-            if max(factor, 1 / factor) < infer.rescale_tolerance and labels is not None:
+            if source != "given" and max(factor, 1 / factor) < infer.rescale_tolerance:
                 factor = 1.0
-        if labels is None or factor != 1.0:
-            t = time.perf_counter()
+        t = time.perf_counter()
+        labels = None
+        if factor == 1.0 and found.native is not None:  # the estimate's native pass, not predicted twice
+            probs, labels = found.native, found.labels
+        else:
             scaled = rescale_image(norm, factor) if factor != 1.0 else norm
             probs = self._probabilities(scaled, infer)
             if factor != 1.0:  # back to the input's size, then post-process with sizes in input pixels
@@ -249,7 +322,8 @@ class Segmenter:
                     post, min_size=max(1, round(post.min_size * area)),
                     min_marker_size=max(1, round(post.min_marker_size * area)), diameter=post.diameter / factor,
                 )
+        if labels is None:
             labels = probabilities_to_labels(probs, post)
-            timings["predict"] = time.perf_counter() - t
+        timings["predict"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings)
+        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings, source)

@@ -23,6 +23,8 @@ from nucleiseg.io.images import (
     write_image,
     write_labels,
 )
+from nucleiseg.io.geojson import to_feature_collection, write_geojson
+from nucleiseg.io.stacks import Planes, read_planes, resolve_planes, write_label_stack
 from nucleiseg.io.labels import InputItem, discover_inputs, load_ground_truth, load_item_gt
 from nucleiseg.io.outputs import (
     difference_overlay,
@@ -45,6 +47,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageReadError",
     "InputItem",
+    "Planes",
     "Sample",
     "atomic_path",
     "atomic_write_bytes",
@@ -65,12 +68,17 @@ __all__ = [
     "read_image",
     "read_image_shape",
     "read_labels",
+    "read_planes",
+    "resolve_planes",
     "read_rle_csv",
     "rle_decode",
     "rle_encode",
     "rles_to_labels",
+    "to_feature_collection",
     "to_uint8_rgb",
     "write_image",
+    "write_geojson",
+    "write_label_stack",
     "write_labels",
     "write_measurements",
     "write_rle_csv",

@@ -20,6 +20,7 @@ __all__ = [
     "MEASUREMENT_COLUMNS",
     "difference_overlay",
     "label_colours",
+    "label_rois",
     "measure",
     "measure_regionprops",
     "overlay_outlines",
@@ -122,6 +123,24 @@ def write_rois(path: str | Path, labels: np.ndarray) -> int:
     path = Path(path)
     if path.suffix.lower() != ".zip":
         raise ValueError(f"{path}: ImageJ ROI sets are written as .zip")
+    rois = label_rois(labels)
+    with atomic_path(path) as tmp:
+        roifile.roiwrite(tmp, rois, mode="w")
+    return len(rois)
+
+
+def label_rois(labels: np.ndarray, position: int = 0, prefix: str = "") -> list[roifile.ImagejRoi]:
+    """One ImageJ polygon ROI per nucleus (see :func:`write_rois`).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(H, W)`` label image.
+    position : int
+        ImageJ stack position (1-based slice) of the ROIs; 0 = none (all slices).
+    prefix : str
+        Put before each ROI's name (e.g. the plane of a stack).
+    """
     labels = _check_labels(labels)
     rois = []
     for region in regionprops(labels):
@@ -129,9 +148,8 @@ def write_rois(path: str | Path, labels: np.ndarray) -> int:
         mask = np.pad(region.image, 1).astype(np.float32)
         contour = max(find_contours(mask, 0.5), key=len)[:-1]  # closed: last point repeats the first
         xy = np.stack([contour[:, 1] + x0 - 0.5, contour[:, 0] + y0 - 0.5], axis=1)
-        roi = roifile.ImagejRoi.frompoints(xy, name=f"{region.label:04d}")
+        roi = roifile.ImagejRoi.frompoints(xy, name=f"{prefix}{region.label:04d}")
         roi.roitype = roifile.ROI_TYPE.POLYGON
+        roi.position = int(position)
         rois.append(roi)
-    with atomic_path(path) as tmp:
-        roifile.roiwrite(tmp, rois, mode="w")
-    return len(rois)
+    return rois

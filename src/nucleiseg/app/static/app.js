@@ -56,7 +56,8 @@ function fmt(value, digits) {
 function formOptions() {
   const form = new FormData();
   if ($("#opt-tta").checked) form.append("tta", "true");
-  for (const [id, name] of [["#opt-threshold", "threshold"], ["#opt-min-size", "min_size"], ["#opt-diameter", "diameter"]]) {
+  for (const [id, name] of [["#opt-threshold", "threshold"], ["#opt-min-size", "min_size"], ["#opt-diameter", "diameter"],
+                            ["#opt-channel", "channel"], ["#opt-axes", "axes"]]) {
     const v = $(id).value.trim();
     if (v !== "") form.append(name, v);
   }
@@ -249,7 +250,9 @@ function renderStats(card, data) {
   const cover = areas.length ? (100 * areas.reduce((s, a) => s + a, 0)) / (data.width * data.height) : 0;
   const items = [
     ["Nuclei", String(data.count)], ["Mean area", `${fmt(mean, 0)} px`], ["Median area", `${fmt(median, 0)} px`],
-    ["Covered", `${cover.toFixed(1)} %`], ["Diameter", data.diameter ? `${fmt(data.diameter, 1)} px` : "–"],
+    ["Covered", `${cover.toFixed(1)} %`],
+    [data.diameter_source === "given" ? "Diameter (given)" : "Estimated diameter", data.diameter ? `${fmt(data.diameter, 1)} px` : "–"],
+    ["Zoom used", typeof data.scale === "number" ? `×${fmt(data.scale, 2)}` : "–"],
   ];
   const box = $(".stats", card);
   box.replaceChildren(...items.map(([k, v]) => {

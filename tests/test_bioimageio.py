@@ -1,0 +1,95 @@
+"""bioimage.io model package: built from the bundled ONNX weights, validated and run offline."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from nucleiseg.cli.main import main
+from nucleiseg.config import ModelBundleConfig, load_json
+from nucleiseg.export.bioimageio import model_card_tables, normalised_input
+from nucleiseg.inference.segmenter import resolve_model_dir
+
+pytest.importorskip("bioimageio.spec")
+
+# bioimageio.spec/core open the package's files and leave some for the garbage collector; the
+# ResourceWarnings that follow are theirs. Ignored here only, and collected in this module
+# (see _collect_leaks) so they cannot surface in another test.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <_io.FileIO name=.*mode='rb' closefd=True>:pytest.PytestUnraisableExceptionWarning",
+    "ignore:unclosed file <_io.BufferedReader:ResourceWarning",
+)
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaks():
+    yield
+    import gc
+
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bioimageio") / "nucleiseg.zip"
+    assert main(["export", "default", "--format", "bioimageio", "-o", str(out)]) == 0
+    return out
+
+
+def test_package_contents(package: Path) -> None:
+    with zipfile.ZipFile(package) as zf:
+        names = set(zf.namelist())
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        readme = zf.read("README.md").decode()
+    assert {"rdf.yaml", "model.onnx", "test_input.npy", "test_output.npy", "cover.png", "README.md"} <= names
+    assert rdf["format_version"].startswith("0.5.")
+    pre = rdf["inputs"][0]["preprocessing"]
+    scale = next(p for p in pre if p["id"] == "scale_range")["kwargs"]
+    assert (scale["min_percentile"], scale["max_percentile"]) == (1.0, 99.8)
+    assert scale["axes"] == ["channel", "y", "x"]
+    assert next(p for p in pre if p["id"] == "clip")["kwargs"] == {"min": 0.0, "max": 1.0}
+    assert "onnx" in rdf["weights"] and rdf["training_data"]["license"] == "CC0-1.0"
+    assert any(c.get("doi") == "10.1038/s41592-019-0612-7" for c in rdf["cite"])
+    assert "0.4613" in readme and "0.5558" in readme  # the model card's accuracy tables
+    model_onnx = resolve_model_dir("default") / "model.onnx"
+    with zipfile.ZipFile(package) as zf:
+        assert zf.read("model.onnx") == model_onnx.read_bytes()
+
+
+def test_bioimageio_core_model_test_passes_offline(package: Path) -> None:
+    core = pytest.importorskip("bioimageio.core")
+    summary = core.test_model(package)
+    failed = [f"{d.name}: {[e.msg for e in d.errors]}" for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
+
+
+def test_preprocessing_reproduces_nucleiseg_normalisation(package: Path) -> None:
+    """The package's pre-processing, run by bioimageio.core, equals nucleiseg's normalize_image."""
+    pytest.importorskip("bioimageio.core")
+    from bioimageio.core import create_prediction_pipeline, load_model_description
+    from bioimageio.core.digest_spec import create_sample_for_model
+
+    descr = load_model_description(package, perform_io_checks=False)
+    config = load_json(ModelBundleConfig, resolve_model_dir("default") / "config.json")
+    rng = np.random.default_rng(3)
+    raw = np.repeat(rng.gamma(2.0, 300.0, (1, 1, 64, 48)).astype(np.float32), 3, axis=1)
+    raw[0, 1] *= 1.5  # channels differ: the percentiles are taken over all channels jointly
+    raw[0, 2, :8] = 0.0
+    sample = create_sample_for_model(descr, inputs=raw, sample_id="t")
+    with create_prediction_pipeline(descr) as pipeline:
+        pipeline.apply_preprocessing(sample)
+    got = next(iter(sample.members.values())).data.to_numpy()
+    expected = normalised_input(raw, config)
+    assert got.shape == expected.shape and 0.0 < expected.mean() < 1.0
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_model_card_tables_only_tables(tmp_path: Path) -> None:
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# Card\n\ntext\n\n## Accuracy\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![x](y.png)\n", encoding="utf-8")
+    assert model_card_tables(card).splitlines() == ["### Accuracy", "", "| a | b |", "|---|---|", "| 1 | 2 |"]
+    assert "no model card" in model_card_tables(tmp_path / "missing.md").lower()

@@ -1,0 +1,237 @@
+"""Nucleus size estimation: probe statistics on synthetic disks, the ridge model, the segmenter's
+use of it (given diameters, native passes never predicted twice) and real DSB validation images."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from nucleiseg.config import InferConfig, ModelBundleConfig
+from nucleiseg.inference.scale import rescale_image, resize_labels
+from nucleiseg.inference.segmenter import Segmenter, resolve_model_dir
+from nucleiseg.inference.size import (
+    STAT_NAMES,
+    WHOLE_PIXELS,
+    ZOOMS,
+    SizeModel,
+    design,
+    load_size_model,
+    probe_stats,
+    view_box,
+    view_stats,
+)
+from nucleiseg.postprocess import estimate_diameter
+
+DIAMETERS = (5, 8, 14, 25, 45, 80, 140, 200)
+
+
+def pointwise(batch: np.ndarray) -> np.ndarray:
+    """Foreground = image intensity, no contour: an ideal 'network' for bright disks."""
+    fg = batch.mean(axis=1, keepdims=True)
+    zeros = np.zeros_like(fg)
+    return np.concatenate([fg, zeros, zeros], axis=1).astype(np.float32)
+
+
+class Counting:
+    """A predictor that records the shape of every batch it is given."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.shapes.append(batch.shape)
+        return pointwise(batch)
+
+
+def disks(make_disks, diameter: float, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``n x n`` bright disks of ``diameter`` on a dark background, 2.5 diameters apart."""
+    spacing = max(4, round(2.5 * diameter))
+    size = spacing * (n + 1)
+    centers = [(spacing * (i + 1), spacing * (j + 1)) for i in range(n) for j in range(n)]
+    labels = make_disks((size, size), centers, diameter / 2)
+    image = np.where(labels > 0, 1.0, 0.05).astype(np.float32)
+    return np.repeat(image[:, :, None], 3, axis=2), labels
+
+
+def whole(chw: np.ndarray) -> np.ndarray:
+    return pointwise(chw[None])[0]
+
+
+@pytest.mark.parametrize("diameter", DIAMETERS)
+def test_view_stats_measure_disks(make_disks, diameter):
+    image, labels = disks(make_disks, diameter, n=2)
+    stats = dict(zip(STAT_NAMES, view_stats(whole(np.ascontiguousarray(image.transpose(2, 0, 1)))), strict=True))
+    true = estimate_diameter(labels)
+    assert stats["present"] == 1 and stats["n_fg"] == 4 and stats["n_markers"] == 4
+    for key in ("marker_d", "fg_d", "area_d"):
+        assert stats[key] == pytest.approx(true, rel=0.05)
+    assert stats["confidence"] == pytest.approx(1.0) and stats["contour"] == 0
+
+
+@pytest.mark.parametrize("diameter", DIAMETERS)
+def test_probe_sees_disks_at_every_usable_zoom(make_disks, diameter):
+    image, labels = disks(make_disks, diameter, n=2 if diameter > 100 else 3)
+    stats, native = probe_stats(image, whole)
+    true = estimate_diameter(labels)
+    assert (native is not None) == (image.shape[0] * image.shape[1] <= WHOLE_PIXELS)
+    seen = 0
+    for zoom, row in zip(ZOOMS, stats, strict=True):
+        s = dict(zip(STAT_NAMES, row, strict=True))
+        box = view_box(image.shape[:2], zoom)
+        assert max(box[1] - box[0], box[3] - box[2]) * zoom <= max(192, 400) + 1
+        if s["present"] and s["n_fg"] and 4 <= true * zoom <= 120 and (box[1] - box[0]) >= 4 * true:
+            assert s["fg_d"] / zoom == pytest.approx(true, rel=0.25), zoom
+            seen += 1
+    assert seen >= 1
+
+
+def test_ridge_fits_synthetic_disks_and_round_trips(make_disks, tmp_path):
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for d in np.exp(rng.uniform(math.log(5), math.log(200), 16)):
+        image, labels = disks(make_disks, float(d), n=2)
+        xs.append(design(probe_stats(image, whole)[0]))
+        ys.append(math.log(estimate_diameter(labels)))
+    model = SizeModel.fit(np.stack(xs), np.array(ys), alpha=0.1)
+    err = np.abs(model.predict_log(np.stack(xs)) - np.array(ys))
+    assert np.median(err) < 0.1
+    model.save(tmp_path / "size_model.json")
+    again = load_size_model(tmp_path)
+    assert again is not None and again.coef == model.coef
+    np.testing.assert_allclose(again.predict_log(xs[0]), model.predict_log(xs[0]))
+    assert load_size_model(tmp_path / "nothing") is None and load_size_model(None) is None
+
+
+def fixed_model(diameter: float) -> SizeModel:
+    """A size model that always answers ``diameter``."""
+    n = design(np.zeros((len(ZOOMS), len(STAT_NAMES)))).size
+    return SizeModel([0.0] * n, [1.0] * n, [0.0] * n, math.log(diameter))
+
+
+def segmenter(size_model: SizeModel | None, predictor=pointwise) -> Segmenter:
+    cfg = ModelBundleConfig()
+    cfg.normalize.mode = "minmax"
+    return Segmenter(cfg, predictor, stride=8, name="pointwise", size_model=size_model)
+
+
+@pytest.mark.parametrize("side", [120, 450])
+def test_native_decision_predicts_the_image_once(make_disks, side):
+    labels = make_disks((side, side), [(side // 4, side // 4), (side // 2, side // 2)], 9)
+    image = np.where(labels > 0, 200, 10).astype(np.uint8)
+    net = Counting()
+    result = segmenter(fixed_model(18.0), net).segment(image)
+    assert result.scale == 1.0 and result.diameter == pytest.approx(18.0) and result.diameter_source == "size_model"
+    full = [s for s in net.shapes if s[2] >= side and s[3] >= side]
+    assert len(full) == 1, net.shapes  # the one native pass (the probe's zoom-1 view when the image is small)
+    assert len(net.shapes) <= len(ZOOMS) + (0 if side * side <= WHOLE_PIXELS else 1)
+    assert "estimate" in result.timings and result.count == 2
+
+
+def test_estimated_size_rescales_and_given_diameter_overrides(make_disks):
+    labels = make_disks((240, 240), [(60, 60), (60, 180), (180, 120)], 30)
+    image = np.where(labels > 0, 200, 10).astype(np.uint8)
+    net = Counting()
+    seg = segmenter(fixed_model(60.0), net)
+    result = seg.segment(image)
+    assert result.scale == pytest.approx(0.3) and result.count == 3 and result.diameter_source == "size_model"
+    net.shapes.clear()
+    given = seg.segment(image, replace(InferConfig(), diameter=36.0))
+    assert given.scale == pytest.approx(0.5) and given.diameter == 36.0 and given.diameter_source == "given"
+    assert "estimate" not in given.timings and len(net.shapes) == 1  # no probe, one pass
+    off = seg.segment(image, replace(InferConfig(), rescale=False))
+    assert off.scale == 1.0 and off.diameter is None and "estimate" not in off.timings
+
+
+def test_fallback_without_size_model_measures_a_native_pass(make_disks):
+    for diameter in (5, 18, 200):
+        image, truth = disks(make_disks, diameter, n=2)
+        net = Counting()
+        result = segmenter(None, net).segment((image[:, :, 0] * 255).astype(np.uint8))
+        assert result.diameter_source == "first_pass"
+        assert result.diameter == pytest.approx(estimate_diameter(truth), rel=0.1)
+        assert len(net.shapes) == (1 if result.scale == 1.0 else 2)
+
+
+def test_empty_image_has_no_diameter():
+    net = Counting()
+    result = segmenter(fixed_model(40.0), net).segment(np.zeros((64, 64), np.uint8))
+    assert result.diameter is None and result.scale == 1.0 and result.count == 0
+    assert len([s for s in net.shapes if s[2:] == (64, 64)]) == 1
+
+
+# Four DSB validation images (the model never trained on them), zoomed x0.5, x1 and x3.
+VAL_SAMPLE = 4
+REAL_ZOOMS = (0.5, 1.0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def default_model() -> Segmenter:
+    seg = Segmenter.from_pretrained("default")
+    assert seg.size_model is not None, "the bundled model ships size_model.json"
+    return seg
+
+
+def test_bundled_model_estimates_real_images(default_model, dsb_root):
+    from nucleiseg.inference.size_fit import zoomed
+    from nucleiseg.io.dsb import load_sample
+    from nucleiseg.transforms import normalize_image
+
+    val = json.loads((resolve_model_dir("default") / "split.json").read_text())["val"][:VAL_SAMPLE]
+    ratios = []
+    for i in val:
+        sample = load_sample(dsb_root / i, check=False)
+        for zoom in REAL_ZOOMS:
+            image, labels = zoomed(sample.image, sample.labels, zoom, 384)
+            true = estimate_diameter(labels)
+            est = default_model.estimate_size(normalize_image(image, default_model.config.normalize)).diameter
+            ratios.append(est / true)
+    ratios = np.array(ratios)
+    assert np.mean(np.abs(ratios - 1.0) <= 0.3) >= 0.9, ratios
+    assert np.median(np.abs(np.log(ratios))) <= 0.15, ratios
+
+
+def test_rescaled_labels_helpers_agree():
+    labels = np.zeros((40, 40), np.int32)
+    labels[10:20, 10:20] = 1
+    small = resize_labels(labels, rescale_image(labels.astype(np.float32), 0.5).shape)
+    assert estimate_diameter(small) == pytest.approx(estimate_diameter(labels) / 2, rel=0.05)
+
+
+def test_blockwise_plan_estimates_once_on_a_view(make_disks, monkeypatch):
+    import dask.array as da
+
+    from nucleiseg.distributed import blocks
+
+    net = Counting()
+    seg = segmenter(fixed_model(30.0), net)
+    monkeypatch.setattr(blocks, "cached_segmenter", lambda model, device="cpu": seg)
+    labels = make_disks((1500, 1500), [(200 * i + 100, 200 * j + 100) for i in range(7) for j in range(7)], 15)
+    image = da.from_array(np.where(labels > 0, 200, 10).astype(np.uint8), chunks=512)
+    plan = blocks.plan_blocks(image, "pointwise", block=512)
+    # One estimate for the whole image, on small views; every tile then uses that fixed scale.
+    assert plan.diameter == pytest.approx(30.0) and plan.infer is not None and plan.infer.diameter == pytest.approx(30.0)
+    assert 1 <= len(net.shapes) <= len(ZOOMS) and all(max(s[2:]) <= 200 for s in net.shapes), net.shapes
+
+
+def test_model_folder_loads_its_size_model(tmp_path):
+    import torch
+
+    from nucleiseg.config import ModelConfig, save_json
+    from nucleiseg.models import create_model
+    from nucleiseg.training.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    params = {"depth": 3, "base_channels": 8}
+    save_weights(create_model("unet", 3, 3, **params), tmp_path / "weights.safetensors")
+    save_json(ModelBundleConfig(model=ModelConfig(arch="unet", params=params), name="tiny"), tmp_path / "config.json")
+    assert Segmenter.from_pretrained(tmp_path).size_model is None  # falls back to a native first pass
+    fixed_model(30.0).save(tmp_path / "size_model.json")
+    assert Segmenter.from_pretrained(tmp_path).size_model is not None
+
+
+def test_onnx_backend_finds_the_size_model():
+    assert Segmenter.from_pretrained("default", backend="onnx").size_model is not None
