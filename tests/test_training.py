@@ -145,24 +145,24 @@ def test_cpu_bf16_check_follows_the_cpu_flags():
 def test_init_weights_fine_tunes_from_a_bundled_model(tmp_path, dsb_root):
     from nucleiseg.training.trainer import init_weights_file
 
-    assert init_weights_file("unet16_v1") == REPO / "src" / "nucleiseg" / "weights" / "unet16_v1" / "weights.safetensors"
+    assert init_weights_file("default") == REPO / "src" / "nucleiseg" / "weights" / "default" / "weights.safetensors"
     with pytest.raises(FileNotFoundError):
         init_weights_file(str(tmp_path / "missing.safetensors"))
     cfg = TrainConfig(
         data=str(dsb_root), out=str(tmp_path / "run"), val_fraction=0.01, limit_images=4, val_max_images=2,
         crop_size=96, batch_size=2, steps_per_epoch=1, epochs=1, lr=1e-7, threads=2, seed=1, amp="off",
-        init_weights="unet16_v1",
+        init_weights="default",
     )
     cfg.model.params = {"depth": 4, "base_channels": 16}
     out = train(cfg, progress=False)
-    start = load_weights(create_model("unet", 3, 3, depth=4, base_channels=16), init_weights_file("unet16_v1"))
+    start = load_weights(create_model("unet", 3, 3, depth=4, base_channels=16), init_weights_file("default"))
     tuned = load_weights(create_model("unet", 3, 3, depth=4, base_channels=16), out / "weights.safetensors")
     # one Adam step at lr 1e-7 leaves the parameters where they started (not a fresh initialisation;
     # batch-norm running statistics, buffers, do move in training mode)
     for a, b in zip(start.parameters(), tuned.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     report = json.loads((out / "report.json").read_text())
-    assert report["init_weights"] == {"source": "unet16_v1", "sha256": file_hash(init_weights_file("unet16_v1"))}
+    assert report["init_weights"] == {"source": "default", "sha256": file_hash(init_weights_file("default"))}
     cfg.model.params = {"depth": 3, "base_channels": 8}
     with pytest.raises(ValueError, match="do not fit"):
         train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "bad")}), progress=False)
