@@ -225,22 +225,19 @@ class Segmenter:
         }
 
     def _probabilities(self, image: np.ndarray, infer: InferConfig) -> np.ndarray:
+        """Tiled probabilities of a normalised ``(H, W, C)`` image, with the TTA and scales of ``infer``."""
         assert self.predictor is not None
         predictor = self.predictor
         if infer.tta:
             predictor = tta_predictor(predictor)
         if len(infer.scales) > 1 or infer.scales[0] != 1.0:
             predictor = multiscale_predictor(predictor, infer.scales, self.stride)
-        return predict_tiled(
-            predictor, image.transpose(2, 0, 1), tile=infer.tile, overlap=infer.overlap,
-            batch_size=infer.batch_size, stride=self.stride, blend=infer.blend,
-        )
+        return self._tiled(predictor, image.transpose(2, 0, 1), infer)
 
-    def _plain_probabilities(self, image_chw: np.ndarray, infer: InferConfig) -> np.ndarray:
-        """Tiled prediction without TTA or multi-scale (the size probe's views)."""
-        assert self.predictor is not None
+    def _tiled(self, predictor: Predictor, image_chw: np.ndarray, infer: InferConfig) -> np.ndarray:
+        """``predict_tiled`` with the tiling settings of ``infer`` (the size probe calls it with the plain predictor)."""
         return predict_tiled(
-            self.predictor, image_chw, tile=infer.tile, overlap=infer.overlap,
+            predictor, image_chw, tile=infer.tile, overlap=infer.overlap,
             batch_size=infer.batch_size, stride=self.stride, blend=infer.blend,
         )
 
@@ -256,7 +253,7 @@ class Segmenter:
         post = post or self.config.postprocess
         plain = not infer.tta and list(infer.scales) == [1.0]
         if self.size_model is not None:
-            est = estimate_size(norm, lambda chw: self._plain_probabilities(chw, infer), self.size_model)
+            est = estimate_size(norm, lambda chw: self._tiled(self.predictor, chw, infer), self.size_model)
             seen = bool((est.stats[:, 1] + est.stats[:, 2]).sum() > 0)
             return SizeFinding(est.diameter if seen else None, est.native if plain else None, None, "size_model")
         probs = self._probabilities(norm, infer)
