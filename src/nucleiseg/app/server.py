@@ -58,7 +58,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nucleiseg import __version__
 from nucleiseg.app.limits import MULTIPART_SLACK, AppSettings, BodySizeLimit, RequestGate, api_error, read_upload, safe_name
 from nucleiseg.app.render import Options, Upload, evaluate_job, segment_job, zip_job
-from nucleiseg.inference.segmenter import CLASSICAL, WEIGHTS_DIR, Segmenter
+from nucleiseg.inference.segmenter import CLASSICAL, Segmenter, bundled_models
 from nucleiseg.io.stacks import parse_channel
 
 __all__ = ["AppSettings", "ModelHolder", "available_models", "create_app", "load_segmenter"]
@@ -83,8 +83,7 @@ AxesField = Annotated[str | None, Form(pattern=r"^[TZCSYXtzcsyx]{2,6}$", descrip
 
 def available_models() -> list[str]:
     """Names of the bundled models plus ``"classical"``."""
-    names = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file()) if WEIGHTS_DIR.is_dir() else []
-    return names + [CLASSICAL]
+    return bundled_models() + [CLASSICAL]
 
 
 def load_segmenter(model: str | Path = "default", device: str = "cpu") -> Segmenter:

@@ -94,6 +94,13 @@ class SizeFinding(NamedTuple):
     source: str | None
 
 
+def bundled_models() -> list[str]:
+    """Names of the models bundled in the package (folders of ``weights/`` with a ``config.json``), sorted."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file())
+
+
 def resolve_model_dir(name_or_path: str | Path) -> Path:
     """Find a model folder: a run folder path, or the name of a model bundled in the package.
 
@@ -108,7 +115,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     bundled = WEIGHTS_DIR / str(name_or_path)
     if (bundled / "config.json").is_file():
         return bundled
-    names = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file()) if WEIGHTS_DIR.is_dir() else []
+    names = bundled_models()
     raise FileNotFoundError(
         f"{name_or_path}: no model there (a run folder needs config.json and weights.safetensors; "
         f"bundled models: {', '.join(names + [CLASSICAL])})"

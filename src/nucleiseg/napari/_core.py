@@ -8,15 +8,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nucleiseg.inference.segmenter import CLASSICAL, WEIGHTS_DIR
+from nucleiseg.inference.segmenter import CLASSICAL, bundled_models
 
 __all__ = ["layer_axes", "model_names", "segment_layer_data"]
 
 
 def model_names() -> list[str]:
     """Bundled model names, then ``"classical"`` (the widget's choices)."""
-    names = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file()) if WEIGHTS_DIR.is_dir() else []
-    return names + [CLASSICAL]
+    return bundled_models() + [CLASSICAL]
 
 
 def layer_axes(shape: tuple[int, ...], rgb: bool, channel: int | None) -> str:
