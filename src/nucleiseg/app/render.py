@@ -18,7 +18,6 @@ import zipfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from PIL import Image
 from skimage.measure import label as connected_components
 
 from nucleiseg.config import InferConfig, PostprocessConfig
-from nucleiseg.inference.batch import versions
+from nucleiseg.inference.batch import OutputOptions, versions
 from nucleiseg.inference.segmenter import Result, Segmenter
 from nucleiseg.io.dsb import merge_masks
 from nucleiseg.inference.stack import segment_planes, stack_record, write_stack_outputs
@@ -299,7 +298,7 @@ def _stack_zip(segmenter: Segmenter, name: str, planes: Planes, options: Options
         **stack_record(planes, stacked),
         "timings": {"total_server": round(time.perf_counter() - t0, 4)},
     }
-    outputs = SimpleNamespace(png=False, overlay=True, measure=True, rois=True, geojson=True)
+    outputs = OutputOptions(overlay=True, measure=True, rois=True, geojson=True)
     buf = io.BytesIO()
     with tempfile.TemporaryDirectory(prefix="nucleiseg-app-") as tmp:
         files = write_stack_outputs(name, planes, stacked, Path(tmp), outputs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,9 @@ from nucleiseg.io.images import to_uint8_rgb
 from nucleiseg.io.measure import measure
 from nucleiseg.io.outputs import label_rois, overlay_outlines, write_measurements
 from nucleiseg.io.stacks import Planes, resolve_planes, write_label_stack
+
+if TYPE_CHECKING:  # batch imports this module: the type only, no import circle
+    from nucleiseg.inference.batch import OutputOptions
 
 __all__ = [
     "StackResult", "plane_positions", "segment_array", "segment_planes", "stack_measurements", "stack_record",
@@ -134,7 +137,7 @@ def _write_stack_rois(path: Path, result: StackResult) -> None:
 
 
 def write_stack_outputs(
-    item_id: str, planes: Planes, result: StackResult, out_dir: Path, options: Any
+    item_id: str, planes: Planes, result: StackResult, out_dir: Path, options: OutputOptions
 ) -> list[str]:
     """Write the outputs of a stack that ``options`` asks for; return the file names.
 
