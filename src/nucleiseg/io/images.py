@@ -218,6 +218,11 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     _reject_stack(path, arr)
     if arr.ndim == 3:
         arr = arr[..., 0] if arr.shape[-1] == 2 else arr[..., :3]
+    return standard_dtype(arr)
+
+
+def standard_dtype(arr: np.ndarray) -> np.ndarray:
+    """The dtypes images are handed on in: booleans become ``uint8`` 0/255, floats ``float32``; contiguous."""
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype.kind == "f" and arr.dtype != np.float32:

@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 
 from nucleiseg.io.atomic import atomic_path
-from nucleiseg.io.images import DEFAULT_MAX_PIXELS, ImageReadError, _check_pixels, _sniff, read_image
+from nucleiseg.io.images import DEFAULT_MAX_PIXELS, ImageReadError, _check_pixels, _sniff, read_image, standard_dtype
 
 __all__ = ["STACK_AXES", "Planes", "parse_channel", "read_planes", "resolve_planes", "write_label_stack"]
 
@@ -207,16 +207,7 @@ def resolve_planes(
     arr = np.transpose(arr, order)
     stack_shape = tuple(int(s) for s in arr.shape[: len(stack)])
     planes = arr.reshape((-1, *arr.shape[len(stack):]))
-    return Planes(_finish(planes), stack, stack_shape, chosen, chosen_name)
-
-
-def _finish(planes: np.ndarray) -> np.ndarray:
-    """Dtype handling of :func:`nucleiseg.io.read_image`: bool -> 0/255 uint8, floats -> float32."""
-    if planes.dtype == bool:
-        planes = planes.astype(np.uint8) * 255
-    elif planes.dtype.kind == "f" and planes.dtype != np.float32:
-        planes = planes.astype(np.float32)
-    return np.ascontiguousarray(planes)
+    return Planes(standard_dtype(planes), stack, stack_shape, chosen, chosen_name)
 
 
 def _tiff_channel_names(tif: tifffile.TiffFile, axes: str, shape: tuple[int, ...]) -> list[str]:
