@@ -47,7 +47,7 @@ from nucleiseg.config import (
     load_json,
     to_dict,
 )
-from nucleiseg.inference.segmenter import resolve_model_dir
+from nucleiseg.bundle import ModelBundle
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.io.dsb import load_sample
 from nucleiseg.metrics import evaluate_pairs
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         train_missing(archs, args.jobs, progress)
 
     data = Path(args.data)
-    default_dir = resolve_model_dir("default")
+    default_dir = ModelBundle.open("default").folder
     recipe = json.loads((default_dir / "train.json").read_text())
     ids = split_ids(available_ids(data), recipe["val_fraction"], recipe["split_seed"])[1][: args.max_images]
     samples = load_samples(data, ids, load_json(ModelBundleConfig, default_dir / "config.json").normalize, progress)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.inference.segmenter import Segmenter, resolve_model_dir
+from nucleiseg.bundle import ModelBundle
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size_fit import bbbc039_images, dsb_images, zoomed
 from nucleiseg.io.splits import bbbc039_heldout
 from nucleiseg.postprocess import estimate_diameter
@@ -53,7 +54,7 @@ def summary(est: list[float], true: list[float]) -> dict[str, float | int]:
 
 
 def accuracy(model: str, which: list[str], every: int = 1) -> dict:
-    folder = resolve_model_dir(model)
+    folder = ModelBundle.open(model).folder
     seg = Segmenter.from_pretrained(folder)
     if seg.size_model is None and "new" in which:
         raise SystemExit(f"{folder} has no size_model.json: run python -m nucleiseg.inference.size_fit --model {model}")
@@ -112,7 +113,7 @@ def cost(model: str, repeats: int) -> dict:
     from nucleiseg.benchmark.images import prepare_images
     from nucleiseg.io.images import read_image
 
-    folder = resolve_model_dir(model)
+    folder = ModelBundle.open(model).folder
     seg = Segmenter.from_pretrained(folder)
     val = json.loads((folder / "split.json").read_text())["val"]
     dsb = Path("/work/shared/data/dsb2018/stage1_train")

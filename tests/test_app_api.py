@@ -196,7 +196,7 @@ def test_page_and_static_files_are_local(client):
 
 
 def test_default_model_falls_back_to_classical(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr("nucleiseg.inference.segmenter.WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr("nucleiseg.bundle.WEIGHTS_DIR", tmp_path)
     with caplog.at_level("WARNING", logger="nucleiseg.app"):
         seg = load_segmenter("default")
     assert seg.is_classical and "classical" in caplog.text

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nucleiseg.benchmark import STAGES, fit, format_table, prepare_images, run_benchmark
+from nucleiseg.export.onnx import export_onnx
 from nucleiseg.config import ModelBundleConfig, ModelConfig, save_json
 from nucleiseg.io.images import read_image
 from nucleiseg.models import create_model
@@ -23,12 +24,13 @@ EXAMPLES = REPO / "examples"
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init U-Net run folder (no ONNX file: the benchmark exports one itself)."""
+    """A random-init U-Net run folder with its ONNX form."""
     folder = tmp_path_factory.mktemp("tiny_bench")
     torch.manual_seed(0)
     params = {"depth": 3, "base_channels": 8}
     save_weights(create_model("unet", 3, 3, **params), folder / "weights.safetensors")
     save_json(ModelBundleConfig(model=ModelConfig(arch="unet", params=params), name="tiny"), folder / "config.json")
+    export_onnx(folder, folder / "model.onnx")
     return folder
 
 
@@ -70,64 +72,69 @@ def test_prepare_images_writes_readable_files(two_images: Path, tmp_path: Path) 
             assert it["gt"].shape == (size, size) and it["gt"].max() > 0
 
 
-def test_run_benchmark_small(tiny_model: Path, two_images: Path) -> None:
-    threads = torch.get_num_threads()
-    result = run_benchmark(two_images, tiny_model, backends=["torch", "onnx"], sizes=[64], tta=True, repeats=1, profile=1, threads=1)
-    assert set(result) >= {"date", "model", "machine", "settings", "images", "results", "profile"}
-    assert result["images"]["ids"] == ["fluo_small", "tissue_he"] and result["images"]["ground_truth"] == 2
-    configs = [(r["pipeline"], r["tta"]) for r in result["results"]]
-    assert configs == [("baseline", False), ("torch", False), ("onnx", False), ("torch", True), ("onnx", True)]
-    for r in result["results"]:
-        ms = r["ms_per_image"]
-        assert set(ms) == {*STAGES, "total"}
-        assert r["images_per_s"] > 0 and ms["total"] > 0 and r["peak_rss_mb"] > 0
-        assert ms["read"] > 0 and ms["normalize"] > 0 and ms["watershed"] > 0 and ms["write"] > 0
-        assert (ms["tta"] > 0 and ms["network"] == 0) if r["tta"] else (ms["network"] > 0 and ms["tta"] == 0)
-        assert 0.0 <= r["score"] <= 1.0 and r["speedup"] > 0
-        assert abs(ms["total"] - sum(ms[s] for s in STAGES)) < 0.1
-    assert result["results"][0]["speedup"] == 1.0
-    assert "torch@64" in result["profile"] and "ncalls" in result["profile"]["torch@64"][0]
+def test_run_benchmark_times_what_users_run(tiny_model: Path, two_images: Path, tmp_path: Path) -> None:
+    """In-process rows per stage and whole-command rows; the labels are those `nucleiseg segment` writes."""
+    from nucleiseg.cli.main import main
+    from nucleiseg.io.images import read_labels
+
+    result = run_benchmark([two_images], tiny_model, backends=["onnx"], repeats=1, threads=1)
+    assert set(result) >= {"date", "model", "machine", "settings", "sets", "rows", "one_image"}
+    assert result["sets"]["images"] == {"folder": str(two_images), "images": 2, "ground_truth": 2}
+    rows = {(r["mode"], r["pipeline"]): r for r in result["rows"]}
+    assert set(rows) == {("segment", "baseline"), ("segment", "onnx"), ("command", "baseline"), ("command", "onnx")}
+    for mode in ("segment", "command"):
+        assert rows[mode, "baseline"]["speedup"] == 1.0 and rows[mode, "onnx"]["speedup"] > 0
+        for pipeline in ("baseline", "onnx"):
+            assert rows[mode, pipeline]["images_per_s"] > 0 and 0.0 <= rows[mode, pipeline]["score"] <= 1.0
+    ms = rows["segment", "onnx"]["ms_per_image"]
+    assert set(ms) == {*STAGES, "total"}, ms
+    # the tiny model has no size estimator: its first native pass (and labels) is the estimate, reused
+    assert all(ms[s] > 0 for s in ("read", "normalize", "estimate", "write")), ms
+    assert abs(ms["total"] - sum(ms[s] for s in STAGES)) < 0.5
+    assert rows["segment", "baseline"]["ms_per_image"]["estimate"] == 0
+    # the in-process step scores exactly what the whole command wrote
+    assert rows["segment", "onnx"]["score"] == pytest.approx(rows["command", "onnx"]["score"], abs=1e-9)
+    assert rows["command", "onnx"]["seconds"] > 0 and len(rows["command", "onnx"]["runs"]) == 1
+    assert result["one_image"]["seconds"] > 0 and result["one_image"]["pipeline"] == "onnx"
+    out = tmp_path / "seg"
+    assert main(["segment", str(two_images), "-o", str(out), "--model", str(tiny_model), "--backend", "onnx", "--threads", "1", "--quiet"]) == 0
+    from nucleiseg.benchmark.runners import make_runner
+    from nucleiseg.io.labels import discover_inputs
+
+    run = make_runner("onnx", tiny_model, threads=1)
+    (tmp_path / "bench_out").mkdir()
+    for item in discover_inputs([two_images]):
+        _, labels = run(item, tmp_path / "bench_out")
+        assert np.array_equal(labels, read_labels(out / f"{item.id}_masks.tif"))
     table = format_table(result)
-    assert "onnx+tta" in table and "baseline" in table
-    assert torch.get_num_threads() == threads  # restored after the run with threads=1
-    assert result["machine"]["torch_threads"] == 1
+    assert "baseline" in table and "command" in table and "one 256x256 image" in table
 
 
 def test_run_benchmark_rejects_bad_arguments(tiny_model: Path, two_images: Path) -> None:
     with pytest.raises(ValueError, match="unknown backend"):
-        run_benchmark(two_images, tiny_model, backends=["tensorrt"], sizes=[64], repeats=1)
+        run_benchmark([two_images], tiny_model, backends=["tensorrt"], repeats=1)
     with pytest.raises(ValueError, match="repeats"):
-        run_benchmark(two_images, tiny_model, sizes=[64], repeats=0)
-    with pytest.raises(ValueError, match="sizes"):
-        run_benchmark(two_images, tiny_model, sizes=[0], repeats=1)
+        run_benchmark([two_images], tiny_model, repeats=0)
+    with pytest.raises(ValueError, match="threads"):
+        run_benchmark([two_images], tiny_model, repeats=1, threads=0)
 
 
-def test_benchmark_cli(tiny_model: Path, two_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_benchmark_cli_square_sets(tiny_model: Path, two_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nucleiseg.cli.benchmark import add_parser
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     out = tmp_path / "bench.json"
     args = parser.parse_args([
-        "benchmark", "--images", str(two_images / "fluo_small.png"), "--model", str(tiny_model), "--backend", "onnx",
-        "--sizes", "32,64", "--repeats", "1", "-o", str(out),
+        "benchmark", "--images", str(two_images), "--model", str(tiny_model), "--backend", "onnx",
+        "--sizes", "64", "--repeats", "1", "--threads", "1", "--no-command", "-o", str(out),
     ])
     assert args.func(args) == 0
     data = json.loads(out.read_text())
-    assert [(r["size"], r["pipeline"]) for r in data["results"]] == [(32, "baseline"), (32, "onnx"), (64, "baseline"), (64, "onnx")]
+    assert [(r["set"], r["mode"], r["pipeline"]) for r in data["rows"]] == [
+        ("images", "segment", "baseline"), ("images", "segment", "onnx"), ("64x64", "segment", "baseline"), ("64x64", "segment", "onnx"),
+    ]
+    assert data["one_image"] is None and data["command"].startswith("nucleiseg benchmark --model")
     assert f"wrote {out}" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["benchmark", "--sizes", "a,b"])
-
-
-def test_run_benchmark_with_workers(tiny_model: Path, two_images: Path) -> None:
-    """The worker-pool rows segment the same labels as the serial rows of the same pipeline."""
-    result = run_benchmark(two_images, tiny_model, backends=["onnx"], sizes=[64], repeats=1, workers=2)
-    rows = {(r["pipeline"], r["workers"]): r for r in result["results"]}
-    assert set(rows) == {("baseline", 1), ("onnx", 1), ("onnx", 2)} and result["settings"]["workers"] == 2
-    pool = rows["onnx", 2]
-    assert pool["images_per_s"] > 0 and pool["peak_rss_mb"] > 0 and pool["ms_per_image"]["network"] > 0
-    assert pool["score"] == rows["onnx", 1]["score"]
-    assert "onnx x2" in format_table(result)
-    with pytest.raises(ValueError, match="workers"):
-        run_benchmark(two_images, tiny_model, sizes=[64], repeats=1, workers=0)

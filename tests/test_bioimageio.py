@@ -13,7 +13,7 @@ import yaml
 from nucleiseg.cli.main import main
 from nucleiseg.config import ModelBundleConfig, load_json
 from nucleiseg.export.bioimageio import model_card_tables, normalised_input
-from nucleiseg.inference.segmenter import resolve_model_dir
+from nucleiseg.bundle import ModelBundle
 
 pytest.importorskip("bioimageio.spec")
 
@@ -55,10 +55,10 @@ def test_package_contents(package: Path) -> None:
     assert next(p for p in pre if p["id"] == "clip")["kwargs"] == {"min": 0.0, "max": 1.0}
     assert "onnx" in rdf["weights"] and rdf["training_data"]["license"] == "CC0-1.0"
     assert any(c.get("doi") == "10.1038/s41592-019-0612-7" for c in rdf["cite"])
-    suite = json.loads((resolve_model_dir("default") / "accuracy.json").read_text())["summary"]
+    suite = json.loads((ModelBundle.open("default").folder / "accuracy.json").read_text())["summary"]
     for figure in (suite["unseen_kinds"], suite["validation"]):  # the model card's accuracy tables
         assert f"{figure:.4f}" in readme
-    model_onnx = resolve_model_dir("default") / "model.onnx"
+    model_onnx = ModelBundle.open("default").folder / "model.onnx"
     with zipfile.ZipFile(package) as zf:
         assert zf.read("model.onnx") == model_onnx.read_bytes()
 
@@ -77,7 +77,7 @@ def test_preprocessing_reproduces_nucleiseg_normalisation(package: Path) -> None
     from bioimageio.core.digest_spec import create_sample_for_model
 
     descr = load_model_description(package, perform_io_checks=False)
-    config = load_json(ModelBundleConfig, resolve_model_dir("default") / "config.json")
+    config = load_json(ModelBundleConfig, ModelBundle.open("default").folder / "config.json")
     rng = np.random.default_rng(3)
     raw = np.repeat(rng.gamma(2.0, 300.0, (1, 1, 64, 48)).astype(np.float32), 3, axis=1)
     raw[0, 1] *= 1.5  # channels differ: the percentiles are taken over all channels jointly

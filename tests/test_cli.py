@@ -129,21 +129,25 @@ def test_inspect_writes_report(dsb_subset, tmp_path, capsys):
 
 
 def test_workers_give_the_serial_results(small_inputs, tmp_path, capsys):
-    """Two worker processes (bundled model, spawn) write the same masks and records as one process."""
+    """Two worker processes (bundled model, spawn), one image per core on threads (the default) and
+    one image at a time write the same masks, records and CSVs (one network thread per image in each)."""
     (small_inputs / "broken.png").write_text("not an image")
     runs = {}
-    for workers in (1, 2):
-        out = tmp_path / f"out{workers}"
-        code = main(["segment", str(small_inputs), "-o", str(out), "--quiet", "--measure", "--rle", str(out / "s.csv"),
-                     "--workers", str(workers)])
-        assert code == 1  # the broken file fails in both modes, the others are written
-        runs[workers] = json.loads((out / "run.json").read_text())
-        assert runs[workers]["workers"] == workers
-    strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in runs[w]["images"]] for w in (1, 2)]
-    assert strip[0] == strip[1] and [r["id"] for r in strip[0]] == ["fluo_small", "tissue_he"]
-    assert runs[1]["failures"] == runs[2]["failures"] and runs[2]["failures"][0]["id"] == "broken"
-    for name in ("fluo_small", "tissue_he"):
-        assert np.array_equal(tifffile.imread(tmp_path / "out1" / f"{name}_masks.tif"), tifffile.imread(tmp_path / "out2" / f"{name}_masks.tif"))
-        assert (tmp_path / "out1" / f"{name}_measurements.csv").read_text() == (tmp_path / "out2" / f"{name}_measurements.csv").read_text()
-    assert (tmp_path / "out1" / "s.csv").read_text() == (tmp_path / "out2" / "s.csv").read_text()
+    modes = {"processes": ["--workers", "2"], "threads": [], "serial": ["--threads", "1"]}
+    for mode, flags in modes.items():
+        out = tmp_path / mode
+        code = main(["segment", str(small_inputs), "-o", str(out), "--quiet", "--measure", "--rle", str(out / "s.csv"), *flags])
+        assert code == 1  # the broken file fails in every mode, the others are written
+        runs[mode] = json.loads((out / "run.json").read_text())
+        assert runs[mode]["executor"]["kind"] == mode and runs[mode]["backend"] == "onnx-int8"
+    assert runs["processes"]["executor"]["workers"] == 2 and runs["serial"]["executor"]["workers"] == 1
+    strip = {m: [{k: v for k, v in r.items() if k not in ("seconds", "timings")} for r in runs[m]["images"]] for m in modes}
+    assert strip["serial"] == strip["threads"] == strip["processes"] and [r["id"] for r in strip["serial"]] == ["fluo_small", "tissue_he"]
+    assert runs["serial"]["failures"] == runs["threads"]["failures"] == runs["processes"]["failures"]
+    assert runs["serial"]["failures"][0]["id"] == "broken"
+    for mode in ("threads", "processes"):
+        for name in ("fluo_small", "tissue_he"):
+            assert np.array_equal(tifffile.imread(tmp_path / "serial" / f"{name}_masks.tif"), tifffile.imread(tmp_path / mode / f"{name}_masks.tif"))
+            assert (tmp_path / "serial" / f"{name}_measurements.csv").read_text() == (tmp_path / mode / f"{name}_measurements.csv").read_text()
+        assert (tmp_path / "serial" / "s.csv").read_text() == (tmp_path / mode / "s.csv").read_text()
     assert main(["segment", str(small_inputs), "-o", str(tmp_path / "o"), "--workers", "0"]) == 2

@@ -80,7 +80,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def _without_seconds(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "timings")} for r in records]
 
 
 def _assert_same_outputs(serial: Path, dist: Path, summary_a, summary_b) -> None:
@@ -114,7 +114,8 @@ def test_folder_equals_serial_classical(client, folder: Path, tmp_path: Path) ->
     _assert_same_outputs(tmp_path / "serial", tmp_path / "dist", serial, dist)
     assert (tmp_path / "serial.csv").read_text() == (tmp_path / "dist.csv").read_text()
     sidecar = json.loads((tmp_path / "dist" / "run.json").read_text())
-    assert sidecar["dask"]["workers"] == 2 and sidecar["summary"]["failed"] == 1
+    assert sidecar["executor"]["kind"] == "dask" and sidecar["executor"]["workers"] == 2
+    assert sidecar["summary"]["failed"] == 1
     assert [r["id"] for r in sidecar["images"]] == [i.id for i in items if i.id != "broken"]
 
 
@@ -165,7 +166,10 @@ def test_resume_skips_completed_images(client, folder: Path, tmp_path: Path) -> 
     stamps = {r["id"]: (out / f"{r['id']}_masks.tif").stat().st_mtime_ns for r in first.images}
     (out / "tissue_he_masks.png").unlink()  # one image loses an output: only it is redone
     again = segment_items_dask(items, out, "classical", options, client=client, resume=True, progress=False)
-    assert [r["id"] for r in again.images] == ["tissue_he"] and len(again.failures) == 1
+    assert again.skipped == ["fluo_small", "tissue_dense"] and len(again.failures) == 1
+    # run.json covers every image: the resumed ones keep their earlier records
+    assert _without_seconds(again.images) == _without_seconds(first.images)
+    assert again.images[:2] == first.images[:2]  # fluo_small, tissue_dense: the very same records
     assert (out / "tissue_he_masks.png").is_file()
     for name, stamp in stamps.items():
         assert ((out / f"{name}_masks.tif").stat().st_mtime_ns == stamp) == (name != "tissue_he")
@@ -280,7 +284,8 @@ def test_blockwise_batch_writes_zarr_and_resumes(client, tmp_path: Path) -> None
     sidecar = json.loads((out / "run.json").read_text())
     assert sidecar["images"][0]["blocks"]["block"] == 256 and sidecar["images"][0]["blocks"]["overlap"] >= 64
     again = segment_items_blockwise(items, out, "classical", client=client, block=256, resume=True, progress=False)
-    assert again.images == [] and json.loads((out / "run.json").read_text())["skipped"] == ["big"]
+    assert again.skipped == ["big"] and again.images == summary.images and again.failures[0]["id"] == "bad"
+    assert json.loads((out / "run.json").read_text())["skipped"] == ["big"]
 
 
 def test_bad_overlap_is_refused(client) -> None:

@@ -14,7 +14,8 @@ import torch
 from nucleiseg.config import InferConfig, ModelBundleConfig, ModelConfig, NormalizeConfig, save_json
 from nucleiseg.export.onnx import check_parity, export_onnx, format_parity, load_torch_model
 from nucleiseg.export.quantize import calibration_crops, convert_fp16
-from nucleiseg.export.runtime import META, load_onnx, onnx_predictor, read_metadata
+from nucleiseg.bundle import ModelBundle, ModelSpec
+from nucleiseg.export.runtime import META, onnx_predictor, read_metadata
 from nucleiseg.inference.predictors import torch_predictor
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.images import read_image
@@ -154,10 +155,10 @@ def test_onnx_backend_errors(tiny_run: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nucleiseg export"):
         Segmenter.from_pretrained(bare, backend="onnx")
     with pytest.raises(FileNotFoundError, match="not found"):
-        load_onnx(tmp_path / "nothing.onnx")
+        ModelBundle.open(tmp_path / "nothing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.onnx"):
-        load_onnx(tmp_path / "junk.onnx")
+        ModelBundle.open(tmp_path / "junk.onnx")
     with pytest.raises(ValueError, match="unknown backend"):
         Segmenter.from_pretrained(tiny_run, backend="tensorrt")
 
@@ -195,7 +196,7 @@ def test_precision_backends_load_their_files(tiny_run: Path, tmp_path: Path) -> 
     shutil.copytree(tiny_run, folder)
     export_onnx(folder, folder / "model.int8.onnx", int8=True, calib_images=2, calib_source=EXAMPLES)
     seg = Segmenter.from_pretrained(folder, backend="onnx-int8")
-    assert seg.name == "tiny-onnx-int8-static" and seg.source == (str(folder), "cpu", "onnx-int8")
+    assert seg.name == "tiny-onnx-int8-static" and seg.source == ModelSpec(str(folder.resolve()), "onnx-int8", "cpu", None)
     assert read_metadata(seg.predictor.path)[META["precision"]].startswith("int8")
     with pytest.raises(FileNotFoundError, match="--fp16"):
         Segmenter.from_pretrained(folder, backend="onnx-fp16")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from nucleiseg.config import InferConfig, ModelBundleConfig
-from nucleiseg.inference.segmenter import Segmenter, resolve_model_dir
+from nucleiseg.bundle import ModelBundle
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.metrics import match_labels
 
 
@@ -72,7 +73,7 @@ def test_classical_and_unknown_models():
     seg = Segmenter.from_pretrained("classical")
     assert seg.is_classical and seg.describe()["model"] == "classical"
     with pytest.raises(FileNotFoundError, match="bundled models"):
-        resolve_model_dir("no-such-model")
+        ModelBundle.open("no-such-model").folder
 
 
 def test_bad_image_shape(segmenter):

@@ -12,7 +12,8 @@ import pytest
 
 from nucleiseg.config import InferConfig, ModelBundleConfig
 from nucleiseg.inference.scale import rescale_image, resize_labels
-from nucleiseg.inference.segmenter import Segmenter, resolve_model_dir
+from nucleiseg.bundle import ModelBundle
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import (
     STAT_NAMES,
     WHOLE_PIXELS,
@@ -180,7 +181,7 @@ def test_bundled_model_estimates_real_images(default_model, dsb_root):
     from nucleiseg.io.dsb import load_sample
     from nucleiseg.transforms import normalize_image
 
-    val = json.loads((resolve_model_dir("default") / "split.json").read_text())["val"][:VAL_SAMPLE]
+    val = json.loads((ModelBundle.open("default").folder / "split.json").read_text())["val"][:VAL_SAMPLE]
     ratios = []
     for i in val:
         sample = load_sample(dsb_root / i, check=False)

@@ -70,6 +70,17 @@ class AppSettings:
         Requests allowed to wait for a worker; one more is refused with 503.
     device : str
         Torch device of network models.
+    data : tuple of str
+        Dataset folders offered on the Train and Performance screens (``--data``).
+    runs : str, optional
+        Folder of training runs (``--runs``), kept across restarts; None uses a temporary
+        folder removed when the server stops.
+    max_dataset_bytes : int
+        Largest dataset ZIP accepted by ``POST /api/datasets``.
+    max_dataset_files : int
+        Most files in a dataset ZIP.
+    max_dataset_unpacked_bytes : int
+        Most bytes a dataset ZIP may unpack to.
     """
 
     model: str = "default"
@@ -78,10 +89,16 @@ class AppSettings:
     max_concurrency: int = 2
     max_queue: int = 8
     device: str = "cpu"
+    data: tuple[str, ...] = ()
+    runs: str | None = None
+    max_dataset_bytes: int = 256 * 1024 * 1024
+    max_dataset_files: int = 5000
+    max_dataset_unpacked_bytes: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         """Reject nonsensical limits with one clear line."""
-        for name in ("max_upload_bytes", "max_pixels", "max_concurrency"):
+        for name in ("max_upload_bytes", "max_pixels", "max_concurrency", "max_dataset_bytes", "max_dataset_files",
+                     "max_dataset_unpacked_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"AppSettings.{name} must be a positive integer, got {value!r}")

@@ -26,12 +26,14 @@ from PIL import Image
 from skimage.measure import label as connected_components
 
 from nucleiseg.config import InferConfig, PostprocessConfig
-from nucleiseg.inference.batch import OutputOptions, versions
+from nucleiseg.inference.item import write_outputs
+from nucleiseg.inference.record import versions
 from nucleiseg.inference.segmenter import Result, Segmenter
 from nucleiseg.io.dsb import merge_masks
 from nucleiseg.inference.stack import segment_planes, stack_record, write_stack_outputs
-from nucleiseg.io.geojson import write_geojson
-from nucleiseg.io.images import ImageReadError, read_labels, to_uint8_rgb, write_labels
+from nucleiseg.io.images import ImageReadError, read_labels, to_uint8_rgb
+from nucleiseg.io.labels import InputItem
+from nucleiseg.io.layout import RUN_RECORD, OutputOptions
 from nucleiseg.io.stacks import Planes, read_planes
 from nucleiseg.io.outputs import difference_overlay, measure, overlay_outlines
 from nucleiseg.metrics import match_labels, pixel_metrics
@@ -257,7 +259,6 @@ def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: 
         return _stack_zip(segmenter, upload.name, planes, options, t0)
     image = planes.image
     result, described = _run(segmenter, image, options)
-    rgb = to_uint8_rgb(image)
     name = upload.name
     sidecar = {
         **described,
@@ -271,17 +272,13 @@ def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: 
     }
     buf = io.BytesIO()
     with tempfile.TemporaryDirectory(prefix="nucleiseg-app-") as tmp:
-        tif = Path(tmp) / f"{name}_masks.tif"
-        write_labels(tif, result.labels)
+        # the batch's writer: the same files, names and formats as `nucleiseg segment --overlay --measure --geojson`
+        item = InputItem(id=name, image_path=Path(name), gt_path=None)
+        files = write_outputs(item, image, result, Path(tmp), OutputOptions(overlay=True, measure=True, geojson=True))
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.write(tif, tif.name)
-            zf.writestr(f"{name}_overlay.png", png_bytes(overlay_outlines(rgb, result.labels)))
-            table = measure(result.labels, image)
-            zf.writestr(f"{name}_measurements.csv", table.to_csv(index=False))
-            geojson = Path(tmp) / f"{name}.geojson"
-            write_geojson(geojson, result.labels, table)
-            zf.write(geojson, geojson.name)
-            zf.writestr("run.json", json.dumps(sidecar, indent=2))
+            for file in files:
+                zf.write(Path(tmp) / file, file)
+            zf.writestr(RUN_RECORD, json.dumps(sidecar, indent=2))
     return buf.getvalue()
 
 
@@ -305,7 +302,7 @@ def _stack_zip(segmenter: Segmenter, name: str, planes: Planes, options: Options
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for file in files:
                 zf.write(Path(tmp) / file, file)
-            zf.writestr("run.json", json.dumps(sidecar, indent=2))
+            zf.writestr(RUN_RECORD, json.dumps(sidecar, indent=2))
     return buf.getvalue()
 
 

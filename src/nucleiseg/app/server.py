@@ -32,6 +32,11 @@ Endpoints
     The model in use and the bundled ones; liveness, load and limits.
 ``GET /api/openapi.json``
     The machine-readable API description (no interactive docs page: it would load a CDN).
+Datasets, training runs, dataset evaluations and their jobs
+    See :mod:`nucleiseg.app.routes` (``/api/datasets``, ``/api/train``, ``/api/runs``,
+    ``/api/evaluate-dataset``, ``/api/jobs/{id}``, ``/api/jobs/{id}/events``, ...). ``/api/segment``
+    and ``/api/evaluate`` take an optional ``model`` form field: any name of ``GET /api/models``,
+    finished runs included.
 
 Errors are JSON ``{"error": "<one line>"}``: 413 (too large), 415 (not an image), 422 (bad
 form or undecodable file), 503 (queue full), 500 (unexpected; details only in the server log).
@@ -41,6 +46,8 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,8 +64,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nucleiseg import __version__
 from nucleiseg.app.limits import MULTIPART_SLACK, AppSettings, BodySizeLimit, RequestGate, api_error, read_upload, safe_name
+from nucleiseg.app.datasets import DatasetRegistry
+from nucleiseg.app.jobs import JobManager
 from nucleiseg.app.render import Options, Upload, evaluate_job, segment_job, zip_job
-from nucleiseg.inference.segmenter import CLASSICAL, Segmenter, bundled_models
+from nucleiseg.app.routes import AppState, build_router
+from nucleiseg.app.runs import ModelRegistry, list_runs
+from nucleiseg.app.uploads import ZipLimits
+from nucleiseg.bundle import CLASSICAL, list_bundled
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.stacks import parse_channel
 
 __all__ = ["AppSettings", "ModelHolder", "available_models", "create_app", "load_segmenter"]
@@ -78,12 +91,13 @@ MinSizeField = Annotated[int | None, Form(ge=0, le=10_000_000, description="remo
 DiameterField = Annotated[float | None, Form(gt=0.0, le=10_000.0, allow_inf_nan=False, description="nucleus diameter in pixels")]
 TtaField = Annotated[bool, Form(description="average the 8 flips/rotations")]
 ChannelField = Annotated[str | None, Form(max_length=64, description="nuclear channel: 0-based index or a channel name from the OME/ImageJ metadata")]
+ModelField = Annotated[str | None, Form(max_length=80, description="model name from GET /api/models (default: the server's)")]
 AxesField = Annotated[str | None, Form(pattern=r"^[TZCSYXtzcsyx]{2,6}$", description="axis order of files without metadata, e.g. ZYX, CYX, TCYX")]
 
 
 def available_models() -> list[str]:
     """Names of the bundled models plus ``"classical"``."""
-    return bundled_models() + [CLASSICAL]
+    return list_bundled() + [CLASSICAL]
 
 
 def load_segmenter(model: str | Path = "default", device: str = "cpu") -> Segmenter:
@@ -187,27 +201,36 @@ def create_app(
         settings = replace(settings, model=str(model))
     holder = ModelHolder(settings.model, settings.device, segmenter)
     gate = RequestGate(settings.max_concurrency, settings.max_queue)
+    state = _app_state(settings, holder)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(holder.get)
-        yield
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(state.jobs.shutdown)
+            shutil.rmtree(state.work_root, ignore_errors=True)
+            if settings.runs is None:
+                shutil.rmtree(state.runs_root, ignore_errors=True)
 
     app = FastAPI(
         title="nucleiseg", version=__version__, lifespan=lifespan,
         docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",  # FastAPI's docs pages load a CDN
     )
-    app.state.settings, app.state.gate, app.state.models = settings, gate, holder
+    app.state.settings, app.state.gate, app.state.models, app.state.app = settings, gate, holder, state
     one_file = settings.max_upload_bytes + MULTIPART_SLACK
-    app.add_middleware(BodySizeLimit, limits={"/api/evaluate": 2 * settings.max_upload_bytes + MULTIPART_SLACK}, default=one_file, per_file=settings.max_upload_bytes)
+    limits = {"/api/evaluate": 2 * settings.max_upload_bytes + MULTIPART_SLACK, "/api/datasets": settings.max_dataset_bytes + MULTIPART_SLACK}
+    app.add_middleware(BodySizeLimit, limits=limits, default=one_file, per_file=settings.max_upload_bytes)
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(build_router(state))
 
-    async def process(job: Any, *args: Any) -> Any:
+    async def process(job: Any, *args: Any, model: str | None = None) -> Any:
         """Admit the request (503 when full) and run ``job(segmenter, *args)`` in a worker."""
         gate.admit()
         try:
-            return await gate.run(lambda: job(holder.get(), *args, settings.max_pixels))
+            return await gate.run(lambda: job(state.models.get(model), *args, settings.max_pixels))
         finally:
             gate.release()
 
@@ -239,7 +262,8 @@ def create_app(
         return {
             "requested": settings.model,
             "loaded": {"name": seg.name, "model_hash": seg.model_hash, "arch": None if seg.is_classical else seg.config.model.arch},
-            "available": available_models(),
+            "available": await anyio.to_thread.run_sync(state.models.names),
+            "runs": await anyio.to_thread.run_sync(list_runs, state.runs_root),
         }
 
     @app.post("/api/segment", response_model=None)
@@ -251,6 +275,7 @@ def create_app(
         diameter: DiameterField = None,
         channel: ChannelField = None,
         axes: AxesField = None,
+        model: ModelField = None,
         format: Annotated[Literal["json", "zip"], Query(description="json (default) or zip")] = "json",
     ) -> dict[str, Any] | Response:
         """Segment one image; JSON with base64 PNGs, or a ZIP with ``?format=zip`` (also for stacks)."""
@@ -258,10 +283,10 @@ def create_app(
         upload = Upload(_upload_name(file), data, kind)
         options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes)
         if format == "zip":
-            content = await process(zip_job, upload, options)
+            content = await process(zip_job, upload, options, model=model)
             disposition = f'attachment; filename="{upload.name}_nucleiseg.zip"'
             return Response(content, media_type="application/zip", headers={"Content-Disposition": disposition})
-        return await process(segment_job, upload, options)
+        return await process(segment_job, upload, options, model=model)
 
     @app.post("/api/evaluate")
     async def evaluate(
@@ -274,6 +299,7 @@ def create_app(
         diameter: DiameterField = None,
         channel: ChannelField = None,
         axes: AxesField = None,
+        model: ModelField = None,
     ) -> dict[str, Any]:
         """Segment one image and score it against its ground truth."""
         if (gt is None) == (gt_zip is None):
@@ -285,9 +311,20 @@ def create_app(
         truth_data, truth_kind = await read_upload(truth_file, settings.max_upload_bytes, field, allowed)
         truth = Upload(_upload_name(truth_file, field), truth_data, truth_kind)
         options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes)
-        return await process(evaluate_job, upload, truth, options)
+        return await process(evaluate_job, upload, truth, options, model=model)
 
     return app
+
+
+def _app_state(settings: AppSettings, holder: ModelHolder) -> AppState:
+    """Datasets, jobs, models and folders of the Train and Performance screens."""
+    runs_root = Path(settings.runs) if settings.runs else Path(tempfile.mkdtemp(prefix="nucleiseg-runs-"))
+    runs_root.mkdir(parents=True, exist_ok=True)
+    zip_limits = ZipLimits(settings.max_dataset_files, settings.max_dataset_unpacked_bytes)
+    datasets = DatasetRegistry([Path(d) for d in settings.data], runs_root / ".datasets", zip_limits, settings.max_pixels)
+    models = ModelRegistry(holder.get, settings.model, available_models, load_segmenter, runs_root, settings.device)
+    label = str(settings.runs) if settings.runs else "<temporary>"
+    return AppState(settings, datasets, JobManager(), models, runs_root, label, Path(tempfile.mkdtemp(prefix="nucleiseg-eval-")))
 
 
 def _upload_name(upload: UploadFile | None, default: str = "image") -> str:

@@ -1,270 +1,240 @@
-"""Whole-pipeline CPU benchmark: images/s and milliseconds per stage, against a naive baseline.
+"""Speed benchmark of what users run, on real images, against the naive baseline of the same run.
 
-Every configuration runs the full path of ``nucleiseg segment`` on real images cropped (or
-mirror-tiled) to square sizes, stage by stage:
+Two measurements per image set and pipeline:
 
-``read`` (decode the file) -> ``normalize`` -> ``network`` (tiled prediction) or ``tta``
-(tiled prediction averaged over the 8 flips/rotations) -> ``estimate`` (the nucleus size
-probe, for models with a size estimator; its cost on top of the native pass, which it reuses
-when it views the whole image) -> ``watershed`` (probabilities to
-labels) -> ``measurements`` (per-nucleus table) -> ``write`` (label TIFF + CSV, atomic).
+``segment`` (in process)
+    The per-image step of ``nucleiseg segment`` (:func:`nucleiseg.benchmark.runners.make_runner`:
+    read, normalise, size estimate, predict, post-process, write the label TIFF and the
+    measurements), timed stage by stage after one warm-up image, passes interleaved between
+    pipelines so a burst of load from elsewhere hits them alike; medians over ``repeats``.
+``command`` (whole command)
+    ``nucleiseg segment IMAGES -o OUT --measure`` run as a fresh process
+    (:mod:`nucleiseg.benchmark.command`): process start, imports, model load, every image,
+    ``run.json``. This is the figure users feel. The baseline runs as its own command too.
 
-The **baseline** is the seed work's pipeline measured in the same run on the same images and
-weights: PyTorch eager fp32, one whole image at a time (no tiling), post-processing by a 0.5
-threshold of the foreground probability and connected components (``skimage.measure.label``).
-Speedups are ratios of images/s against it. Pipelines: ``torch`` (the Segmenter's PyTorch
-predictor), ``onnx`` (ONNX Runtime fp32), ``onnx-int8`` (static int8), ``onnx-fp16``.
-Images are segmented at native scale (``rescale`` off), so every configuration does one pass.
+The **baseline** (:mod:`nucleiseg.benchmark.baseline`) is the seed work's pipeline on the same
+weights: PyTorch eager fp32, the whole image at once, threshold + connected components, plain
+``regionprops``. Speedups are images/s ratios against it, measured in the same run on the same
+images. Default image sets: the model's DSB validation split as it is (mixed sizes, 256² to
+1272x603) and the repository's ``examples/``; ``sizes`` adds square crops as extra rows. Scores
+are the competition score of each pipeline's labels against the ground truth.
 """
 
 from __future__ import annotations
 
-import contextlib
-import cProfile
 import datetime as _dt
-import io
 import platform
-import pstats
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nucleiseg.benchmark.images import default_images, prepare_images
+from nucleiseg.benchmark.command import baseline_command, run_command, score_folder, segment_command
+from nucleiseg.benchmark.images import prepare_images, single_image, validation_set
 from nucleiseg.benchmark.memory import PeakRSS, trim_heap
-from nucleiseg.benchmark.runners import PIPELINES, STAGES, Runner, make_runner, snapshot
-from nucleiseg.inference.pool import available_cpus
+from nucleiseg.benchmark.runners import PIPELINES, STAGES, Runner, make_runner
 
-__all__ = ["BACKENDS", "format_table", "run_benchmark"]
+__all__ = ["format_table", "run_benchmark"]
 
-BACKENDS = {"torch": ["torch"], "onnx": ["onnx"], "all": ["torch", "onnx", "onnx-int8"]}
-
-
-def _measure(
-    runners: dict[tuple[str, bool], Runner],
-    images: list[dict[str, Any]],
-    repeats: int,
-) -> dict[tuple[str, bool], dict[str, Any]]:
-    """Time every configuration on ``images``, interleaved repeat by repeat.
-
-    Configurations take turns within each repeat, so a burst of load from other processes
-    on a shared machine hits them alike; medians over repeats are reported. Memory is the
-    process's peak resident size during a configuration's passes (warm-up included, as
-    ONNX Runtime's arena keeps what it grew then), and its growth over the size at the start
-    of a pass after freed heap pages went back to the system: the pipeline's working memory.
-    """
-    memory: dict[tuple[str, bool], tuple[int, int]] = {}
-    for key, run in runners.items():
-        trim_heap()
-        with PeakRSS() as mem:  # warm-up: lazy allocations, ORT arenas, oneDNN kernel selection
-            run(images[0]["path"])
-        memory[key] = (mem.peak_bytes, mem.peak_bytes - mem.start_bytes)
-    passes: dict[tuple[str, bool], list[dict[str, float]]] = {k: [] for k in runners}
-    labels: dict[tuple[str, bool], list[np.ndarray]] = {}
-    for _ in range(repeats):
-        for key, run in runners.items():
-            sums = dict.fromkeys(STAGES, 0.0)
-            labels[key] = []
-            trim_heap()
-            with PeakRSS() as mem:
-                for im in images:
-                    times, lab = run(im["path"])
-                    labels[key].append(lab)
-                    for stage, sec in times.items():
-                        sums[stage] += sec
-            passes[key].append(sums)
-            memory[key] = (max(memory[key][0], mem.peak_bytes), max(memory[key][1], mem.peak_bytes - mem.start_bytes))
-    n = len(images)
-    out = {}
-    for key, reps in passes.items():
-        total = statistics.median(sum(r.values()) for r in reps)
-        ms = {st: round(1000 * statistics.median(r[st] for r in reps) / n, 2) for st in STAGES}
-        out[key] = {
-            "ips": n / total, "ms": ms | {"total": round(1000 * total / n, 2)}, "labels": labels[key],
-            "peak_rss_mb": round(memory[key][0] / 2**20, 1), "rss_growth_mb": round(memory[key][1] / 2**20, 1),
-        }
-    return out
+REPO = Path(__file__).resolve().parents[3]
 
 
-def _score(images: list[dict[str, Any]], labels: list[np.ndarray]) -> float | None:
-    """Mean competition score over the images that have ground truth."""
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _image_sets(images: Sequence[str | Path] | None, folder: Path, work: Path, sizes: Sequence[int],
+                max_images: int | None, data: str | Path | None) -> dict[str, Path]:
+    """``{set name: folder}``: the given images, or the validation split and ``examples/``; plus square crops."""
+    sets: dict[str, Path] = {}
+    if images:
+        for k, src in enumerate(images):
+            sets[Path(src).name or f"images{k}"] = Path(src)
+    else:
+        val = validation_set(folder, work, data, max_images)
+        if val is not None:
+            sets["dsb_val"] = val
+        if (REPO / "examples").is_dir():
+            sets["examples"] = REPO / "examples"
+    if not sets:
+        raise FileNotFoundError("no images to benchmark: give --images")
+    first = next(iter(sets.values()))
+    for size in sizes:
+        prepare_images(first, [size], work / f"square_{size}", max_images)
+        sets[f"{size}x{size}"] = work / f"square_{size}"
+    return sets
+
+
+def _in_process(runners: dict[str, Runner], items: list[Any], out: Path, repeats: int) -> dict[str, dict[str, Any]]:
+    """Per pipeline: images/s, ms per image by stage, peak memory and the labels (see the module notes)."""
+    from nucleiseg.io.labels import load_item_gt
     from nucleiseg.metrics import match_labels
 
-    scores = [match_labels(im["gt"], lab).competition_score for im, lab in zip(images, labels, strict=True) if im["gt"] is not None]
-    return float(np.mean(scores)) if scores else None
+    passes: dict[str, list[dict[str, float]]] = {k: [] for k in runners}
+    labels: dict[str, list[np.ndarray]] = {}
+    peak: dict[str, int] = dict.fromkeys(runners, 0)
+    for name, run in runners.items():
+        run(items[0], out)  # warm-up: lazy allocations, ONNX Runtime arenas, kernel selection
+    for _ in range(repeats):
+        for name, run in runners.items():
+            sums = dict.fromkeys(STAGES, 0.0)
+            labels[name] = []
+            trim_heap()
+            with PeakRSS() as mem:
+                for item in items:
+                    times, lab = run(item, out)
+                    labels[name].append(lab)
+                    for stage in STAGES:
+                        sums[stage] += times.get(stage, 0.0)
+            peak[name] = max(peak[name], mem.peak_bytes)
+            passes[name].append(sums)
+    truth = [load_item_gt(item) if item.gt_path is not None else None for item in items]
+    results = {}
+    for name, reps in passes.items():
+        total = statistics.median(sum(r.values()) for r in reps)
+        scores = [match_labels(t, lab).competition_score for t, lab in zip(truth, labels[name], strict=True) if t is not None]
+        results[name] = {
+            "images_per_s": round(len(items) / total, 3),
+            "ms_per_image": {st: round(1000 * statistics.median(r[st] for r in reps) / len(items), 1) for st in STAGES}
+            | {"total": round(1000 * total / len(items), 1)},
+            "peak_rss_mb": round(peak[name] / 2**20, 1),
+            "score": round(float(np.mean(scores)), 4) if scores else None,
+            "labels": labels[name],
+        }
+    return results
 
 
-def _profile(fn: Callable[[], object], top: int = 15) -> list[str]:
-    """cProfile ``fn``; the ``top`` functions by own time (header line first)."""
-    prof = cProfile.Profile()
-    prof.runcall(fn)
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime").print_stats(top)
-    return [line.rstrip() for line in buf.getvalue().splitlines() if line.strip()][-top - 1 :]
+def _commands(folder: Path, names: Sequence[str], model: str | Path, work: Path, repeats: int, threads: int | None,
+              n_images: int) -> dict[str, dict[str, Any]]:
+    """Per pipeline: the whole command's wall time, images/s and the score of what it wrote."""
+    results = {}
+    for name in names:
+        out = work / "command_out" / name
+        cmd = baseline_command([folder], out, model) if name == "baseline" else segment_command([folder], out, model, name)
+        run = run_command(cmd, out, repeats, threads)
+        results[name] = run | {"images_per_s": round(n_images / run["seconds"], 3), "score": score_folder(folder, out)}
+    return results
 
 
 def run_benchmark(
-    images: str | Path | Sequence[str | Path] | None = None,
+    images: Sequence[str | Path] | None = None,
     model: str | Path = "default",
-    backends: Sequence[str] | str = ("torch", "onnx"),
-    sizes: Sequence[int] = (256, 1024),
-    tta: bool = False,
+    backends: Sequence[str] = ("auto", "torch"),
     repeats: int = 3,
-    max_images: int | None = 5,
     threads: int | None = None,
-    profile: int = 0,
-    calib_source: str | Path | None = None,
-    tile: int | None = None,
-    workers: int = 1,
+    sizes: Sequence[int] = (),
+    max_images: int | None = None,
+    command: bool = True,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Benchmark the whole pipeline per backend and image size against the naive baseline.
+    """Benchmark ``nucleiseg segment`` per backend against the naive baseline, in process and as a command.
 
     Parameters
     ----------
-    images : path or list of paths, optional
-        Image files/folders (ground truth found as by ``nucleiseg segment``); default: the
-        repository's ``examples/`` or the DSB folder.
+    images : sequence of paths, optional
+        Folders (or files) of images, each one set; ground truth found as ``nucleiseg segment``
+        finds it. Default: the model's DSB validation split and ``examples/``.
     model : str or Path
-        Run folder or bundled model name (weights are shared by every pipeline).
-    backends : sequence of str or "all"
-        Pipelines besides the baseline: ``torch``, ``onnx``, ``onnx-int8``, ``onnx-fp16``.
-    sizes : sequence of int
-        Square image sides (real images centre-cropped or mirror-tiled to size).
-    tta : bool
-        Also run every backend with 8-fold test-time augmentation.
+        Bundled model name or run folder (the baseline uses its weights).
+    backends : sequence of str
+        Pipelines besides the baseline (:data:`~nucleiseg.benchmark.runners.PIPELINES`; ``auto``
+        is the default command).
     repeats : int
-        Timed passes over the images after one untimed warm-up image; medians are reported.
-    max_images : int, optional
-        Use at most this many source images.
+        Timed passes (in process) and runs (command); medians are reported.
     threads : int, optional
-        Intra-op threads for PyTorch and ONNX Runtime (library defaults when None).
-    profile : int
-        cProfile this many images of the first size for every configuration (0: off).
-    calib_source : path, optional
-        Calibration images for the int8 export (default: the model's training data).
-    tile : int, optional
-        Tile side for the tiled pipelines (default: the model's ``infer.tile``).
-    workers : int
-        Above 1, every pipeline besides the baseline is also run by this many worker
-        processes sharing the cores (:func:`nucleiseg.benchmark_pool.measure_pool`), as
-        ``nucleiseg segment --workers`` does; those rows carry ``workers``.
+        Intra-op threads of the network runtimes (library defaults when None).
+    sizes : sequence of int
+        Extra sets: the first set's images cropped or mirror-tiled to these square sides.
+    max_images : int, optional
+        At most this many images per set.
+    command : bool
+        Also time the whole commands and one 256 x 256 image end to end.
+    data : path, optional
+        The DSB folder of the validation split (default: the model's training data).
 
     Returns
     -------
     dict
-        ``settings``, ``machine``, ``model``, ``images`` and ``results``: one entry per
-        (size, pipeline, tta) with ``images_per_s``, ``ms_per_image`` per stage and total,
-        ``peak_rss_mb``, ``score`` (None without ground truth) and ``speedup`` over the baseline.
+        ``date``, ``model``, ``machine``, ``settings``, ``sets`` and ``rows``: one per (set, mode,
+        pipeline) with ``images_per_s``, ``score``, ``speedup`` over the baseline of the same set
+        and mode, and per-stage ``ms_per_image`` (in process) or ``seconds`` (command); and
+        ``one_image`` (seconds of ``nucleiseg segment`` on one 256 x 256 image, process included).
     """
-    import onnxruntime
-    import torch
-
-    from nucleiseg.export.onnx import load_torch_model
-    from nucleiseg.inference.segmenter import resolve_model_dir
+    from nucleiseg.bundle import ModelBundle
+    from nucleiseg.inference.executors import available_cpus
+    from nucleiseg.io.labels import discover_inputs
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    names = BACKENDS[backends] if isinstance(backends, str) and backends in BACKENDS else list([backends] if isinstance(backends, str) else backends)
-    for name in names:
+    for name in backends:
         if name not in PIPELINES[1:]:
-            raise ValueError(f"unknown backend {name!r}; choose from {', '.join(PIPELINES[1:])} or all")
+            raise ValueError(f"unknown backend {name!r}; choose from {', '.join(PIPELINES[1:])}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if tile is not None and tile < 1:
-        raise ValueError(f"tile must be >= 1, got {tile}")
-    if not sizes or any(int(s) < 1 for s in sizes):
-        raise ValueError(f"sizes must be positive integers, got {list(sizes)}")
-    sizes = [int(s) for s in sizes]
-    source_folder = resolve_model_dir(model)
-    source = images if images is not None else default_images(source_folder)
-    sources = [source] if isinstance(source, (str, Path)) else list(source)
-    with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as tmp:
+    bundle = ModelBundle.open(model)
+    if bundle.folder is None:
+        raise ValueError(f"{model}: the benchmark needs a model folder (the baseline runs its weights)")
+    names = ["baseline", *backends]
+    result: dict[str, Any] = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "model": {"name": bundle.name, "path": str(bundle.folder), "arch": bundle.config.model.arch,
+                  "params": bundle.config.model.params, "weights_hash": bundle.weights_hash},
+        "machine": {"platform": platform.platform(), "cpus": available_cpus(), "python": platform.python_version(),
+                    **{lib: _version(lib) for lib in ("torch", "onnxruntime", "numpy", "scikit-image")}},
+        "settings": {"repeats": repeats, "threads": threads or "default", "backends": list(backends), "sizes": list(sizes)},
+        "sets": {}, "rows": [], "one_image": None,
+    }
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as tmp:
         work = Path(tmp)
-        # Every pipeline loads this snapshot: a training run rewriting the weights meanwhile
-        # cannot make the pipelines compare different models.
-        folder = snapshot(source_folder, work / "model")
-        _, bundle, _, weights_hash = load_torch_model(folder)
-        infer = bundle.infer if tile is None else replace(bundle.infer, tile=tile)
-        prepared = prepare_images(sources, sizes, work / "in", max_images)
-        (work / "out").mkdir()
-        result: dict[str, Any] = {
-            "date": _dt.datetime.now().isoformat(timespec="seconds"),
-            "model": {"path": str(source_folder), "name": bundle.name, "arch": bundle.model.arch,
-                      "params": bundle.model.params, "weights_hash": weights_hash},
-            "machine": {
-                "platform": platform.platform(), "cpus": available_cpus(), "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
-                "ort_threads": threads or "default",
-            },
-            "settings": {"repeats": repeats, "sizes": sizes, "tta": tta, "backends": names, "workers": workers,
-                         "infer": {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "rescale": False}},
-            "images": {"source": [str(s) for s in sources], "ids": [im["id"] for im in prepared[sizes[0]]],
-                       "ground_truth": sum(im["gt"] is not None for im in prepared[sizes[0]])},
-            "results": [],
-            "profile": {},
-        }
-        configs = [("baseline", False)] + [(n, False) for n in names] + ([(n, True) for n in names] if tta else [])
-        runners = {
-            (name, use_tta): make_runner(name, folder, use_tta, infer, work, threads, calib_source, weights_hash)
-            for name, use_tta in configs
-        }
-        for size in sizes:
-            ims = prepared[size]
-            stats = {(name, use_tta, 1): st for (name, use_tta), st in _measure(runners, ims, repeats).items()}
-            if workers > 1:
-                from nucleiseg.benchmark.pool import measure_pool
-
-                for name, use_tta in configs[1:]:
-                    stats[name, use_tta, workers] = measure_pool(
-                        name, folder, use_tta, infer, work, weights_hash, ims, repeats, workers, available_cpus()
-                    )
-            base = stats["baseline", False, 1]["ips"]
-            for (name, use_tta, n_workers), st in stats.items():
-                result["results"].append({
-                    "size": size, "pipeline": name, "tta": use_tta, "workers": n_workers, "images": len(ims),
-                    "images_per_s": round(st["ips"], 3), "ms_per_image": st["ms"],
-                    "peak_rss_mb": st["peak_rss_mb"], "rss_growth_mb": st["rss_growth_mb"],
-                    "score": _score(ims, st["labels"]), "speedup": round(st["ips"] / base, 3),
-                })
-                if profile and size == sizes[0] and n_workers == 1:
-                    run = runners[name, use_tta]
-                    key = f"{name}{'+tta' if use_tta else ''}@{size}"
-                    result["profile"][key] = _profile(lambda run=run: [run(im["path"]) for im in ims[:profile]])
-        return result
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Set PyTorch's intra-op threads for the block (unchanged when None), then restore them."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
+        sets = _image_sets(images, bundle.folder, work, sizes, max_images, data)
+        runners = {name: make_runner(name, bundle.folder if name == "baseline" else model, threads) for name in names}
+        for set_name, folder in sets.items():
+            items = discover_inputs([folder])
+            if not items:
+                raise FileNotFoundError(f"{folder}: no images")
+            out = work / "out" / set_name
+            out.mkdir(parents=True)
+            result["sets"][set_name] = {"folder": str(folder), "images": len(items), "ground_truth": sum(i.gt_path is not None for i in items)}
+            stats = _in_process(runners, items, out, repeats)
+            for name in names:
+                st = stats[name]
+                result["rows"].append({"set": set_name, "mode": "segment", "pipeline": name, "images": len(items),
+                                       **{k: v for k, v in st.items() if k != "labels"},
+                                       "speedup": round(st["images_per_s"] / stats["baseline"]["images_per_s"], 3)})
+            if command and not set_name[0].isdigit():
+                cmds = _commands(folder, names, model, work, repeats, threads, len(items))
+                for name in names:
+                    result["rows"].append({"set": set_name, "mode": "command", "pipeline": name, "images": len(items), **cmds[name],
+                                           "speedup": round(cmds[name]["images_per_s"] / cmds["baseline"]["images_per_s"], 3)})
+        if command:
+            one = single_image(next(iter(sets.values())), work)
+            out = work / "one_out"
+            result["one_image"] = {"size": [256, 256], "pipeline": backends[0],
+                                   **run_command(segment_command([one], out, model, backends[0]), out, repeats, threads)}
+    return result
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The benchmark results as a fixed-width text table."""
-    head = ["size", "pipeline", "img/s", "x base", "score", "MB"] + [s[:7] for s in STAGES] + ["total"]
+    """The benchmark rows as a fixed-width text table."""
+    head = ["set", "mode", "pipeline", "img/s", "x base", "score", *[s[:8] for s in STAGES], "total ms"]
     rows = [head]
-    for r in result["results"]:
-        ms = r["ms_per_image"]
-        rows.append([
-            str(r["size"]), r["pipeline"] + ("+tta" if r["tta"] else "") + (f" x{r['workers']}" if r.get("workers", 1) > 1 else ""), f"{r['images_per_s']:.2f}",
-            "-" if r["speedup"] is None else f"{r['speedup']:.2f}", "-" if r["score"] is None else f"{r['score']:.3f}",
-            "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}", *[f"{ms[s]:.0f}" for s in STAGES], f"{ms['total']:.0f}",
-        ])
+    for r in result["rows"]:
+        ms = r.get("ms_per_image")
+        stage = [f"{ms[s]:.0f}" for s in STAGES] if ms else ["-"] * len(STAGES)
+        total = f"{ms['total']:.0f}" if ms else f"{1000 * r['seconds'] / r['images']:.0f}"
+        rows.append([r["set"], r["mode"], r["pipeline"], f"{r['images_per_s']:.2f}", f"{r['speedup']:.2f}",
+                     "-" if r["score"] is None else f"{r['score']:.4f}", *stage, total])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], "(ms per image by stage; speedup = images/s over the baseline of the same size)"])
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    notes = ["(segment: the per-image step in process, ms per image by stage; command: whole `nucleiseg segment` "
+             "process as users run it; x base: images/s over the naive baseline of the same set and mode)"]
+    if result.get("one_image"):
+        notes.append(f"one 256x256 image, whole command: {result['one_image']['seconds']:.2f} s")
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], *notes])

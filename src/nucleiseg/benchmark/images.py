@@ -71,3 +71,35 @@ def default_images(folder: Path) -> Path:
     return examples if examples.is_dir() else default_image_source(folder)
 
 
+
+
+def validation_set(model_folder: Path, work: Path, data: str | Path | None = None, max_images: int | None = None) -> Path | None:
+    """A DSB-layout folder of the model's validation images (``split.json`` "val"), as they are.
+
+    The samples are linked (not copied) from the training data folder into ``work/dsb_val``, so
+    ``nucleiseg segment`` and ``nucleiseg evaluate`` read them like any DSB folder. None when the
+    model has no split or its data folder is not here.
+    """
+    import json
+
+    from nucleiseg.export.onnx import default_image_source
+
+    split = model_folder / "split.json"
+    source = Path(data) if data is not None else default_image_source(model_folder)
+    if not split.is_file() or not source.is_dir():
+        return None
+    ids = [i for i in json.loads(split.read_text(encoding="utf-8"))["val"] if (source / i).is_dir()][: max_images or None]
+    if not ids:
+        return None
+    folder = work / "dsb_val"
+    folder.mkdir(parents=True)
+    for sample in ids:
+        (folder / sample).symlink_to((source / sample).resolve(), target_is_directory=True)
+    return folder
+
+
+def single_image(source: Path, work: Path, size: int = 256) -> Path:
+    """One ``size`` x ``size`` real image (the first image of ``source``, cropped or mirror-tiled)."""
+    folder = work / f"one_{size}"
+    item = prepare_images(source, [size], folder, max_images=1)[size][0]
+    return Path(item["path"])

@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     """Run ``nucleiseg export``."""
     from nucleiseg.export.onnx import check_parity, default_out_path, export_onnx, format_parity
-    from nucleiseg.inference.segmenter import resolve_model_dir
+    from nucleiseg.bundle import ModelBundle
     from nucleiseg.io.atomic import atomic_write_text
 
     if args.format == "bioimageio":
@@ -62,7 +62,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if args.calib_images < 1:
         raise ValueError(f"--calib-images must be >= 1, got {args.calib_images}")
-    folder = resolve_model_dir(args.model)
+    folder = ModelBundle.open(args.model).folder
+    if folder is None:
+        raise ValueError(f"{args.model}: export needs a model folder (config.json and weights.safetensors)")
     out = Path(args.out) if args.out else default_out_path(folder, args.fp16, args.int8)
     path = export_onnx(
         folder, out, fp16=args.fp16, int8=args.int8, calib_images=args.calib_images, opset=args.opset,

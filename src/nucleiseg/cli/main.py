@@ -48,10 +48,16 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="axis order of files without axis metadata, e.g. ZYX, TYX, CYX, TCYX (T and Z planes are "
                    "segmented one by one into a label stack)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp16", "onnx-int8"],
-                   help="inference engine: PyTorch, or ONNX Runtime with the model folder's model.onnx / model.fp16.onnx / "
-                   "model.int8.onnx (from `nucleiseg export`; the bundled default model ships model.onnx and model.int8.onnx)")
-    p.add_argument("--threads", type=int, help="CPU threads for the network, per worker with --workers (default: all cores, shared out)")
+    from nucleiseg.inference.predictors import BACKENDS
+
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                   help="inference engine: auto (default: the model's fastest form on a CPU, int8 ONNX for the bundled "
+                   "default, scoring within 0.005 of PyTorch; PyTorch on other devices), torch, or ONNX Runtime with the "
+                   "model folder's model.onnx / model.fp16.onnx / model.int8.onnx (from `nucleiseg export`)")
+    p.add_argument("--threads", type=int, help="CPU threads for the network (ONNX Runtime intra-op threads, or PyTorch's), per worker with "
+                   "--workers or --dask. Default: several images on a CPU are segmented one per core at a time in this "
+                   "process, each on one thread; one image, or --workers/--dask, uses all cores, shared out between the "
+                   "workers. Given, images are segmented one after the other with this many threads each")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes, each with its own model copy and an equal share of the cores "
                    "(fastest for many images on a CPU: one per core); default 1")
@@ -68,25 +74,42 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    """Run ``nucleiseg segment``."""
+    """Run ``nucleiseg segment``: build the model spec, settings and outputs, pick the executor, run the batch."""
     from dataclasses import replace
 
-    from nucleiseg.inference.batch import OutputOptions, segment_items
-    from nucleiseg.inference.segmenter import Segmenter
+    from nucleiseg.bundle import ModelSpec
+    from nucleiseg.inference.batch import segment_items
+    from nucleiseg.inference.executors import available_cpus
+    from nucleiseg.inference.item import load_segmenter
     from nucleiseg.io.labels import discover_inputs
+    from nucleiseg.io.layout import OutputOptions
+    from nucleiseg.io.stacks import parse_channel
 
     if args.workers < 1:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    extras = args.png or args.overlay or args.measure or args.rois or args.rle or args.geojson
+    if args.block is not None and extras:
+        print("error: --block writes only OUT/<id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson", file=sys.stderr)
+        return 2
+    if args.block is not None and (args.channel is not None or args.axes):
+        print("error: --block reads 2-D gray or RGB images; drop --channel/--axes", file=sys.stderr)
+        return 2
+    if args.block is not None and args.workers > 1:
+        print("error: --block runs on Dask (--dask) or its local scheduler; drop --workers", file=sys.stderr)
         return 2
     items = discover_inputs([Path(p) for p in args.inputs])
     if not items:
         print(f"error: no images found in {' '.join(args.inputs)}", file=sys.stderr)
         return 2
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device, backend=args.backend)
+    executor = "dask" if args.dask else "processes" if args.workers > 1 else "serial"
+    workers = args.workers
+    threads = args.threads
+    if executor == "serial" and args.block is None and threads is None and args.device == "cpu" and len(items) > 1:
+        # A folder on a CPU: one image per core at a time, each network call on one thread.
+        executor, workers, threads = "threads", available_cpus(), 1
+    spec = ModelSpec.of(args.model, args.backend, args.device, threads)
+    segmenter = load_segmenter(spec)
     infer = segmenter.config.infer
     overrides = {"tta": args.tta or infer.tta, "rescale": infer.rescale and not args.no_rescale}
     for name in ("tile", "overlap", "diameter"):
@@ -98,44 +121,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
         post = replace(post, threshold=args.threshold)
     if args.min_size is not None:
         post = replace(post, min_size=args.min_size)
-    from nucleiseg.io.stacks import parse_channel
-
     options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle,
                             geojson=args.geojson, channel=parse_channel(args.channel), axes=args.axes)
-    if args.block is not None and (args.png or args.overlay or args.measure or args.rois or args.rle or args.geojson):
-        print("error: --block writes only OUT/<id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson", file=sys.stderr)
-        return 2
-    if args.block is not None and (args.channel is not None or args.axes):
-        print("error: --block reads 2-D gray or RGB images; drop --channel/--axes", file=sys.stderr)
-        return 2
-    if args.dask or args.block is not None:
-        from nucleiseg.distributed import get_client, segment_items_blockwise, segment_items_dask
+    client = None
+    if args.dask:
+        from nucleiseg.distributed import get_client
 
-        client = get_client(args.dask) if args.dask else None
-        try:
-            if args.block is not None:
-                summary = segment_items_blockwise(
-                    items, args.out, args.model, infer, post, client, block=args.block, overlap=args.block_overlap,
-                    resume=args.resume, progress=not args.quiet, device=args.device,
-                )
-            else:
-                summary = segment_items_dask(
-                    items, args.out, args.model, options, infer, post, client,
-                    resume=args.resume, progress=not args.quiet, device=args.device,
-                )
-        finally:
-            if client is not None:
-                client.close()
-    else:
-        if args.resume:
-            from nucleiseg.distributed.resume import pending_items
-
-            todo = pending_items(items, args.out, options)
-            if len(todo) < len(items):
-                print(f"resume: {len(items) - len(todo)} of {len(items)} images already done", file=sys.stderr)
-            items = todo
-        summary = segment_items(items, args.out, segmenter, options, infer, post, progress=not args.quiet,
-                                workers=args.workers, worker_threads=args.threads)
+        client = get_client(args.dask)
+    try:
+        summary = segment_items(
+            items, args.out, spec, options, infer, post, executor=executor, workers=workers, resume=args.resume,
+            progress=not args.quiet, segmenter=segmenter, client=client, block=args.block, block_overlap=args.block_overlap,
+        )
+    finally:
+        if client is not None:
+            client.close()
     print(summary.line())
     return 1 if summary.failures else 0
 

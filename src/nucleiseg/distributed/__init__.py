@@ -4,6 +4,8 @@ Needs the ``distributed`` extra (``dask[array]``, ``distributed``, ``zarr``). Na
 on first use, so ``import nucleiseg.distributed`` stays cheap.
 
 * :func:`get_client` / :func:`dask_client` -- ``"local"``, ``"local:N"`` or ``"tcp://host:8786"``.
+* :class:`DaskExecutor`, :class:`BlockExecutor` -- the Dask executors of the one batch driver,
+  :func:`nucleiseg.inference.batch.segment_items` (``executor="dask"``, ``block=PX``).
 * :func:`segment_items_dask` -- one task per image, same outputs and ``run.json`` as the serial batch.
 * :func:`pending_items` -- what ``--resume`` still has to do (serial or Dask).
 * :func:`segment_dask` -- one huge image, block-wise, seam-free globally unique labels.
@@ -32,6 +34,9 @@ _EXPORTS = {
     "open_array": "arrays",
     "write_labels_zarr": "arrays",
     "cached_segmenter": "workers",
+    "as_spec": "workers",
+    "DaskExecutor": "executor",
+    "BlockExecutor": "executor",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -40,17 +40,17 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from nucleiseg.config import InferConfig, NormalizeConfig, PostprocessConfig
+from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.distributed.arrays import compute, open_array
-from nucleiseg.distributed.workers import cached_segmenter, model_reference
-from nucleiseg.inference.segmenter import Segmenter
+from nucleiseg.bundle import ModelSpec
+from nucleiseg.distributed.workers import as_spec, cached_segmenter
 from nucleiseg.postprocess import estimate_diameter
-from nucleiseg.transforms.normalize import is_bright_background, normalize_image
+from nucleiseg.transforms.normalize import IntensityRange, intensity_range
 
 __all__ = ["BlockPlan", "plan_blocks", "segment_blocks", "segment_dask"]
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
-Model = str | Path | Callable[[np.ndarray], np.ndarray]
+Model = ModelSpec | str | Path | Callable[[np.ndarray], np.ndarray]
 SAMPLE_PIXELS = 4_000_000  # subsample size for the global intensity percentiles
 CROP = 1024  # side of the central crop the nucleus diameter is estimated on
 MIN_OVERLAP = 64
@@ -63,8 +63,8 @@ class BlockPlan:
 
     Attributes
     ----------
-    model : str or callable
-        Model reference sent to the workers, or a callable ``image -> labels``.
+    model : ModelSpec or callable
+        The model the workers load (once per worker), or a callable ``image -> labels``.
     block, overlap : int
         Tile side and margin in pixels.
     diameter : float or None
@@ -75,13 +75,13 @@ class BlockPlan:
         Global normalisation of network inputs; None for the classical model and callables.
     """
 
-    model: str | Callable[[np.ndarray], np.ndarray]
+    model: ModelSpec | Callable[[np.ndarray], np.ndarray]
     block: int
     overlap: int
     diameter: float | None
     infer: InferConfig | None
     post: PostprocessConfig | None
-    intensity: tuple[float, float, bool] | None
+    intensity: IntensityRange | None
 
     def describe(self) -> dict[str, Any]:
         """Settings for ``run.json``."""
@@ -92,61 +92,16 @@ class BlockPlan:
         }
 
 
-def _to_float(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
-    """Float32 ``(H, W, C)``: integers divided by their dtype maximum, alpha dropped, optional gray."""
-    image = np.asarray(image)
-    if image.dtype == bool:
-        image = image.astype(np.uint8)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.shape[2] == 4:
-        image = image[:, :, :3]
-    if np.issubdtype(image.dtype, np.integer):
-        out = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-    else:
-        out = image.astype(np.float32)
-    if cfg.grayscale and out.shape[2] > 1:
-        out = out.mean(axis=2, keepdims=True)
-    return out
-
-
-def _intensity_stats(sample: np.ndarray, cfg: NormalizeConfig) -> tuple[float, float, bool]:
-    """``(low, high, invert)`` of the whole image, as :func:`normalize_image` would compute them."""
-    values = _to_float(sample, cfg)
-    if cfg.mode == "percentile":
-        lo, hi = np.percentile(values, [cfg.low, cfg.high])
-    else:
-        lo, hi = float(values.min()), float(values.max())
-    return float(lo), float(hi), bool(cfg.invert_bright and is_bright_background(sample))
-
-
-def _prepare(image: np.ndarray, cfg: NormalizeConfig, intensity: tuple[float, float, bool]) -> np.ndarray:
-    """Normalise a tile with the image-wide ``intensity`` instead of the tile's own statistics."""
-    lo, hi, invert = intensity
-    out = _to_float(image, cfg)
-    if cfg.mode != "none":
-        span = hi - lo
-        out = np.zeros_like(out) if span <= 1e-6 else np.clip((out - np.float32(lo)) / np.float32(span), 0.0, 1.0)
-        return (1.0 - out) if invert else out
-    return (np.float32(lo + hi) - out) if invert else out
-
-
 def _segment_region(
     image: np.ndarray, model: Model, device: str, infer: InferConfig | None, post: PostprocessConfig | None,
-    intensity: tuple[float, float, bool] | None,
+    intensity: IntensityRange | None,
 ) -> tuple[np.ndarray, float | None]:
     """Segment one region on a worker: ``(labels, diameter)``. The model is loaded once per process."""
     if callable(model):
         labels = np.asarray(model(image))
         return labels, (estimate_diameter(labels) if labels.any() else None)
-    segmenter = cached_segmenter(str(model), device)
-    if not segmenter.is_classical and intensity is not None:
-        image = _prepare(image, segmenter.config.normalize, intensity)
-        norm = replace(segmenter.config.normalize, mode="none", invert_bright=False, grayscale=False)
-        segmenter = Segmenter(
-            replace(segmenter.config, normalize=norm), segmenter.predictor, segmenter.stride, segmenter.name, segmenter.model_hash
-        )
-    result = segmenter.segment(image, infer, post, keep_probabilities=False)
+    segmenter = cached_segmenter(model, device)
+    result = segmenter.segment(image, infer, post, keep_probabilities=False, intensity=intensity)
     diameter = result.diameter
     if diameter is None and result.labels.any():
         diameter = estimate_diameter(result.labels)
@@ -155,7 +110,7 @@ def _segment_region(
 
 def _estimate_region(
     image: np.ndarray, model: Model, device: str, infer: InferConfig | None, post: PostprocessConfig | None,
-    intensity: tuple[float, float, bool] | None,
+    intensity: IntensityRange | None,
 ) -> float | None:
     """Nucleus diameter of one (central) region, estimated on a worker without segmenting it.
 
@@ -164,12 +119,10 @@ def _estimate_region(
     """
     if callable(model):
         return _segment_region(image, model, device, infer, post, intensity)[1]
-    segmenter = cached_segmenter(str(model), device)
+    segmenter = cached_segmenter(model, device)
     if segmenter.is_classical or intensity is None:
         return _segment_region(image, model, device, infer, post, intensity)[1]
-    plain = replace(segmenter.config.normalize, mode="none", invert_bright=False, grayscale=False)
-    norm = normalize_image(_prepare(image, segmenter.config.normalize, intensity), plain)
-    return segmenter.estimate_size(norm, infer, post).diameter
+    return segmenter.estimate_size(segmenter.normalize(image, intensity), infer, post).diameter
 
 
 def plan_blocks(
@@ -190,7 +143,7 @@ def plan_blocks(
     """
     if block < 2 * MIN_OVERLAP:
         raise ValueError(f"block {block} is too small: use at least {2 * MIN_OVERLAP} pixels")
-    reference: str | Callable[[np.ndarray], np.ndarray] = model if callable(model) else model_reference(model)
+    reference: ModelSpec | Callable[[np.ndarray], np.ndarray] = model if callable(model) else as_spec(model, device)
     intensity = None
     if not callable(reference):
         segmenter = cached_segmenter(reference, device)  # config only on this side; tiles load it on the workers
@@ -199,7 +152,7 @@ def plan_blocks(
         if not segmenter.is_classical:
             h, w = image.shape[:2]
             step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
-            intensity = _intensity_stats(compute(image[::step, ::step], client), segmenter.config.normalize)
+            intensity = intensity_range(compute(image[::step, ::step], client), segmenter.config.normalize)
     diameter = infer.diameter if infer is not None else None
     if diameter is None:
         h, w = image.shape[:2]
@@ -223,7 +176,7 @@ def plan_blocks(
 
 def _owned_objects(
     region: np.ndarray, ext: Box, core: Box, margin: int, cap: int, model: Model, device: str,
-    infer: InferConfig | None, post: PostprocessConfig | None, intensity: tuple[float, float, bool] | None,
+    infer: InferConfig | None, post: PostprocessConfig | None, intensity: IntensityRange | None,
 ) -> np.ndarray:
     """Segment one extended tile; keep the nuclei whose centroid lies in its (widened) core.
 
@@ -369,9 +322,10 @@ def segment_dask(
     array_or_path : ndarray, dask array, zarr array or path
         See :func:`nucleiseg.distributed.arrays.open_array` (zarr folders and tiled TIFFs are
         read lazily, tile by tile).
-    model : str, Path or callable
-        ``"classical"``, a bundled model name, a run folder (loaded once per worker), or a
-        callable ``image -> int labels`` (tests, custom segmenters).
+    model : ModelSpec, str, Path or callable
+        A :class:`~nucleiseg.bundle.ModelSpec`, ``"classical"``, a bundled model name or a run
+        folder (PyTorch backend; loaded once per worker), or a callable ``image -> int labels``
+        (tests, custom segmenters).
     block : int
         Tile side in pixels.
     overlap : int, optional

@@ -163,9 +163,11 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
     from bioimageio.spec.generic.v0_3 import Author, CiteEntry, Doi, LicenseId
 
     from nucleiseg.export.runtime import read_metadata
-    from nucleiseg.inference.segmenter import resolve_model_dir
+    from nucleiseg.bundle import ModelBundle
 
-    folder = resolve_model_dir(model)
+    folder = ModelBundle.open(model).folder
+    if folder is None:
+        raise ValueError(f"{model}: a bioimage.io package needs a model folder")
     onnx_file = folder / "model.onnx"
     if not onnx_file.is_file():
         raise FileNotFoundError(f"{onnx_file}: no ONNX weights; run `nucleiseg export {model}` first")

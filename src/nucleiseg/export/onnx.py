@@ -61,21 +61,14 @@ def load_torch_model(name_or_path: str | Path) -> tuple[nn.Module, ModelBundleCo
     tuple
         ``(model, config, folder, weights_hash)``; ``config`` has ``thresholds.json`` applied.
     """
-    from nucleiseg.inference.segmenter import resolve_model_dir
-    from nucleiseg.models import create_model
-    from nucleiseg.training.checkpoint import file_hash, load_weights
+    from nucleiseg.bundle import ModelBundle
+    from nucleiseg.training.checkpoint import load_model
 
-    folder = resolve_model_dir(name_or_path)
-    config = load_json(ModelBundleConfig, folder / "config.json")
-    tuned = folder / "thresholds.json"
-    if tuned.is_file():
-        config = replace(config, postprocess=load_json(PostprocessConfig, tuned))
-    weights = folder / "weights.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: weights file missing")
-    m = config.model
-    model = load_weights(create_model(m.arch, m.in_channels, m.out_channels, **m.params), weights)
-    return model.eval(), config, folder, file_hash(weights)
+    bundle = ModelBundle.open(name_or_path)
+    if bundle.folder is None:
+        raise ValueError(f"{name_or_path}: a model folder is needed (config.json and weights.safetensors)")
+    model = load_model(bundle.config.model, bundle.weights_file())
+    return model.eval(), bundle.config, bundle.folder, bundle.weights_hash
 
 
 def default_image_source(folder: str | Path | None = None) -> Path:

@@ -1,28 +1,25 @@
-"""Inference: sliding-window prediction, test-time augmentation and rescaling."""
+"""Inference: sliding-window prediction, test-time augmentation and rescaling.
+
+Names are imported on first use (PEP 562), so importing one module of the package stays cheap.
+"""
 
 from __future__ import annotations
 
-from nucleiseg.inference.scale import rescale_image, resize_labels, resize_probabilities, scale_factor
-from nucleiseg.inference.tiling import Predictor, blend_window, predict_tiled
-from nucleiseg.inference.tta import (
-    DIHEDRAL,
-    apply_dihedral,
-    invert_dihedral,
-    multiscale_predictor,
-    tta_predictor,
-)
+from nucleiseg._lazy import lazy_exports
 
-__all__ = [
-    "DIHEDRAL",
-    "Predictor",
-    "apply_dihedral",
-    "blend_window",
-    "invert_dihedral",
-    "multiscale_predictor",
-    "predict_tiled",
-    "rescale_image",
-    "resize_labels",
-    "resize_probabilities",
-    "scale_factor",
-    "tta_predictor",
-]
+_EXPORTS = {
+    "rescale_image": "scale",
+    "resize_labels": "scale",
+    "resize_probabilities": "scale",
+    "scale_factor": "scale",
+    "Predictor": "tiling",
+    "blend_window": "tiling",
+    "predict_tiled": "tiling",
+    "DIHEDRAL": "tta",
+    "apply_dihedral": "tta",
+    "invert_dihedral": "tta",
+    "multiscale_predictor": "tta",
+    "tta_predictor": "tta",
+}
+
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

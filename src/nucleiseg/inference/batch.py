@@ -1,253 +1,224 @@
-"""Segment many files into an output folder: per-image outputs, a summary and ``run.json``.
+"""Segment many files into an output folder: the one batch driver behind every entry point.
 
-One bad file never stops the batch: its error is recorded as one line naming the file, the rest
-continue, and the summary counts the failures. Every output is written atomically.
+:func:`segment_items` owns everything a batch does around the images: which items still need
+work (``resume``, by :class:`~nucleiseg.io.layout.OutputLayout`), the progress bar, one-line
+errors (one bad file never stops the batch), the run-length CSV and ``run.json``
+(:class:`~nucleiseg.inference.record.RunRecord`). *Where* the per-image step
+(:class:`~nucleiseg.inference.item.ItemStep`) runs is the executor's business:
+
+* ``"serial"`` -- in this process (:class:`~nucleiseg.inference.executors.SerialExecutor`);
+* ``"processes"`` -- a pool of spawned worker processes, each loading the model of the
+  :class:`~nucleiseg.bundle.ModelSpec` once (:class:`~nucleiseg.inference.executors.ProcessExecutor`);
+* ``"dask"`` -- one task per image on a Dask cluster (:class:`nucleiseg.distributed.executor.DaskExecutor`);
+* ``block=PX`` -- each image block-wise into ``<id>_masks.zarr`` (images larger than memory,
+  :class:`nucleiseg.distributed.executor.BlockExecutor`), on the cluster when one is given.
+
+Every executor runs the same step, so the outputs and records do not depend on the executor.
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from nucleiseg import __version__
+from nucleiseg.bundle import ModelSpec
 from nucleiseg.config import InferConfig, PostprocessConfig
-from nucleiseg.inference.segmenter import Result, Segmenter
-from nucleiseg.inference.stack import segment_planes, stack_record, write_stack_outputs
-from nucleiseg.io.atomic import atomic_write_text
-from nucleiseg.io.labels import InputItem, load_item_gt
-from nucleiseg.io.geojson import write_geojson
-from nucleiseg.io.images import to_uint8_rgb, write_image, write_labels
-from nucleiseg.io.stacks import read_planes
-from nucleiseg.io.outputs import difference_overlay, measure, overlay_outlines, write_measurements, write_rois
+from nucleiseg.inference.executors import Executor, ProcessExecutor, SerialExecutor, ThreadExecutor
+from nucleiseg.inference.item import ItemStep, load_segmenter, segment_one, spec_of, write_outputs
+from nucleiseg.inference.record import RunRecord, failure_record, read_records, versions
+from nucleiseg.inference.segmenter import Segmenter
+from nucleiseg.io.images import read_labels
+from nucleiseg.io.labels import InputItem
+from nucleiseg.io.layout import OutputLayout, OutputOptions
 from nucleiseg.io.rle import write_rle_csv
 
+__all__ = [
+    "EXECUTORS", "BatchSummary", "OutputOptions", "RunRecord", "failure_record", "segment_items", "segment_one",
+    "versions", "write_outputs",
+]
 
-@dataclass
-class OutputOptions:
-    """Which files to write for each image (``<id>_masks.tif`` is always written).
-
-    ``geojson`` writes ``<id>.geojson`` (QuPath detections with measurements). ``channel`` and
-    ``axes`` say how to read multi-channel images and stacks (:func:`nucleiseg.io.stacks.read_planes`):
-    the nuclear channel (index or metadata name) and the axis letters of files without metadata.
-    """
-
-    png: bool = False
-    overlay: bool = False
-    measure: bool = False
-    rois: bool = False
-    rle: str | None = None
-    geojson: bool = False
-    channel: int | str | None = None
-    axes: str | None = None
+#: Executor names :func:`segment_items` accepts.
+EXECUTORS = ("serial", "threads", "processes", "dask")
+#: What :func:`segment_items` returns (the content of ``run.json``); the older name.
+BatchSummary = RunRecord
 
 
-@dataclass
-class BatchSummary:
-    """What a batch did: per-image records, failures and the wall time."""
-
-    images: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def nuclei(self) -> int:
-        """Total nuclei over the successful images."""
-        return sum(int(r["count"]) for r in self.images)
-
-    def line(self) -> str:
-        """The one-line summary printed at the end of a command."""
-        return (
-            f"{len(self.images)} images segmented, {self.nuclei} nuclei, "
-            f"{len(self.failures)} failed, {self.seconds:.1f} s"
-        )
+def _pick_executor(executor: str | None, workers: int, client: Any, block: int | None) -> str:
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    kind = executor or ("dask" if client is not None else "processes" if workers > 1 else "serial")
+    if kind not in EXECUTORS:
+        raise ValueError(f"unknown executor {kind!r} (choose {', '.join(EXECUTORS)})")
+    if block is not None and kind in ("processes", "threads"):
+        raise ValueError("block-wise segmentation runs on Dask (or its local scheduler), not on worker processes")
+    return kind
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python, nucleiseg and the main libraries (for sidecars)."""
-    import skimage
-    import torch
+def _make_executor(
+    kind: str, spec: ModelSpec | None, segmenter: Segmenter, workers: int, client: Any,
+    block: int | None, block_overlap: int | None, progress: bool,
+) -> Executor:
+    if kind == "serial" and block is None:
+        return SerialExecutor(segmenter)
+    if kind == "threads" and block is None:
+        return ThreadExecutor(segmenter, workers)
+    if spec is None:
+        raise ValueError(f"the {kind} executor needs a model loaded by name or folder (its workers load it again)")
+    if kind == "processes":
+        return ProcessExecutor(spec, workers)
+    from nucleiseg.distributed.executor import BlockExecutor, DaskExecutor
 
-    return {
-        "nucleiseg": __version__,
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "scikit-image": skimage.__version__,
-        "platform": platform.platform(),
-    }
+    if block is not None:
+        if client is None:
+            from distributed import default_client
 
-
-def write_outputs(item: InputItem, image: np.ndarray, result: Result, out_dir: Path, options: OutputOptions) -> list[str]:
-    """Write the requested outputs of one image; returns the file names written."""
-    written = []
-    write_labels(out_dir / f"{item.id}_masks.tif", result.labels)
-    written.append(f"{item.id}_masks.tif")
-    if options.png:
-        write_labels(out_dir / f"{item.id}_masks.png", result.labels)
-        written.append(f"{item.id}_masks.png")
-    if options.overlay:
-        rgb = to_uint8_rgb(image)
-        truth = load_item_gt(item) if item.gt_path is not None else None
-        write_image(out_dir / f"{item.id}_overlay.png", overlay_outlines(rgb, result.labels))
-        written.append(f"{item.id}_overlay.png")
-        if truth is not None and truth.shape == result.labels.shape:
-            write_image(out_dir / f"{item.id}_diff.png", difference_overlay(rgb, truth, result.labels))
-            written.append(f"{item.id}_diff.png")
-    table = measure(result.labels, image) if (options.measure or options.geojson) else None
-    if options.measure:
-        write_measurements(out_dir / f"{item.id}_measurements.csv", table)
-        written.append(f"{item.id}_measurements.csv")
-    if options.geojson:
-        write_geojson(out_dir / f"{item.id}.geojson", result.labels, table)
-        written.append(f"{item.id}.geojson")
-    if options.rois:
-        write_rois(out_dir / f"{item.id}_rois.zip", result.labels)
-        written.append(f"{item.id}_rois.zip")
-    return written
+            try:
+                client = default_client()
+            except ValueError:  # no cluster: Dask's local scheduler
+                client = None
+        return BlockExecutor(spec, client, block, block_overlap, progress)
+    return DaskExecutor(spec, client)
 
 
-def failure_record(item: InputItem, exc: BaseException) -> dict[str, str]:
-    """The one-line failure record of an image: id, file and a message naming the file."""
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if str(item.image_path) not in message:
-        message = f"{item.image_path}: {message}"
-    return {"id": item.id, "file": str(item.image_path), "error": message}
+def _absolute(item: InputItem) -> InputItem:
+    """The item with absolute paths, so workers whose working folder differs still find it."""
+    gt = None if item.gt_path is None else Path(item.gt_path).absolute()
+    return replace(item, image_path=Path(item.image_path).absolute(), gt_path=gt)
 
 
-def segment_one(
-    item: InputItem,
-    segmenter: Segmenter,
-    out_dir: Path,
-    options: OutputOptions,
-    infer: InferConfig,
-    post: PostprocessConfig,
-    want_labels: bool = False,
-) -> dict[str, Any]:
-    """Segment one image and write its outputs; a bad file gives ``{"failure": ...}``, never raises.
-
-    Returns ``{"record": ..., "labels": ...}`` on success (``labels`` only with ``want_labels``).
-    The serial batch and the Dask workers both call this, so their records are identical.
-    """
-    t = time.perf_counter()
-    try:
-        planes = read_planes(item.image_path, options.channel, options.axes)
-        if planes.is_stack:
-            if options.rle or options.png:  # refused before the planes are segmented
-                flag = "--rle" if options.rle else "--png"
-                raise ValueError(f"a {planes.stack_axes} stack of {len(planes.planes)} planes cannot be written by {flag} (2-D only); drop {flag}")
-            stacked = segment_planes(segmenter, planes, infer, post)
-            files = write_stack_outputs(item.id, planes, stacked, out_dir, options)
-        else:
-            image = planes.image
-            result = segmenter.segment(image, infer, post, keep_probabilities=False)
-            files = write_outputs(item, image, result, out_dir, options)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # one bad image never stops the batch
-        return {"failure": failure_record(item, exc)}
-    if planes.is_stack:
-        record = {"id": item.id, "file": str(item.image_path), **stack_record(planes, stacked)}
-        record.update(channel=planes.channel, seconds=round(time.perf_counter() - t, 4), outputs=files)
-        return {"record": record, "labels": None}
-    record = {
-        "id": item.id,
-        "file": str(item.image_path),
-        "count": result.count,
-        "diameter": None if result.diameter is None else round(float(result.diameter), 2),
-        "diameter_source": result.diameter_source,
-        "scale": round(float(result.scale), 4),
-        "seconds": round(time.perf_counter() - t, 4),
-        "outputs": files,
-    }
-    if planes.channel is not None:
-        record["channel"] = planes.channel
-    return {"record": record, "labels": result.labels if want_labels else None}
+def _resumed_record(item: InputItem, layout: OutputLayout, earlier: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The record of an item done by an earlier run: from its ``run.json``, else rebuilt from the files."""
+    if item.id in earlier:
+        return earlier[item.id]
+    count = None
+    if not layout.blockwise:
+        labels = read_labels(layout.masks_path(item.id))
+        count = int(np.unique(labels[labels > 0]).size)
+    outputs = [n for n in layout.expected(item.id) if (layout.out_dir / n).exists()]
+    outputs = outputs or layout.expected(item.id, stack=True)
+    return {"id": item.id, "file": str(item.image_path), "count": count, "outputs": outputs, "recovered": True}
 
 
 def segment_items(
     items: list[InputItem],
     out_dir: str | Path,
-    segmenter: Segmenter,
+    model: ModelSpec | Segmenter | str | Path = "default",
     options: OutputOptions | None = None,
     infer: InferConfig | None = None,
     post: PostprocessConfig | None = None,
-    progress: bool = True,
+    *,
+    executor: str | None = None,
     workers: int = 1,
-    worker_threads: int | None = None,
-) -> BatchSummary:
-    """Segment every input item into ``out_dir`` and write ``run.json``.
+    resume: bool = False,
+    progress: bool = True,
+    segmenter: Segmenter | None = None,
+    client: Any = None,
+    block: int | None = None,
+    block_overlap: int | None = None,
+) -> RunRecord:
+    """Segment every item into ``out_dir``, write the run-length CSV and ``run.json``.
 
     Parameters
     ----------
     items : list of InputItem
         From :func:`nucleiseg.io.labels.discover_inputs`.
     out_dir : path
-        Output folder (created).
-    segmenter : Segmenter
-        The model.
+        Output folder (created); with Dask it must be visible to every worker.
+    model : ModelSpec, Segmenter, str or Path
+        The model: a spec (what worker processes load), a loaded segmenter (its spec is
+        :attr:`Segmenter.source`), or a name or folder (default backend).
     options : OutputOptions
-        Extra outputs.
+        Extra outputs; ``options.rle`` is written at the end, for all items (resumed included).
     infer, post : optional
         Override the model's inference and post-processing settings.
-    progress : bool
-        Show a progress bar.
+    executor : {"serial", "threads", "processes", "dask"}, optional
+        Where images are segmented; default ``"dask"`` with a ``client``, ``"processes"`` with
+        ``workers > 1``, else ``"serial"``. ``"threads"`` segments ``workers`` images at a time
+        in this process with the one model (load it with ``threads=1``).
     workers : int
-        Worker processes; above 1, images are segmented in parallel by
-        :func:`nucleiseg.inference.pool.iter_outcomes` (one model copy per worker, the cores
-        shared out between them). Records keep the input order either way.
-    worker_threads : int, optional
-        Threads per worker process (default: the cores divided by ``workers``).
+        Worker threads or processes of the ``"threads"`` and ``"processes"`` executors (for
+        processes the cores are shared out between them unless ``spec.threads`` says otherwise).
+    resume : bool
+        Skip items whose outputs all exist (:meth:`OutputLayout.pending`); their records come
+        from the earlier ``run.json`` and their masks are read back for the CSV.
+    progress : bool
+        Progress bar and a note of resumed images on stderr.
+    segmenter : Segmenter, optional
+        The model already loaded from ``model`` (else it is loaded here, for its settings and
+        for the serial executor).
+    client : distributed.Client, optional
+        The Dask cluster (``"dask"`` executor, and block-wise segmentation).
+    block, block_overlap : int, optional
+        Segment each image block-wise in ``block x block`` tiles into ``<id>_masks.zarr``
+        (only that file is written), with this margin around each block.
+
+    Returns
+    -------
+    RunRecord
+        Records in input order; ``failures`` holds one record per file that could not be
+        segmented (the batch goes on); ``skipped`` the resumed ids.
+
+    Raises
+    ------
+    ValueError
+        For an unknown executor, ``workers < 1``, extra outputs with ``block``, or a hand-built
+        segmenter with a parallel executor.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    kind = _pick_executor(executor, workers, client, block)
     options = options or OutputOptions()
+    if block is not None and (options.png or options.overlay or options.measure or options.rois or options.rle or options.geojson):
+        raise ValueError("block-wise segmentation writes only <id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson")
+    if isinstance(model, Segmenter):
+        segmenter = segmenter or model
+        spec = spec_of(model)
+    else:
+        spec = model if isinstance(model, ModelSpec) else ModelSpec.of(model)
+        segmenter = segmenter or load_segmenter(spec)
     infer = infer or segmenter.config.infer
     post = post or segmenter.config.postprocess
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    summary = BatchSummary()
-    rle_labels: dict[str, np.ndarray] = {}
+    layout = OutputLayout(out, options, blockwise=block is not None)
+    items = [_absolute(item) for item in items]
+    todo = layout.pending(items) if resume else list(items)
+    pending = {item.id for item in todo}
+    if progress and len(todo) < len(items):
+        tqdm.write(f"resume: {len(items) - len(todo)} of {len(items)} images already done", file=sys.stderr)
+    earlier = read_records(layout.record_path) if len(todo) < len(items) else {}
+    runner = _make_executor(kind, spec, segmenter, workers, client, block, block_overlap, progress)
+    step = ItemStep(out, options, infer, post, want_labels=bool(options.rle))
     start = time.perf_counter()
-    want = bool(options.rle)
-    if workers > 1 and len(items) > 1:
-        from nucleiseg.inference.pool import iter_outcomes
-
-        outcomes = iter_outcomes(items, segmenter, out, options, infer, post, min(workers, len(items)), want, worker_threads)
-    else:
-        outcomes = ((i, segment_one(item, segmenter, out, options, infer, post, want_labels=want)) for i, item in enumerate(items))
-    done: dict[int, dict[str, Any]] = {}
-    with tqdm(total=len(items), desc="segment", unit="img", disable=not progress) as bar:
-        for index, outcome in outcomes:
-            done[index] = outcome
+    outcomes: dict[str, dict[str, Any]] = {}
+    with tqdm(total=len(todo), desc="segment", unit="img", disable=not progress) as bar:
+        for index, outcome in runner.map(step, todo):
+            outcomes[todo[index].id] = outcome
             if "failure" in outcome:
                 tqdm.write(f"error: {outcome['failure']['error']}", file=sys.stderr)
             bar.update()
-    for index, item in enumerate(items):
-        outcome = done[index]
-        if "failure" in outcome:
-            summary.failures.append(outcome["failure"])
+    record = RunRecord(segmenter.describe(infer, post), runner.describe())
+    labels: dict[str, np.ndarray] = {}
+    for item in items:
+        if item.id not in pending:
+            record.images.append(_resumed_record(item, layout, earlier))
+            record.skipped.append(item.id)
+            if options.rle:
+                labels[item.id] = read_labels(layout.masks_path(item.id))
             continue
-        if options.rle:
-            rle_labels[item.id] = outcome["labels"]
-        summary.images.append(outcome["record"])
-    summary.seconds = time.perf_counter() - start
+        outcome = outcomes[item.id]
+        if "failure" in outcome:
+            record.failures.append(outcome["failure"])
+            continue
+        record.images.append(outcome["record"])
+        if options.rle and outcome.get("labels") is not None:
+            labels[item.id] = outcome["labels"]
+    record.seconds = time.perf_counter() - start
     if options.rle:
-        write_rle_csv(options.rle, rle_labels)
-    sidecar = {
-        **segmenter.describe(infer, post),
-        "versions": versions(),
-        "workers": workers,
-        "images": summary.images,
-        "failures": summary.failures,
-        "summary": {"images": len(summary.images), "nuclei": summary.nuclei, "failed": len(summary.failures), "seconds": round(summary.seconds, 3)},
-    }
-    atomic_write_text(out / "run.json", json.dumps(sidecar, indent=2))
-    return summary
+        write_rle_csv(options.rle, labels)
+    record.write(layout.record_path)
+    return record

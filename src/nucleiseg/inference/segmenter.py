@@ -10,30 +10,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from nucleiseg.config import (
-    InferConfig,
-    ModelBundleConfig,
-    PostprocessConfig,
-    load_json,
-    to_dict,
-)
-from nucleiseg.inference.predictors import Predictor
+from nucleiseg.bundle import CLASSICAL, ModelBundle, ModelSpec
+from nucleiseg.config import InferConfig, ModelBundleConfig, PostprocessConfig, to_dict
+from nucleiseg.inference.predictors import AUTO, BACKENDS, Predictor, build_predictor
 from nucleiseg.inference.scale import rescale_image, resize_probabilities, scale_factor
-from nucleiseg.inference.size import SizeModel, estimate_size, load_size_model
+from nucleiseg.inference.size import SizeModel, estimate_size
 from nucleiseg.inference.tiling import predict_tiled
 from nucleiseg.inference.tta import multiscale_predictor, tta_predictor
-from nucleiseg.postprocess import (
-    classical_segment,
-    estimate_diameter,
-    probabilities_to_labels,
-)
-from nucleiseg.transforms import normalize_image
+from nucleiseg.postprocess.watershed import estimate_diameter, probabilities_to_labels
+from nucleiseg.transforms.normalize import IntensityRange, normalize_image
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-CLASSICAL = "classical"
-#: Inference engines of :meth:`Segmenter.from_pretrained`.
-BACKENDS = ("torch", "onnx", "onnx-fp16", "onnx-int8")
-# Re-segment at a new scale only when nuclei are off the training scale by more than this factor.
+__all__ = ["BACKENDS", "CLASSICAL", "Result", "Segmenter", "SizeFinding"]
 
 
 @dataclass
@@ -94,38 +81,15 @@ class SizeFinding(NamedTuple):
     source: str | None
 
 
-def bundled_models() -> list[str]:
-    """Names of the models bundled in the package (folders of ``weights/`` with a ``config.json``), sorted."""
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file())
-
-
-def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """Find a model folder: a run folder path, or the name of a model bundled in the package.
-
-    Raises
-    ------
-    FileNotFoundError
-        With the list of bundled names when nothing matches.
-    """
-    path = Path(name_or_path)
-    if (path / "config.json").is_file():
-        return path
-    bundled = WEIGHTS_DIR / str(name_or_path)
-    if (bundled / "config.json").is_file():
-        return bundled
-    names = bundled_models()
-    raise FileNotFoundError(
-        f"{name_or_path}: no model there (a run folder needs config.json and weights.safetensors; "
-        f"bundled models: {', '.join(names + [CLASSICAL])})"
-    )
-
-
 class Segmenter:
     """Segment nuclei with a trained network (or the classical baseline).
 
-    Use :meth:`from_pretrained` to load a bundled model by name or a run folder by path.
+    Use :meth:`from_pretrained` (a bundled name or a run folder), :meth:`from_spec` (a
+    :class:`~nucleiseg.bundle.ModelSpec`, as worker processes do) or :meth:`from_bundle`.
+    The pipeline's stages are methods: :meth:`normalize`, :meth:`estimate_size`,
+    :meth:`probabilities` and :meth:`postprocess`; :meth:`segment` composes them and times each.
+    Everything that segments (the CLI, the web app, the API, validation, benchmarks, the
+    block-wise and Dask paths) calls these, so no stage exists twice.
 
     Parameters
     ----------
@@ -140,6 +104,8 @@ class Segmenter:
     size_model : SizeModel or None
         Nucleus size estimator (``size_model.json`` of the model folder); without one the size
         is estimated from the objects of a first pass at native resolution.
+    backend : str or None
+        The backend that built ``predictor`` (None for a hand-made predictor).
     """
 
     def __init__(
@@ -150,6 +116,7 @@ class Segmenter:
         name: str = CLASSICAL,
         model_hash: str = "",
         size_model: SizeModel | None = None,
+        backend: str | None = None,
     ) -> None:
         self.config = config
         self.predictor = predictor
@@ -157,64 +124,50 @@ class Segmenter:
         self.name = name
         self.model_hash = model_hash
         self.size_model = size_model
-        #: ``(name_or_path, device, backend)`` when loaded by :meth:`from_pretrained`, so worker
-        #: processes can load the same model.
-        self.source: tuple[str, str, str] | None = None
+        self.backend = backend
+        #: The :class:`~nucleiseg.bundle.ModelSpec` this segmenter was loaded from, so worker
+        #: processes can load the same model (None for a hand-made segmenter).
+        self.source: ModelSpec | None = None
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle, backend: str = AUTO, device: str = "cpu", threads: int | None = None) -> Segmenter:
+        """A segmenter for an opened model (see :func:`~nucleiseg.inference.predictors.build_predictor`)."""
+        if bundle.is_classical:
+            return cls(bundle.config, None)
+        loaded = build_predictor(bundle, backend, device, threads)
+        size_model = SizeModel.load(bundle.size_model) if bundle.size_model is not None else None
+        return cls(bundle.config, loaded.predict, loaded.stride, loaded.name, loaded.model_hash, size_model, loaded.backend)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> Segmenter:
+        """Load the model a :class:`~nucleiseg.bundle.ModelSpec` names (what worker processes call)."""
+        seg = cls.from_bundle(ModelBundle.open(spec.model), spec.backend, spec.device, spec.threads)
+        seg.source = spec
+        return seg
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path = "default", device: str = "cpu", backend: str = "torch", threads: int | None = None
+        cls, name_or_path: str | Path = "default", device: str = "cpu", backend: str = AUTO, threads: int | None = None
     ) -> Segmenter:
-        """Load ``"classical"``, a bundled model name or a run folder.
+        """Load ``"classical"``, a bundled model name, a run folder or an exported ``.onnx`` file.
 
         Parameters
         ----------
         name_or_path : str or Path
-            ``"classical"``, a bundled name such as ``"default"``, or a folder holding
-            ``config.json`` and ``weights.safetensors``.
+            ``"classical"``, a bundled name such as ``"default"``, a folder holding
+            ``config.json`` and ``weights.safetensors``, or an ``.onnx`` file.
         device : str
             Torch device.
-        backend : {"torch", "onnx", "onnx-fp16", "onnx-int8"}
-            Inference engine: PyTorch, or ONNX Runtime on the CPU with the folder's
-            ``model.onnx``, ``model.fp16.onnx`` or ``model.int8.onnx`` (``nucleiseg export``), or
-            with a given ``.onnx`` file (any ``onnx*`` backend).
+        backend : {"auto", "torch", "onnx", "onnx-fp16", "onnx-int8"}
+            Inference engine: ``auto`` (default) runs the model's fastest form on the CPU (the
+            folder's ``model.int8.onnx``, else ``model.onnx``, else PyTorch) and PyTorch on other
+            devices; ``torch``; or ONNX Runtime on the CPU with the folder's ``model.onnx``,
+            ``model.fp16.onnx`` or ``model.int8.onnx`` (``nucleiseg export``).
         threads : int, optional
-            ONNX Runtime intra-op threads (its default, one per core, when None). PyTorch's
-            thread count is process-wide: set it with ``torch.set_num_threads``.
+            Intra-op threads of the network runtime (ONNX Runtime's session; PyTorch's, which is
+            process-wide). Library default when None.
         """
-        seg = cls._load(name_or_path, device, backend, threads)
-        seg.source = (str(name_or_path), device, backend)
-        return seg
-
-    @classmethod
-    def _load(cls, name_or_path: str | Path, device: str, backend: str, threads: int | None) -> Segmenter:
-        if str(name_or_path) == CLASSICAL:
-            return cls(ModelBundleConfig(name=CLASSICAL), None)
-        if backend in BACKENDS[1:]:  # <folder>/model[.fp16|.int8].onnx or an .onnx file, run by ONNX Runtime
-            from nucleiseg.export.runtime import backend_precision, load_onnx
-
-            onnx_config, ort_predictor, onnx_name, onnx_hash = load_onnx(name_or_path, threads, backend_precision(backend))
-            path = Path(name_or_path)
-            size_dir = path.parent if path.suffix.lower() == ".onnx" else resolve_model_dir(name_or_path)
-            return cls(onnx_config, ort_predictor, ort_predictor.stride, onnx_name, onnx_hash, load_size_model(size_dir))
-        if backend != "torch":
-            raise ValueError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
-        from nucleiseg.inference.predictors import torch_predictor
-        from nucleiseg.training.checkpoint import file_hash, load_model
-
-        folder = resolve_model_dir(name_or_path)
-        config = load_json(ModelBundleConfig, folder / "config.json")
-        weights = folder / "weights.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: weights file missing")
-        tuned = folder / "thresholds.json"
-        if tuned.is_file():
-            config = replace(config, postprocess=load_json(PostprocessConfig, tuned))
-        model = load_model(config.model, weights)
-        return cls(
-            config, torch_predictor(model, device), int(getattr(model, "stride", 32)), config.name or folder.name,
-            file_hash(weights), load_size_model(folder),
-        )
+        return cls.from_spec(ModelSpec.of(name_or_path, backend, device, threads))
 
     @property
     def is_classical(self) -> bool:
@@ -222,24 +175,40 @@ class Segmenter:
         return self.predictor is None
 
     def describe(self, infer: InferConfig | None = None, post: PostprocessConfig | None = None) -> dict[str, Any]:
-        """Model name, hash and the settings in force (for sidecars and the API)."""
+        """Model name, hash, backend and the settings in force (for sidecars and the API)."""
         return {
             "model": self.name,
             "model_hash": self.model_hash,
             "arch": None if self.is_classical else self.config.model.arch,
+            "backend": self.backend,
             "postprocess": to_dict(post or self.config.postprocess),
             "infer": to_dict(infer or self.config.infer),
         }
 
-    def _probabilities(self, image: np.ndarray, infer: InferConfig) -> np.ndarray:
-        """Tiled probabilities of a normalised ``(H, W, C)`` image, with the TTA and scales of ``infer``."""
-        assert self.predictor is not None
+    # -- the stages -------------------------------------------------------------------------
+    def normalize(self, image: np.ndarray, intensity: IntensityRange | None = None) -> np.ndarray:
+        """Stage 1: the raw image as the network's float32 ``(H, W, C)`` input.
+
+        ``intensity`` imposes an image-wide mapping (:func:`~nucleiseg.transforms.normalize.intensity_range`),
+        as the block-wise path does for the tiles of one huge image.
+        """
+        return normalize_image(image, self.config.normalize, intensity)
+
+    def probabilities(self, norm: np.ndarray, infer: InferConfig | None = None) -> np.ndarray:
+        """Stage 3: tiled probabilities ``(K, H, W)`` of a normalised image, with the TTA and scales of ``infer``."""
+        if self.predictor is None:
+            raise ValueError("the classical model has no probabilities")
+        infer = infer or self.config.infer
         predictor = self.predictor
         if infer.tta:
             predictor = tta_predictor(predictor)
         if len(infer.scales) > 1 or infer.scales[0] != 1.0:
             predictor = multiscale_predictor(predictor, infer.scales, self.stride)
-        return self._tiled(predictor, image.transpose(2, 0, 1), infer)
+        return self._tiled(predictor, norm.transpose(2, 0, 1), infer)
+
+    def postprocess(self, probs: np.ndarray, post: PostprocessConfig | None = None) -> np.ndarray:
+        """Stage 4: instance labels from probabilities (marker-controlled watershed)."""
+        return probabilities_to_labels(probs, post or self.config.postprocess)
 
     def _tiled(self, predictor: Predictor, image_chw: np.ndarray, infer: InferConfig) -> np.ndarray:
         """``predict_tiled`` with the tiling settings of ``infer`` (the size probe calls it with the plain predictor)."""
@@ -251,7 +220,7 @@ class Segmenter:
     def estimate_size(
         self, norm: np.ndarray, infer: InferConfig | None = None, post: PostprocessConfig | None = None,
     ) -> SizeFinding:
-        """Estimate the median nucleus diameter of a normalised ``(H, W, C)`` image.
+        """Stage 2: the median nucleus diameter of a normalised ``(H, W, C)`` image.
 
         With a size model (:mod:`nucleiseg.inference.size`) the network sees a few small views of
         the image; without one, the objects of a full pass at native resolution are measured.
@@ -260,12 +229,27 @@ class Segmenter:
         post = post or self.config.postprocess
         plain = not infer.tta and list(infer.scales) == [1.0]
         if self.size_model is not None:
-            est = estimate_size(norm, lambda chw: self._tiled(self.predictor, chw, infer), self.size_model)
+            assert self.predictor is not None
+            predictor = self.predictor
+            est = estimate_size(norm, lambda chw: self._tiled(predictor, chw, infer), self.size_model)
             seen = bool((est.stats[:, 1] + est.stats[:, 2]).sum() > 0)
             return SizeFinding(est.diameter if seen else None, est.native if plain else None, None, "size_model")
-        probs = self._probabilities(norm, infer)
-        labels = probabilities_to_labels(probs, post)
+        probs = self.probabilities(norm, infer)
+        labels = self.postprocess(probs, post)
         return SizeFinding(estimate_diameter(labels) if labels.any() else None, probs, labels, "first_pass")
+
+    def scale_for(self, diameter: float | None, source: str | None, infer: InferConfig) -> float:
+        """The zoom an image with nuclei of ``diameter`` pixels is segmented at (1.0: native).
+
+        A given diameter (``source == "given"``) is always honoured; an estimated one only when
+        it is farther than ``infer.rescale_tolerance`` from the training scale.
+        """
+        if diameter is None or not infer.rescale or not math.isfinite(diameter) or diameter <= 0:
+            return 1.0
+        factor = scale_factor(diameter, infer.target_diameter)
+        if source != "given" and max(factor, 1 / factor) < infer.rescale_tolerance:
+            return 1.0
+        return factor
 
     def segment(
         self,
@@ -273,16 +257,16 @@ class Segmenter:
         infer: InferConfig | None = None,
         post: PostprocessConfig | None = None,
         keep_probabilities: bool = True,
+        intensity: IntensityRange | None = None,
     ) -> Result:
         """Segment one image array (``(H, W)`` gray or ``(H, W, 3|4)`` colour, any dtype).
 
-        With ``infer.rescale`` (default) and no ``infer.diameter``, the typical nucleus diameter
-        is estimated first (:meth:`estimate_size`, timed as the ``estimate`` stage); if it is
-        farther than a factor ``infer.rescale_tolerance`` from the training scale
-        (``infer.target_diameter``) the image is rescaled, segmented and the labels mapped back to
-        the input's size. At native scale, probabilities the estimate already computed for the
-        whole image are reused, never predicted twice. A given ``infer.diameter`` skips the
-        estimate and is always honoured.
+        Stages, each timed in ``Result.timings``: ``normalize``; ``estimate`` (with
+        ``infer.rescale`` and no ``infer.diameter``: :meth:`estimate_size`); ``predict``
+        (:meth:`probabilities`, at the zoom :meth:`scale_for` picks, then back to the input's
+        size); ``postprocess`` (:meth:`postprocess`, sizes in input pixels). At native scale,
+        probabilities the estimate already computed for the whole image are reused, never
+        predicted twice. A given ``infer.diameter`` skips the estimate and is always honoured.
         """
         infer = infer or self.config.infer
         post = post or self.config.postprocess
@@ -292,33 +276,30 @@ class Segmenter:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if self.is_classical:
+            from nucleiseg.postprocess.classical import classical_segment
+
             labels = classical_segment(image, post)
-            timings["total"] = time.perf_counter() - t0
+            timings["postprocess"] = timings["total"] = time.perf_counter() - t0
             found = labels.any()
             return Result(labels, None, estimate_diameter(labels) if found else None, 1.0, timings, "labels" if found else None)
 
-        norm = normalize_image(image, self.config.normalize)
+        norm = self.normalize(image, intensity)
         timings["normalize"] = time.perf_counter() - t0
         diameter = infer.diameter
         source: str | None = "given" if diameter is not None else None
-        factor = 1.0
         found = SizeFinding(None, None, None, None)
         if diameter is None and infer.rescale:
             t = time.perf_counter()
             found = self.estimate_size(norm, infer, post)
             timings["estimate"] = time.perf_counter() - t
             diameter, source = found.diameter, (found.source if found.diameter is not None else None)
-        if diameter is not None and infer.rescale and math.isfinite(diameter) and diameter > 0:
-            factor = scale_factor(diameter, infer.target_diameter)
-            if source != "given" and max(factor, 1 / factor) < infer.rescale_tolerance:
-                factor = 1.0
+        factor = self.scale_for(diameter, source, infer)
         t = time.perf_counter()
         labels = None
         if factor == 1.0 and found.native is not None:  # the estimate's native pass, not predicted twice
             probs, labels = found.native, found.labels
         else:
-            scaled = rescale_image(norm, factor) if factor != 1.0 else norm
-            probs = self._probabilities(scaled, infer)
+            probs = self.probabilities(rescale_image(norm, factor) if factor != 1.0 else norm, infer)
             if factor != 1.0:  # back to the input's size, then post-process with sizes in input pixels
                 probs = resize_probabilities(probs, image.shape[:2])
                 area = 1.0 / factor**2
@@ -326,8 +307,10 @@ class Segmenter:
                     post, min_size=max(1, round(post.min_size * area)),
                     min_marker_size=max(1, round(post.min_marker_size * area)), diameter=post.diameter / factor,
                 )
-        if labels is None:
-            labels = probabilities_to_labels(probs, post)
         timings["predict"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if labels is None:
+            labels = self.postprocess(probs, post)
+        timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return Result(labels, probs if keep_probabilities else None, diameter, factor, timings, source)

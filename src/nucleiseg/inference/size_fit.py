@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.inference.scale import rescale_image, resize_labels
-from nucleiseg.inference.segmenter import Segmenter, resolve_model_dir
+from nucleiseg.bundle import ModelBundle
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import SIZE_MODEL_FILE, VIEW, WHOLE_PIXELS, ZOOMS, SizeModel, design, probe_stats
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms import normalize_image
@@ -200,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help=f"output file (default <model>/{SIZE_MODEL_FILE})")
     args = ap.parse_args(argv)
 
-    folder = resolve_model_dir(args.model)
+    folder = ModelBundle.open(args.model).folder
+    assert folder is not None, f"{args.model}: a model folder is needed"
     target = Segmenter.from_pretrained(folder).config.infer.target_diameter
     if args.cache is not None and args.cache.is_file():
         z = np.load(args.cache, allow_pickle=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,12 +22,10 @@ from nucleiseg.inference.segmenter import Result, Segmenter
 from nucleiseg.io.atomic import atomic_path
 from nucleiseg.io.geojson import write_geojson
 from nucleiseg.io.images import to_uint8_rgb
+from nucleiseg.io.layout import OutputLayout, OutputOptions
 from nucleiseg.io.measure import measure
 from nucleiseg.io.outputs import label_rois, overlay_outlines, write_measurements
 from nucleiseg.io.stacks import Planes, resolve_planes, write_label_stack
-
-if TYPE_CHECKING:  # batch imports this module: the type only, no import circle
-    from nucleiseg.inference.batch import OutputOptions
 
 __all__ = [
     "StackResult", "plane_positions", "segment_array", "segment_planes", "stack_measurements", "stack_record",
@@ -146,24 +144,26 @@ def write_stack_outputs(
     whose ROIs carry their stack position; ``--geojson`` detections with their QuPath plane.
     ``--png`` is refused (a PNG holds one plane).
     """
-    if getattr(options, "png", False):
+    if options.png:
         raise ValueError(f"a {planes.stack_axes} stack of {len(planes.planes)} planes cannot be written as PNG; drop --png (the stack is in {item_id}_masks.tif)")
-    written = [f"{item_id}_masks.tif"]
-    write_label_stack(out_dir / written[0], result.labels, result.axes)
-    if getattr(options, "overlay", False):
-        _write_overlay_stack(out_dir / f"{item_id}_overlay.tif", planes, result)
-        written.append(f"{item_id}_overlay.tif")
-    table = stack_measurements(result, planes) if (options.measure or getattr(options, "geojson", False)) else None
+    layout = OutputLayout(Path(out_dir), options)
+    written: list[str] = []
+
+    def put(kind: str) -> Path:
+        written.append(layout.name(item_id, kind))
+        return layout.path(item_id, kind)
+
+    write_label_stack(put("masks"), result.labels, result.axes)
+    if options.overlay:
+        _write_overlay_stack(put("overlay_stack"), planes, result)
+    table = stack_measurements(result, planes) if (options.measure or options.geojson) else None
     if options.measure and table is not None:
-        write_measurements(out_dir / f"{item_id}_measurements.csv", table)
-        written.append(f"{item_id}_measurements.csv")
-    if options.rois:
-        _write_stack_rois(out_dir / f"{item_id}_rois.zip", result)
-        written.append(f"{item_id}_rois.zip")
-    if getattr(options, "geojson", False):
+        write_measurements(put("measurements"), table)
+    if options.geojson:
         flat = result.labels.reshape((-1, *result.labels.shape[-2:]))
-        write_geojson(out_dir / f"{item_id}.geojson", flat, table, plane_positions(planes.stack_axes, planes.stack_shape))
-        written.append(f"{item_id}.geojson")
+        write_geojson(put("geojson"), flat, table, plane_positions(planes.stack_axes, planes.stack_shape))
+    if options.rois:
+        _write_stack_rois(put("rois"), result)
     return written
 
 

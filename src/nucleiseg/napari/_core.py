@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nucleiseg.inference.segmenter import CLASSICAL, bundled_models
+from nucleiseg.bundle import CLASSICAL, list_bundled
 
 __all__ = ["layer_axes", "model_names", "segment_layer_data"]
 
 
 def model_names() -> list[str]:
     """Bundled model names, then ``"classical"`` (the widget's choices)."""
-    return bundled_models() + [CLASSICAL]
+    return list_bundled() + [CLASSICAL]
 
 
 def layer_axes(shape: tuple[int, ...], rgb: bool, channel: int | None) -> str:

@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from nucleiseg.config import PostprocessConfig
+from nucleiseg.transforms.normalize import stretch
 from nucleiseg.postprocess.watershed import (
     estimate_diameter,
     fill_holes,
@@ -49,9 +50,7 @@ def normalize_percentile(gray: np.ndarray, low: float = 1.0, high: float = 99.8)
     lo, hi = np.percentile(gray, [low, high])
     if hi - lo < 1e-12:
         lo, hi = float(gray.min()), float(gray.max())
-    if hi - lo < 1e-12:
-        return np.zeros(gray.shape, np.float64)
-    return np.clip((gray - lo) / (hi - lo), 0.0, 1.0)
+    return stretch(gray.astype(np.float64), lo, hi)
 
 
 def classical_segment(image: np.ndarray, cfg: PostprocessConfig | None = None) -> np.ndarray:

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from nucleiseg.config import ModelBundleConfig, load_json, save_json
-from nucleiseg.inference.segmenter import WEIGHTS_DIR, Segmenter
+from nucleiseg.bundle import WEIGHTS_DIR
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.io.labels import discover_inputs, load_item_gt
 from nucleiseg.io.images import read_image
 from nucleiseg.metrics import match_labels
-from nucleiseg.training.checkpoint import file_hash
+from nucleiseg.bundle import file_hash
 
 
 def reference_outputs(model_dir: str | Path, examples: str | Path) -> dict[str, dict[str, Any]]:

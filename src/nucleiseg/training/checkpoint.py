@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from nucleiseg.bundle import file_hash  # noqa: F401  (re-exported: training.file_hash)
 from nucleiseg.io.atomic import atomic_path, atomic_write_text
 
 
@@ -52,15 +53,6 @@ def load_model(model_config: Any, path: str | Path) -> torch.nn.Module:
     params = {k: v for k, v in model_config.params.items() if k != "weights_path"}
     model = create_model(model_config.arch, model_config.in_channels, model_config.out_channels, **params)
     return load_weights(model, path)
-
-
-def file_hash(path: str | Path) -> str:
-    """SHA-256 hex digest of a file (the model hash written into every output sidecar)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_training_state(

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from nucleiseg.config import ModelBundleConfig, PostprocessConfig, load_json, save_json, to_dict
-from nucleiseg.inference.segmenter import Segmenter, resolve_model_dir
+from nucleiseg.bundle import ModelBundle
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.metrics import evaluate_pairs
 from nucleiseg.postprocess import tune_postprocess
@@ -60,8 +61,11 @@ def evaluate_run(
         ``pipeline``), each with score, AP@0.5, F1, mean IoU; also the tuned
         settings and seconds.
     """
-    folder = resolve_model_dir(run_dir)
-    config = load_json(ModelBundleConfig, folder / "config.json")
+    bundle = ModelBundle.open(run_dir)
+    if bundle.folder is None:
+        raise ValueError(f"{run_dir}: validation needs a run folder")
+    folder = bundle.folder
+    config = load_json(ModelBundleConfig, folder / "config.json")  # the run's own thresholds, before any tuning
     ids = validation_ids(folder)[:max_images]
     samples = load_samples(data, ids, config.normalize, progress)
     model = load_model(config.model, folder / "weights.safetensors")

@@ -126,9 +126,9 @@ def init_weights_file(name_or_path: str) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: init_weights file missing")
         return path
-    from nucleiseg.inference.segmenter import resolve_model_dir
+    from nucleiseg.bundle import ModelBundle
 
-    return resolve_model_dir(name_or_path) / "weights.safetensors"
+    return ModelBundle.open(name_or_path).weights_file()
 
 
 def bundle_config(cfg: TrainConfig) -> ModelBundleConfig:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nucleiseg.config import InferConfig, PostprocessConfig
+from nucleiseg.config import InferConfig, ModelBundleConfig, PostprocessConfig
 from nucleiseg.inference.predictors import torch_predictor
-from nucleiseg.inference.tiling import predict_tiled
-from nucleiseg.inference.tta import tta_predictor
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.metrics import evaluate_pairs
 from nucleiseg.postprocess import probabilities_to_labels
 from nucleiseg.training.data import TrainingSample
@@ -25,26 +25,17 @@ def predict_samples(
     tta: bool = False,
     progress: bool = False,
 ) -> list[np.ndarray]:
-    """Probabilities ``(K, H, W)`` for each normalised sample at native resolution."""
-    predictor = torch_predictor(model, device)
-    if tta:
-        predictor = tta_predictor(predictor)
-    stride = int(getattr(model, "stride", 32))
-    out = []
-    for sample in tqdm(samples, desc="predict", disable=not progress, leave=False):
-        image = sample.image.astype(np.float32).transpose(2, 0, 1)
-        out.append(
-            predict_tiled(
-                predictor,
-                image,
-                tile=infer.tile,
-                overlap=infer.overlap,
-                batch_size=infer.batch_size,
-                stride=stride,
-                blend=infer.blend,
-            )
-        )
-    return out
+    """Probabilities ``(K, H, W)`` for each normalised sample at native resolution.
+
+    The in-memory model runs through :meth:`Segmenter.probabilities`, the stage every user
+    path runs (tiling, TTA), so validation scores what users get.
+    """
+    segmenter = Segmenter(ModelBundleConfig(infer=infer), torch_predictor(model, device), int(getattr(model, "stride", 32)), "validation")
+    settings = replace(infer, tta=tta, scales=[1.0])
+    return [
+        segmenter.probabilities(sample.image.astype(np.float32), settings)
+        for sample in tqdm(samples, desc="predict", disable=not progress, leave=False)
+    ]
 
 
 def score_probabilities(

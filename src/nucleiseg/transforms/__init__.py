@@ -1,5 +1,6 @@
 """Image normalisation, training targets and augmentation.
 
+Names are imported on first use (PEP 562), so inference never imports albumentations.
 ``NO_ALBUMENTATIONS_UPDATE`` is set before albumentations is imported so it never checks
 online for a newer version.
 """
@@ -8,26 +9,21 @@ from __future__ import annotations
 
 import os
 
+from nucleiseg._lazy import lazy_exports
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from nucleiseg.transforms.augment import build_augment, patchify  # noqa: E402
-from nucleiseg.transforms.normalize import (  # noqa: E402
-    image_style_features,
-    is_bright_background,
-    normalize_image,
-    style_clusters,
-)
-from nucleiseg.transforms.targets import contour_map, gap_weights, make_targets, separation_map  # noqa: E402
+_EXPORTS = {
+    "build_augment": "augment",
+    "patchify": "augment",
+    "image_style_features": "normalize",
+    "is_bright_background": "normalize",
+    "normalize_image": "normalize",
+    "style_clusters": "normalize",
+    "contour_map": "targets",
+    "gap_weights": "targets",
+    "make_targets": "targets",
+    "separation_map": "targets",
+}
 
-__all__ = [
-    "build_augment",
-    "contour_map",
-    "gap_weights",
-    "image_style_features",
-    "is_bright_background",
-    "make_targets",
-    "normalize_image",
-    "patchify",
-    "separation_map",
-    "style_clusters",
-]
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -8,6 +8,8 @@ oversampled during training (:func:`style_clusters`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy.cluster.vq import ClusterError, kmeans2
 from skimage.filters import threshold_otsu
@@ -76,22 +78,39 @@ def is_bright_background(image: np.ndarray) -> bool:
     return bool(np.mean(gray > thresh) > 0.5)
 
 
-def _scale(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
-    """Map intensities of all channels jointly to 0..1 according to ``cfg.mode``."""
-    if cfg.mode == "none":
-        return image
+class IntensityRange(NamedTuple):
+    """The intensity mapping :func:`normalize_image` applies: ``low`` -> 0, ``high`` -> 1, then
+    optionally inverted (bright-background images). Computed once for a whole image by
+    :func:`intensity_range`, it lets the tiles of an image too large for memory share one mapping."""
+
+    low: float
+    high: float
+    invert: bool
+
+
+def intensity_range(image: np.ndarray, cfg: NormalizeConfig) -> IntensityRange:
+    """The :class:`IntensityRange` :func:`normalize_image` computes for ``image`` (or a subsample of it)."""
+    img = _as_float_channels(image)
+    invert = bool(cfg.invert_bright and is_bright_background(img))
+    if cfg.grayscale and img.shape[2] > 1:
+        img = _gray(img)[:, :, None]
     if cfg.mode == "percentile":
-        lo, hi = np.percentile(image, [cfg.low, cfg.high])
+        lo, hi = np.percentile(img, [cfg.low, cfg.high])
     else:
-        lo, hi = float(image.min()), float(image.max())
-    span = float(hi - lo)
+        lo, hi = float(img.min()), float(img.max())
+    return IntensityRange(float(lo), float(hi), invert)
+
+
+def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``low``..``high`` to 0..1 and clip; an (almost) empty range gives zeros."""
+    span = float(high - low)
     if span <= _EPS:  # constant (or nearly constant) image: nothing to stretch
-        return np.zeros_like(image)
-    out = (image - np.float32(lo)) / np.float32(span)
+        return np.zeros_like(values)
+    out = (values - values.dtype.type(low)) / values.dtype.type(span)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def normalize_image(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
+def normalize_image(image: np.ndarray, cfg: NormalizeConfig, intensity: IntensityRange | None = None) -> np.ndarray:
     """Turn a raw microscopy image into the float32 network input.
 
     Steps: drop alpha; optionally average RGB to gray (``cfg.grayscale``); scale intensities of
@@ -108,6 +127,8 @@ def normalize_image(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
         ``(H, W)`` or ``(H, W, 1|3|4)`` array, uint8/uint16/other integer or float.
     cfg : NormalizeConfig
         Normalisation settings.
+    intensity : IntensityRange, optional
+        Use this mapping (:func:`intensity_range` of the whole image) instead of the image's own.
 
     Returns
     -------
@@ -122,12 +143,16 @@ def normalize_image(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
     if cfg.channels < 1:
         raise ValueError(f"channels must be >= 1, got {cfg.channels}")
     img = _as_float_channels(image)
-    invert = cfg.invert_bright and is_bright_background(img)
+    if intensity is None:
+        intensity = intensity_range(img, cfg)
     if cfg.grayscale and img.shape[2] > 1:
         img = _gray(img)[:, :, None]
-    img = _scale(img, cfg)
-    if invert:
-        img = (1.0 - img) if cfg.mode != "none" else (np.float32(img.max() + img.min()) - img)
+    if cfg.mode != "none":
+        img = stretch(img, intensity.low, intensity.high)
+        if intensity.invert:
+            img = 1.0 - img
+    elif intensity.invert:
+        img = np.float32(intensity.low + intensity.high) - img
     n = img.shape[2]
     if n != cfg.channels:
         if n == 1:
@@ -162,7 +187,8 @@ def image_style_features(image: np.ndarray) -> np.ndarray:
         is_colour = rng > _EPS and spread / max(rng, _EPS) > 0.02
     else:
         is_colour = False
-    gray = _scale(_gray(img)[:, :, None], NormalizeConfig(channels=1))[:, :, 0]
+    gray = _gray(img)
+    gray = stretch(gray, *np.percentile(gray, [1.0, 99.8]))
     bright = is_bright_background(img)
     return np.array([float(is_colour), gray.mean(), gray.std(), float(bright)], dtype=np.float32)
 

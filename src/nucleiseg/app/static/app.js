@@ -55,6 +55,7 @@ function fmt(value, digits) {
 
 function formOptions() {
   const form = new FormData();
+  if ($("#opt-model").value) form.append("model", $("#opt-model").value);
   if ($("#opt-tta").checked) form.append("tta", "true");
   for (const [id, name] of [["#opt-threshold", "threshold"], ["#opt-min-size", "min_size"], ["#opt-diameter", "diameter"],
                             ["#opt-channel", "channel"], ["#opt-axes", "axes"]]) {
@@ -89,7 +90,7 @@ function post(url, form, { onUpload, responseType = "json" } = {}) {
 /* ---------- tabs and server info ---------- */
 
 function selectTab(name) {
-  for (const tab of ["segment", "evaluate"]) {
+  for (const tab of ["segment", "evaluate", "train", "performance"]) {
     const on = tab === name;
     $(`#tab-${tab}`).classList.toggle("active", on);
     $(`#tab-${tab}`).setAttribute("aria-selected", String(on));
@@ -105,6 +106,7 @@ async function loadServerInfo() {
     const mp = (health.limits.max_pixels / 1e6).toFixed(0);
     $("#limits-text").textContent = `PNG, TIFF, JPEG or BMP · up to ${mb} MB and ${mp} megapixels per image`;
     $("#server-text").textContent = `model: ${models.loaded.name}`;
+    fillModelPickers(models);
     $("#server-dot").classList.add("ok");
   } catch {
     $("#server-text").textContent = "server not reachable";
@@ -472,6 +474,8 @@ function renderEvaluation(box, d) {
 function init() {
   $("#tab-segment").addEventListener("click", () => selectTab("segment"));
   $("#tab-evaluate").addEventListener("click", () => selectTab("evaluate"));
+  $("#tab-train").addEventListener("click", () => { selectTab("train"); Train.show(); });
+  $("#tab-performance").addEventListener("click", () => { selectTab("performance"); Performance.show(); });
   const input = $("#file-input");
   input.addEventListener("change", () => { enqueue(input.files); input.value = ""; });
   const zone = $("#dropzone");

@@ -1,0 +1,123 @@
+/* Shared by the Train and Performance screens: JSON calls, model/dataset pickers, line charts. */
+"use strict";
+
+/** fetch JSON; resolves {status, body} (status 0 when the server cannot be reached). */
+async function api(url, { method = "GET", json, form } = {}) {
+  const init = { method, headers: {} };
+  if (json !== undefined) { init.body = JSON.stringify(json); init.headers["Content-Type"] = "application/json"; }
+  if (form !== undefined) init.body = form;
+  try {
+    const res = await fetch(url, init);
+    let body = null;
+    try { body = await res.json(); } catch { body = null; }
+    return { status: res.status, body };
+  } catch {
+    return { status: 0, body: null };
+  }
+}
+
+function seconds(s) {
+  if (s === null || s === undefined || Number.isNaN(s)) return "–";
+  s = Math.round(s);
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  return m < 60 ? `${m} min ${String(s % 60).padStart(2, "0")} s` : `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min`;
+}
+
+function setOptions(select, values, { optional = false, label = (v) => v, keep = true } = {}) {
+  const previous = select.value;
+  const options = values.map((v) => { const o = document.createElement("option"); o.value = v; o.textContent = label(v); return o; });
+  if (optional) { const o = document.createElement("option"); o.value = ""; o.textContent = "(none)"; options.unshift(o); }
+  select.replaceChildren(...options);
+  if (keep && [...select.options].some((o) => o.value === previous)) select.value = previous;
+}
+
+/** Fill every model picker from a GET /api/models answer. */
+function fillModelPickers(models) {
+  for (const select of document.querySelectorAll("select[data-models]")) {
+    if (select.id === "opt-model") {
+      const previous = select.value;
+      const first = document.createElement("option");
+      first.value = "";
+      first.textContent = `${models.loaded.name} (server default)`;
+      const others = models.available.filter((n) => n !== models.requested).map((n) => {
+        const o = document.createElement("option"); o.value = n; o.textContent = n; return o;
+      });
+      select.replaceChildren(first, ...others);
+      if ([...select.options].some((o) => o.value === previous)) select.value = previous;
+    } else {
+      setOptions(select, models.available, { optional: select.hasAttribute("data-optional") });
+    }
+  }
+}
+
+async function refreshModels() {
+  const res = await api("/api/models");
+  if (res.status === 200) fillModelPickers(res.body);
+  return res.body;
+}
+
+/** Fill every dataset picker from a GET /api/datasets answer. */
+function fillDatasetPickers(list) {
+  for (const select of document.querySelectorAll("select[data-datasets]")) setOptions(select, list.datasets.map((d) => d.name));
+}
+
+/**
+ * Draw line series on a canvas.
+ * series: [{label, color, points: [[x, y], ...]}]; opts: {xlabel, ymin, ymax, xmin, xmax}
+ */
+function drawLines(canvas, series, opts = {}) {
+  const dpr = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth || 420;
+  const height = canvas.clientHeight || 200;
+  canvas.width = Math.round(width * dpr);
+  canvas.height = Math.round(height * dpr);
+  const ctx = canvas.getContext("2d");
+  ctx.scale(dpr, dpr);
+  ctx.clearRect(0, 0, width, height);
+  const css = getComputedStyle(document.documentElement);
+  const ink = css.getPropertyValue("--muted").trim() || "#666";
+  ctx.font = "12px system-ui, sans-serif";
+  const pts = series.flatMap((s) => s.points).filter(([, y]) => y !== null && y !== undefined && Number.isFinite(y));
+  canvas.dataset.points = String(pts.length);
+  if (!pts.length) {
+    ctx.fillStyle = ink;
+    ctx.fillText(opts.empty || "Waiting for the first epoch…", 14, height / 2);
+    return;
+  }
+  const pad = { l: 48, r: 14, t: 12, b: 34 };
+  const xs = pts.map((p) => p[0]);
+  const ys = pts.map((p) => p[1]);
+  const x0 = opts.xmin ?? Math.min(...xs);
+  let x1 = opts.xmax ?? Math.max(...xs);
+  if (x1 <= x0) x1 = x0 + 1;
+  let y0 = opts.ymin ?? Math.min(...ys);
+  let y1 = opts.ymax ?? Math.max(...ys);
+  if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
+  const pw = width - pad.l - pad.r;
+  const ph = height - pad.t - pad.b;
+  const X = (x) => pad.l + ((x - x0) / (x1 - x0)) * pw;
+  const Y = (y) => pad.t + ph - ((y - y0) / (y1 - y0)) * ph;
+  ctx.strokeStyle = ink;
+  ctx.fillStyle = ink;
+  ctx.globalAlpha = 0.25;
+  for (let k = 0; k <= 4; k++) { const y = pad.t + (ph * k) / 4; ctx.beginPath(); ctx.moveTo(pad.l, y); ctx.lineTo(pad.l + pw, y); ctx.stroke(); }
+  ctx.globalAlpha = 1;
+  ctx.textAlign = "right";
+  for (let k = 0; k <= 4; k++) ctx.fillText((y0 + ((y1 - y0) * k) / 4).toFixed(y1 - y0 < 2 ? 2 : 1), pad.l - 6, Y(y0 + ((y1 - y0) * k) / 4) + 4);
+  ctx.textAlign = "center";
+  for (const x of [x0, (x0 + x1) / 2, x1]) ctx.fillText(Number.isInteger(x) ? String(x) : x.toFixed(2), X(x), pad.t + ph + 16);
+  ctx.fillText(opts.xlabel || "", pad.l + pw / 2, height - 3);
+  let legendX = pad.l + 8;
+  series.forEach((s) => {
+    ctx.strokeStyle = s.color;
+    ctx.fillStyle = s.color;
+    ctx.lineWidth = 2;
+    const valid = s.points.filter(([, y]) => y !== null && y !== undefined && Number.isFinite(y));
+    ctx.beginPath();
+    valid.forEach(([x, y], k) => (k ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
+    ctx.stroke();
+    for (const [x, y] of valid) { ctx.beginPath(); ctx.arc(X(x), Y(y), 3, 0, 2 * Math.PI); ctx.fill(); }
+    if (s.label) { ctx.textAlign = "left"; ctx.fillText(s.label, legendX, pad.t + 12); legendX += ctx.measureText(s.label).width + 18; }
+  });
+}

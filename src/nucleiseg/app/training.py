@@ -1,0 +1,224 @@
+"""Training from the web app: recipes, and a training job that runs ``nucleiseg train`` in a child process.
+
+The job writes the effective recipe to ``RUN/recipe.yaml`` and runs
+``python -m nucleiseg.cli.main train --config RUN/recipe.yaml --out RUN`` in its own process group
+(at a lower CPU priority, so the web server stays responsive); stopping sends it SIGINT, then
+SIGKILL. Progress comes from the files the trainer writes: ``metrics.csv`` (one row per epoch:
+loss and validation scores) and the progress bar in ``RUN/train.log``. When training ends or is
+stopped after at least one epoch, ``nucleiseg validate RUN --tune`` scores the run and saves its
+thresholds, and ``RUN/MODEL_CARD.md`` is written (:func:`nucleiseg.app.runs.write_model_card`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nucleiseg.app.datasets import Dataset, stage_for_training
+from nucleiseg.app.jobs import Job, JobFailed
+from nucleiseg.app.limits import api_error, scrub
+from nucleiseg.app.runs import read_history, write_app_record, write_model_card
+
+__all__ = ["BUILTIN_RECIPES", "TrainRequest", "list_recipes", "load_recipe", "train_runner"]
+
+REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+#: Recipes that need no repository checkout: a seconds-long rehearsal and a small CPU recipe.
+BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "model": {"arch": "unet", "params": {"depth": 3, "base_channels": 8}}, "targets": {"mode": "contour"},
+        "crop_size": 64, "batch_size": 2, "steps_per_epoch": 3, "epochs": 3, "val_fraction": 0.2,
+        "val_max_images": 1, "patience": 1000, "lr": 0.003, "amp": "off",
+    },
+    "small-cpu": {
+        "model": {"arch": "unet", "params": {"depth": 4, "base_channels": 16}}, "targets": {"mode": "contour"},
+        "crop_size": 128, "batch_size": 4, "epochs": 40, "val_fraction": 0.1, "val_max_images": 8,
+        "patience": 8, "lr": 0.002,
+    },
+}
+_PROGRESS = re.compile(r"epoch (\d+)/(\d+):\s+(\d+)%")
+_VALIDATE_IMAGES = 20
+NICENESS = 10
+
+
+def list_recipes() -> dict[str, dict[str, Any]]:
+    """Recipe name -> ``{"source", "arch", "epochs", ...}``: built-in ones and the repository's ``configs/*.yaml``."""
+    names: dict[str, dict[str, Any]] = {}
+    for name in BUILTIN_RECIPES:
+        names[name] = {"source": "built-in"}
+    if REPO_CONFIGS.is_dir():
+        for path in sorted(REPO_CONFIGS.glob("*.yaml")):
+            names.setdefault(path.stem, {"source": f"configs/{path.name}"})
+    out = {}
+    for name, info in names.items():
+        recipe = load_recipe(name)
+        out[name] = {**info, "arch": recipe.get("model", {}).get("arch", "unet"), "epochs": recipe.get("epochs"),
+                     "max_minutes": recipe.get("max_minutes"), "crop_size": recipe.get("crop_size")}
+    return out
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """The recipe ``name`` as a dict of TrainConfig fields, or 404."""
+    if name in BUILTIN_RECIPES:
+        return json.loads(json.dumps(BUILTIN_RECIPES[name]))
+    path = REPO_CONFIGS / f"{name}.yaml"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file():
+        raise api_error(404, f"no recipe named '{name}'; GET /api/recipes lists them")
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What the user picked on the Train screen."""
+
+    name: str
+    dataset: Dataset
+    recipe: str
+    arch: str
+    minutes: float
+    epochs: int | None = None
+
+
+def effective_recipe(req: TrainRequest, data: Path, run: Path, device: str) -> dict[str, Any]:
+    """The recipe with the user's dataset, architecture, time budget and this machine's settings."""
+    from nucleiseg.models.registry import model_params
+
+    recipe = load_recipe(req.recipe)
+    model = recipe.setdefault("model", {})
+    if model.get("arch", "unet") != req.arch:  # keep only the parameters the new architecture has
+        allowed = model_params(req.arch)
+        model["params"] = {k: v for k, v in (model.get("params") or {}).items() if k in allowed}
+    model["arch"] = req.arch
+    recipe.update(data=str(data), out=str(run), max_minutes=req.minutes, extra_data=[], init_weights=None)
+    if req.epochs is not None:
+        recipe["epochs"] = req.epochs
+    recipe["threads"] = max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else recipe.get("threads")
+    return recipe
+
+
+def train_command(run: Path, device: str) -> list[str]:
+    """The ``nucleiseg train`` command of a prepared run folder."""
+    return [sys.executable, "-m", "nucleiseg.cli.main", "train", "--config", str(run / "recipe.yaml"), "--out", str(run), "--device", device]
+
+
+def shown_command(req: TrainRequest, runs_label: str) -> str:
+    """The equivalent command line a user would type (shown on the page)."""
+    parts = ["nucleiseg", "train", "--config", f"{runs_label}/{req.name}/recipe.yaml", "--out", f"{runs_label}/{req.name}"]
+    validate = ["nucleiseg", "validate", f"{runs_label}/{req.name}", "--tune", "--no-pipeline", "--max-images", str(_VALIDATE_IMAGES)]
+    return f"{shlex.join(parts)} && {shlex.join(validate)} --data <training data>"
+
+
+def _tail(path: Path, size: int = 4096) -> str:
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - size))
+        return fh.read().decode("utf-8", "replace")
+
+
+def _failure(log: Path, run: Path, rc: int) -> str:
+    """One line from the end of a failed child's log, without server paths."""
+    lines = [ln.strip() for ln in re.split(r"[\r\n]+", _tail(log, 16384)) if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:") or re.match(r"^[\w.]*(Error|Exception)\b", ln)]
+    line = (errors or lines or [f"exit status {rc}"])[-1]
+    return scrub(scrub(line, run.parent, ""), Path.cwd(), "")[:300]
+
+
+def _run_child(job: Job, cmd: list[str], log: Path, run: Path, phase: str, epochs: int, budget_s: float) -> int:
+    """Run one child process to its end (or until stopped), reporting training progress."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    job.private["pid"] = proc.pid
+    try:  # relative to the server's own priority, never above it
+        os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS))
+    except OSError:
+        pass
+    start, seen, interrupted = time.monotonic(), -1.0, None
+    while proc.poll() is None:
+        if job.stop_requested and interrupted is None:
+            interrupted = time.monotonic()
+            os.killpg(proc.pid, signal.SIGINT)
+        if interrupted is not None and time.monotonic() - interrupted > 10:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if phase == "training":
+            mtime = (run / "metrics.csv").stat().st_mtime if (run / "metrics.csv").is_file() else 0.0
+            history = read_history(run / "metrics.csv") if mtime != seen else None
+            seen = mtime
+            _report_training(job, history, _tail(run / "train.log", 2048), epochs, budget_s, time.monotonic() - start)
+        job.wait_stop(0.5) if interrupted is None else time.sleep(0.2)
+    return proc.returncode
+
+
+def _report_training(job: Job, history: list | None, tail: str, epochs: int, budget_s: float, elapsed: float) -> None:
+    fields: dict[str, Any] = {"phase": "training", "elapsed_s": round(elapsed, 1)}
+    if history is not None:
+        fields["history"] = history
+    hist = history if history is not None else job.progress.get("history", [])
+    matches = _PROGRESS.findall(tail)
+    epoch, fraction = (int(matches[-1][0]), int(matches[-1][2]) / 100) if matches else (len(hist) + 1 if hist else 0, 0.0)
+    fields.update(epoch=epoch, epochs=epochs, epoch_fraction=fraction)
+    if hist:
+        per_epoch = hist[-1]["seconds"] / len(hist)
+        left = per_epoch * max(0.0, epochs - len(hist) - fraction)
+        used = hist[-1]["seconds"] + per_epoch * fraction
+        fields["eta_s"] = round(max(0.0, min(left, budget_s + per_epoch - used)), 1)
+    job.update(**fields)
+
+
+def train_runner(req: TrainRequest, runs_root: Path, device: str):
+    """The job runner training ``req`` into ``runs_root/req.name`` (see the module docstring)."""
+
+    def run(job: Job) -> dict[str, Any] | None:
+        folder = runs_root / req.name
+        folder.mkdir(parents=True, exist_ok=False)
+        record = {"name": req.name, "dataset": req.dataset.name, "recipe": req.recipe, "arch": req.arch,
+                  "minutes": req.minutes, "command": job.command, "job": job.id, "created": time.time()}
+        write_app_record(folder, {**record, "state": "preparing"})
+        job.update(phase="preparing", run=req.name)
+        try:
+            data, n_images = stage_for_training(req.dataset.path, folder / "data")
+        except (ValueError, OSError) as exc:
+            write_app_record(folder, {**record, "state": "failed"})
+            raise JobFailed(f"dataset '{req.dataset.name}': {scrub(str(exc), req.dataset.path, '')}") from None
+        recipe = effective_recipe(req, data, folder, device)
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+        epochs = int(recipe.get("epochs", 50))
+        job.update(phase="training", images=n_images, epochs=epochs, epoch=0, history=[])
+        rc = _run_child(job, train_command(folder, device), folder / "train.log", folder, "training", epochs, req.minutes * 60)
+        stopped = job.stop_requested
+        if rc != 0 and not stopped:
+            write_app_record(folder, {**record, "state": "failed"})
+            raise JobFailed(f"training failed: {_failure(folder / 'train.log', folder, rc)}")
+        job.update(history=read_history(folder / "metrics.csv"))
+        if not (folder / "weights.safetensors").is_file():
+            write_app_record(folder, {**record, "state": "stopped"})
+            return {"run": None, "message": "stopped before the first epoch ended: no model was kept"}
+        job.update(phase="validating")
+        validate = [sys.executable, "-m", "nucleiseg.cli.main", "validate", str(folder), "--data", str(data),
+                    "--tune", "--no-pipeline", "--max-images", str(_VALIDATE_IMAGES)]
+        job.clear_stop()  # a stop during training still validates what was learnt; a second stop ends it
+        rc = _run_child(job, validate, folder / "validate.log", folder, "validating", epochs, 0.0)
+        state = "stopped" if stopped or job.stop_requested else "finished"
+        if rc != 0 and not job.stop_requested:
+            write_app_record(folder, {**record, "state": "failed"})
+            raise JobFailed(f"validation failed: {_failure(folder / 'validate.log', folder, rc)}")
+        if stopped:
+            job.request_stop()
+        write_model_card(folder)
+        write_app_record(folder, {**record, "state": state, "ended": time.time()})
+        evaluation = json.loads((folder / "evaluation.json").read_text()) if (folder / "evaluation.json").is_file() else {}
+        return {"run": req.name, "evaluation": {k: evaluation.get(k) for k in ("n_images", "native_default", "native_tuned")}}
+
+    return run

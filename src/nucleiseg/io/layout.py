@@ -1,0 +1,149 @@
+"""Which output files a batch writes for each image, and their names: the one place they are spelled.
+
+:class:`OutputOptions` says which outputs were asked for; :class:`OutputLayout` turns an item id
+into file names for them (a 2-D image, a T/Z stack or a block-wise ``.zarr`` label image). The
+writers (:func:`nucleiseg.inference.item.write_outputs`,
+:func:`nucleiseg.inference.stack.write_stack_outputs`, the block-wise strategy) and ``--resume``
+(:meth:`OutputLayout.pending`) all ask the layout, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = ["SUFFIXES", "OutputLayout", "OutputOptions", "output_name"]
+
+#: Suffix of each kind of output, appended to the item id.
+SUFFIXES = {
+    "masks": "_masks.tif",
+    "masks_png": "_masks.png",
+    "overlay": "_overlay.png",
+    "overlay_stack": "_overlay.tif",
+    "diff": "_diff.png",
+    "measurements": "_measurements.csv",
+    "geojson": ".geojson",
+    "rois": "_rois.zip",
+    "zarr": "_masks.zarr",
+}
+
+#: The record of a whole run, beside the per-image outputs.
+RUN_RECORD = "run.json"
+
+Item = TypeVar("Item")
+
+
+def output_name(item_id: str, kind: str) -> str:
+    """File name of output ``kind`` (a key of :data:`SUFFIXES`) of ``item_id``.
+
+    Raises
+    ------
+    KeyError
+        For an unknown kind, with the known ones in the message.
+    """
+    if kind not in SUFFIXES:
+        raise KeyError(f"unknown output kind {kind!r} (known: {', '.join(SUFFIXES)})")
+    return f"{item_id}{SUFFIXES[kind]}"
+
+
+@dataclass
+class OutputOptions:
+    """Which files to write for each image (``<id>_masks.tif`` is always written).
+
+    ``geojson`` writes ``<id>.geojson`` (QuPath detections with measurements). ``channel`` and
+    ``axes`` say how to read multi-channel images and stacks (:func:`nucleiseg.io.stacks.read_planes`):
+    the nuclear channel (index or metadata name) and the axis letters of files without metadata.
+    """
+
+    png: bool = False
+    overlay: bool = False
+    measure: bool = False
+    rois: bool = False
+    rle: str | None = None
+    geojson: bool = False
+    channel: int | str | None = None
+    axes: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Names of every output of an item in ``out_dir`` for ``options``.
+
+    Parameters
+    ----------
+    out_dir : Path
+        The output folder.
+    options : OutputOptions
+        The outputs asked for.
+    blockwise : bool
+        Images are segmented block-wise: the labels go to ``<id>_masks.zarr`` and nothing else
+        is written.
+    """
+
+    out_dir: Path
+    options: OutputOptions
+    blockwise: bool = False
+
+    @classmethod
+    def of(cls, out_dir: str | Path, options: OutputOptions | None = None, blockwise: bool = False) -> OutputLayout:
+        """A layout with default options when none are given."""
+        return cls(Path(out_dir), options or OutputOptions(), blockwise)
+
+    def name(self, item_id: str, kind: str) -> str:
+        """File name of output ``kind`` of ``item_id`` (see :data:`SUFFIXES`)."""
+        return output_name(item_id, kind)
+
+    def path(self, item_id: str, kind: str) -> Path:
+        """Path of output ``kind`` of ``item_id`` in the output folder."""
+        return self.out_dir / output_name(item_id, kind)
+
+    @property
+    def record_path(self) -> Path:
+        """``OUT/run.json``."""
+        return self.out_dir / RUN_RECORD
+
+    def masks_path(self, item_id: str) -> Path:
+        """The label image of ``item_id`` (``.tif``, or ``.zarr`` block-wise)."""
+        return self.path(item_id, "zarr" if self.blockwise else "masks")
+
+    def kinds(self, stack: bool = False) -> list[str]:
+        """Output kinds always written for an image (``stack``: a T/Z stack), in writing order.
+
+        ``diff`` is left out: it is only written when ground truth of the same shape exists.
+        """
+        if self.blockwise:
+            return ["zarr"]
+        opts = self.options
+        kinds = ["masks"]
+        if opts.png and not stack:
+            kinds.append("masks_png")
+        if opts.overlay:
+            kinds.append("overlay_stack" if stack else "overlay")
+        if opts.measure:
+            kinds.append("measurements")
+        if opts.geojson:
+            kinds.append("geojson")
+        if opts.rois:
+            kinds.append("rois")
+        return kinds
+
+    def expected(self, item_id: str, stack: bool = False) -> list[str]:
+        """File names always written for ``item_id`` (see :meth:`kinds`)."""
+        return [output_name(item_id, kind) for kind in self.kinds(stack)]
+
+    def is_done(self, item_id: str) -> bool:
+        """True when every output of ``item_id`` exists, as a 2-D image or as a stack.
+
+        Outputs are written atomically (the ``.zarr`` folder is renamed into place once
+        complete), so an output that exists is complete.
+        """
+        if self.blockwise:
+            return self.masks_path(item_id).is_dir()
+        forms = (False,) if self.options.png else (False, True)  # a stack is never written as PNG
+        return any(all((self.out_dir / name).is_file() for name in self.expected(item_id, stack)) for stack in forms)
+
+    def pending(self, items: Iterable[Item]) -> list[Item]:
+        """The items (anything with an ``id``) whose outputs are not all in the folder yet."""
+        return [item for item in items if not self.is_done(item.id)]  # type: ignore[attr-defined]
