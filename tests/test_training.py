@@ -133,7 +133,7 @@ def test_canonical_scale_samples_and_bundle(real_sample_dirs, dsb_root):
         assert set(np.unique(b.labels)) <= set(np.unique(a.labels))  # nearest neighbour: no new ids
     infer = bundle_config(TrainConfig(train_diameter=20.0)).infer
     assert infer.rescale and infer.target_diameter == 20.0 and infer.rescale_tolerance == 1.1
-    assert bundle_config(TrainConfig()).infer.rescale_tolerance == 1.3
+    assert bundle_config(TrainConfig()).infer.rescale_tolerance == 1.5
 
 
 def test_cpu_bf16_check_follows_the_cpu_flags():
