@@ -143,11 +143,44 @@ def cost(model: str, repeats: int) -> dict:
     return out
 
 
+def whole_command(model: str, repeats: int) -> dict:
+    """Seconds of the whole default command over the validation images, with and without the estimate.
+
+    Runs ``nucleiseg segment <val> -o <out>`` and the same with ``--no-rescale`` alternately,
+    ``repeats`` times each (fresh processes; medians), and counts the zoom decisions.
+    """
+    import tempfile
+
+    from nucleiseg.benchmark.command import run_command, segment_command
+    from nucleiseg.benchmark.images import validation_set
+
+    folder = ModelBundle.open(model).folder
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-size-") as tmp:
+        val = validation_set(folder, Path(tmp))
+        if val is None:
+            raise SystemExit(f"{folder}: no validation images here")
+        runs: dict[str, list[float]] = {"estimated": [], "no_rescale": []}
+        for _ in range(repeats):
+            for key, extra in (("estimated", []), ("no_rescale", ["--no-rescale"])):
+                out = Path(tmp) / key
+                runs[key] += run_command(segment_command([val], out, model, "auto", extra), out, 1)["runs"]
+        scales = [r["scale"] for r in json.loads((Path(tmp) / "estimated" / "run.json").read_text())["images"]]
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "command": "nucleiseg segment <67 validation images> -o OUT [--no-rescale]", "runs_s": runs,
+        "estimated_s": round(med["estimated"], 2), "no_rescale_s": round(med["no_rescale"], 2),
+        "ratio": round(med["estimated"] / med["no_rescale"], 3),
+        "decisions": {"native": sum(x == 1.0 for x in scales), "upscaled": sum(x > 1.0 for x in scales),
+                      "downscaled": sum(x < 1.0 for x in scales)},
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--which", choices=["new", "old", "both"], default="both")
     ap.add_argument("--cost", action="store_true", help="measure the cost instead of the accuracy")
+    ap.add_argument("--whole", action="store_true", help="time the whole default command with and without the estimate")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--every", type=int, default=1, help="use every n-th image only (the old estimator is slow)")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -158,7 +191,11 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if args.cost:
+    if args.whole:
+        previous["whole_command"] = {"script": "python benchmarks/size_estimation.py " + " ".join(sys.argv[1:]),
+                                     **whole_command(args.model, args.repeats)}
+        print(json.dumps(previous["whole_command"], indent=1))
+    elif args.cost:
         previous["cost"] = {"command": "python benchmarks/size_estimation.py " + " ".join(sys.argv[1:]), **cost(args.model, args.repeats)}
     else:
         which = ["new", "old"] if args.which == "both" else [args.which]

@@ -38,8 +38,8 @@ class BaselineStep:
         self.config = bundle.config
         self.predict = torch_predictor(load_model(bundle.config.model, bundle.weights_file()))
 
-    def __call__(self, path: Path, out_dir: Path, name: str | None = None) -> tuple[dict[str, float], np.ndarray]:
-        """Segment one file into ``out_dir`` as ``<name>_masks.tif`` (default: the file's stem)."""
+    def __call__(self, path: Path, out_dir: Path, name: str | None = None, measure: bool = True) -> tuple[dict[str, float], np.ndarray]:
+        """Segment one file into ``out_dir`` as ``<name>_masks.tif`` (default: the file's stem), with its measurements CSV."""
         from skimage.measure import label as connected_components
 
         from nucleiseg.io.images import read_image, write_labels
@@ -57,7 +57,8 @@ class BaselineStep:
         labels = connected_components(probs[0] > 0.5, connectivity=1).astype(np.int32)
         times["postprocess"], t = time.perf_counter() - t, time.perf_counter()
         stem = name or Path(path).stem
-        write_measurements(out_dir / f"{stem}_measurements.csv", measure_regionprops(labels, image))
+        if measure:
+            write_measurements(out_dir / f"{stem}_measurements.csv", measure_regionprops(labels, image))
         write_labels(out_dir / f"{stem}_masks.tif", labels)
         times["write"] = time.perf_counter() - t
         return times, labels
@@ -71,13 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("inputs", nargs="+")
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--model", default="default")
+    p.add_argument("--no-measure", action="store_true", help="write the label images only (no measurements CSV)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     step = BaselineStep(args.model)
     items = discover_inputs([Path(x) for x in args.inputs])
     for item in items:
-        step(item.image_path, out, item.id)
+        step(item.image_path, out, item.id, measure=not args.no_measure)
     print(f"{len(items)} images segmented by the naive baseline")
     return 0
 

@@ -16,8 +16,8 @@ __all__ = ["baseline_command", "run_command", "score_folder", "segment_command"]
 
 
 def segment_command(inputs: Sequence[str | Path], out: Path, model: str | Path, backend: str, extra: Sequence[str] = ()) -> list[str]:
-    """``nucleiseg segment INPUTS -o OUT --measure`` (the console script's module, this Python)."""
-    cmd = [sys.executable, "-m", "nucleiseg.cli.main", "segment", *map(str, inputs), "-o", str(out), "--quiet", "--measure",
+    """``nucleiseg segment INPUTS -o OUT [EXTRA]``: the default command (the console script's module, this Python)."""
+    cmd = [sys.executable, "-m", "nucleiseg.cli.main", "segment", *map(str, inputs), "-o", str(out), "--quiet",
            "--model", str(model)]
     if backend != "auto":
         cmd += ["--backend", backend]
@@ -25,8 +25,8 @@ def segment_command(inputs: Sequence[str | Path], out: Path, model: str | Path, 
 
 
 def baseline_command(inputs: Sequence[str | Path], out: Path, model: str | Path) -> list[str]:
-    """The naive baseline as a command (:mod:`nucleiseg.benchmark.baseline`)."""
-    return [sys.executable, "-m", "nucleiseg.benchmark.baseline", *map(str, inputs), "-o", str(out), "--model", str(model)]
+    """The naive baseline as a command (:mod:`nucleiseg.benchmark.baseline`), label images only like ``segment``'s default."""
+    return [sys.executable, "-m", "nucleiseg.benchmark.baseline", *map(str, inputs), "-o", str(out), "--model", str(model), "--no-measure"]
 
 
 def run_command(cmd: list[str], out: Path, repeats: int, threads: int | None = None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ Two measurements per image set and pipeline:
     measurements), timed stage by stage after one warm-up image, passes interleaved between
     pipelines so a burst of load from elsewhere hits them alike; medians over ``repeats``.
 ``command`` (whole command)
-    ``nucleiseg segment IMAGES -o OUT --measure`` run as a fresh process
+    ``nucleiseg segment IMAGES -o OUT`` (the default command) run as a fresh process
     (:mod:`nucleiseg.benchmark.command`): process start, imports, model load, every image,
     ``run.json``. This is the figure users feel. The baseline runs as its own command too.
 
@@ -155,7 +155,8 @@ def run_benchmark(
     max_images : int, optional
         At most this many images per set.
     command : bool
-        Also time the whole commands and one 256 x 256 image end to end.
+        Also time the whole commands (the default ``nucleiseg segment FOLDER -o OUT``: label images and
+        ``run.json``; the baseline writes label images too) and one 256 x 256 image end to end.
     data : path, optional
         The DSB folder of the validation split (default: the model's training data).
 
@@ -216,7 +217,7 @@ def run_benchmark(
         if command:
             one = single_image(next(iter(sets.values())), work)
             out = work / "one_out"
-            result["one_image"] = {"size": [256, 256], "pipeline": backends[0],
+            result["one_image"] = {"size": [256, 256], "pipeline": backends[0], "command": "nucleiseg segment IMAGE -o OUT",
                                    **run_command(segment_command([one], out, model, backends[0]), out, repeats, threads)}
     return result
 
