@@ -60,7 +60,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    "workers. Given, images are segmented one after the other with this many threads each")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes, each with its own model copy and an equal share of the cores "
-                   "(fastest for many images on a CPU: one per core); default 1")
+                   "(default 1: the images run on threads of this process, one per core, which starts faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dask", metavar="SPEC",
                    help="run on Dask: 'local' (one worker per core), 'local:N', or a scheduler address tcp://host:8786")

@@ -320,18 +320,8 @@ function renderTable(card, rows) {
 }
 
 function drawHistogram(canvas, values) {
-  const dpr = window.devicePixelRatio || 1;
-  const width = canvas.clientWidth || 360;
-  const height = canvas.clientHeight || 220;
-  canvas.width = Math.round(width * dpr);
-  canvas.height = Math.round(height * dpr);
-  const ctx = canvas.getContext("2d");
-  ctx.scale(dpr, dpr);
-  ctx.clearRect(0, 0, width, height);
-  const css = getComputedStyle(document.documentElement);
-  const ink = css.getPropertyValue("--muted").trim() || "#666";
+  const { ctx, width, height, css, ink } = prepareCanvas(canvas, 360, 220);  // common.js
   const accent = css.getPropertyValue("--accent").trim() || "#2563eb";
-  ctx.font = "12px system-ui, sans-serif";
   ctx.fillStyle = ink;
   if (!values.length) {
     ctx.fillText("No nuclei to plot.", 12, height / 2);

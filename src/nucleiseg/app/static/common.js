@@ -66,18 +66,23 @@ function fillDatasetPickers(list) {
  * Draw line series on a canvas.
  * series: [{label, color, points: [[x, y], ...]}]; opts: {xlabel, ymin, ymax, xmin, xmax}
  */
-function drawLines(canvas, series, opts = {}) {
+/** A canvas sized for the screen's pixel ratio, cleared: {ctx, width, height, css, ink}. */
+function prepareCanvas(canvas, defaultWidth, defaultHeight) {
   const dpr = window.devicePixelRatio || 1;
-  const width = canvas.clientWidth || 420;
-  const height = canvas.clientHeight || 200;
+  const width = canvas.clientWidth || defaultWidth;
+  const height = canvas.clientHeight || defaultHeight;
   canvas.width = Math.round(width * dpr);
   canvas.height = Math.round(height * dpr);
   const ctx = canvas.getContext("2d");
   ctx.scale(dpr, dpr);
   ctx.clearRect(0, 0, width, height);
   const css = getComputedStyle(document.documentElement);
-  const ink = css.getPropertyValue("--muted").trim() || "#666";
   ctx.font = "12px system-ui, sans-serif";
+  return { ctx, width, height, css, ink: css.getPropertyValue("--muted").trim() || "#666" };
+}
+
+function drawLines(canvas, series, opts = {}) {
+  const { ctx, width, height, ink } = prepareCanvas(canvas, 420, 200);
   const pts = series.flatMap((s) => s.points).filter(([, y]) => y !== null && y !== undefined && Number.isFinite(y));
   canvas.dataset.points = String(pts.length);
   if (!pts.length) {
