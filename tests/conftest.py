@@ -46,3 +46,38 @@ def disk_labels(shape: tuple[int, int], centers: list[tuple[float, float]], radi
 def make_disks():
     """Factory fixture: ``make_disks(shape, centers, radius) -> labels``."""
     return disk_labels
+
+
+def build_tiny_run(folder: Path, int8: bool = False) -> Path:
+    """A random U-Net model folder (depth 3, 24 channels) whose head biases are shifted on
+    ``examples/fluo_small.png`` so ~15 % of it is foreground (many objects, not one blob), with
+    ``model.onnx`` (and a dynamic ``model.int8.onnx`` with ``int8``)."""
+    import torch
+
+    from nucleiseg.config import ModelBundleConfig, ModelConfig, NormalizeConfig, save_json
+    from nucleiseg.export.onnx import export_onnx
+    from nucleiseg.io.images import read_image
+    from nucleiseg.models import create_model
+    from nucleiseg.training.checkpoint import save_weights
+    from nucleiseg.transforms import normalize_image
+
+    params = {"depth": 3, "base_channels": 24}
+    torch.manual_seed(0)
+    model = create_model("unet", 3, 3, **params).eval()
+    image = normalize_image(read_image(REPO / "examples" / "fluo_small.png"), NormalizeConfig())
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None])))[0]
+        # ~15% foreground; contour and separation channels near 0, so cores are the foreground.
+        model.head.bias -= torch.stack([torch.quantile(logits[0].flatten(), 0.85), logits[1].max() + 8, logits[2].max() + 8])
+    save_weights(model, folder / "weights.safetensors")
+    save_json(ModelBundleConfig(model=ModelConfig(arch="unet", params=params), name="tiny"), folder / "config.json")
+    export_onnx(folder, folder / "model.onnx")
+    if int8:
+        export_onnx(folder, folder / "model.int8.onnx", int8=True, int8_mode="dynamic")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def make_tiny_run():
+    """Factory fixture: ``make_tiny_run(folder, int8=False) -> folder`` (see :func:`build_tiny_run`)."""
+    return build_tiny_run

@@ -13,37 +13,20 @@ import pytest
 import torch
 
 from nucleiseg.bundle import ModelSpec
-from nucleiseg.config import ModelBundleConfig, ModelConfig, NormalizeConfig, save_json
-from nucleiseg.export.onnx import export_onnx
 from nucleiseg.inference.batch import segment_items
-from nucleiseg.io.images import read_image, read_labels
+from nucleiseg.io.images import read_labels
 from nucleiseg.io.labels import InputItem, discover_inputs
 from nucleiseg.io.layout import OutputLayout, OutputOptions
-from nucleiseg.models import create_model
-from nucleiseg.training.checkpoint import save_weights
-from nucleiseg.transforms import normalize_image
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 NAMES = ("fluo_small", "tissue_dense", "tissue_he")
-PARAMS = {"depth": 3, "base_channels": 24}
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, make_tiny_run) -> Path:
     """A random U-Net model folder with ``model.onnx`` and ``model.int8.onnx``; ~15 % foreground."""
-    folder = tmp_path_factory.mktemp("tiny_run")
-    torch.manual_seed(0)
-    model = create_model("unet", 3, 3, **PARAMS).eval()
-    image = normalize_image(read_image(EXAMPLES / "fluo_small.png"), NormalizeConfig())
-    with torch.no_grad():
-        logits = model(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None])))[0]
-        model.head.bias -= torch.stack([torch.quantile(logits[0].flatten(), 0.85), logits[1].max() + 8, logits[2].max() + 8])
-    save_weights(model, folder / "weights.safetensors")
-    save_json(ModelBundleConfig(model=ModelConfig(arch="unet", params=PARAMS), name="tiny"), folder / "config.json")
-    export_onnx(folder, folder / "model.onnx")
-    export_onnx(folder, folder / "model.int8.onnx", int8=True, int8_mode="dynamic")
-    return folder
+    return make_tiny_run(tmp_path_factory.mktemp("tiny_run"), int8=True)
 
 
 @pytest.fixture

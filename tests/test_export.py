@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from nucleiseg.config import InferConfig, ModelBundleConfig, ModelConfig, NormalizeConfig, save_json
+from nucleiseg.config import InferConfig, NormalizeConfig
 from nucleiseg.export.onnx import check_parity, export_onnx, format_parity, load_torch_model
 from nucleiseg.export.quantize import calibration_crops, convert_fp16
 from nucleiseg.bundle import ModelBundle, ModelSpec
@@ -20,9 +20,6 @@ from nucleiseg.inference.predictors import torch_predictor
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.images import read_image
 from nucleiseg.metrics import match_labels
-from nucleiseg.models import create_model
-from nucleiseg.training.checkpoint import save_weights
-from nucleiseg.transforms import normalize_image
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -30,24 +27,9 @@ PARAMS = {"depth": 3, "base_channels": 24}
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init U-Net run folder whose output biases are shifted on a real image.
-
-    Shifting the head's bias on ``fluo_small`` makes a sparse foreground, so the
-    segmentation has many objects instead of one image-sized blob.
-    """
-    folder = tmp_path_factory.mktemp("tiny_run")
-    torch.manual_seed(0)
-    model = create_model("unet", 3, 3, **PARAMS).eval()
-    image = normalize_image(read_image(EXAMPLES / "fluo_small.png"), NormalizeConfig())
-    with torch.no_grad():
-        logits = model(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None])))[0]
-        # ~15% foreground; contour and separation channels near 0, so cores are the foreground.
-        model.head.bias -= torch.stack([torch.quantile(logits[0].flatten(), 0.85), logits[1].max() + 8, logits[2].max() + 8])
-    save_weights(model, folder / "weights.safetensors")
-    save_json(ModelBundleConfig(model=ModelConfig(arch="unet", params=PARAMS), name="tiny"), folder / "config.json")
-    export_onnx(folder, folder / "model.onnx")
-    return folder
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, make_tiny_run) -> Path:
+    """A random U-Net run folder with ``model.onnx``, its output biases shifted on a real image (many objects)."""
+    return make_tiny_run(tmp_path_factory.mktemp("tiny_run"))
 
 
 def test_fp32_matches_torch_with_dynamic_axes(tiny_run: Path) -> None:
