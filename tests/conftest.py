@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +86,35 @@ def build_tiny_run(folder: Path, int8: bool = False) -> Path:
 def make_tiny_run():
     """Factory fixture: ``make_tiny_run(folder, int8=False) -> folder`` (see :func:`build_tiny_run`)."""
     return build_tiny_run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_live(app, stop_seconds: float = 10) -> Iterator[str]:
+    """Run ``app`` on uvicorn at 127.0.0.1 on a free port in a thread; yield its URL, then stop it."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=stop_seconds)
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """Factory fixture: ``with live_server(app) as url: ...`` (see :func:`serve_live`)."""
+    return serve_live

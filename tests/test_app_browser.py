@@ -6,15 +6,11 @@ how to install it (``.ci/install-browser.sh``), they are never skipped.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from nucleiseg.app.server import create_app
 
@@ -28,26 +24,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
+def base_url(live_server) -> Iterator[str]:
     """A live uvicorn server on 127.0.0.1 serving the classical model, stopped afterwards."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app("classical"), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(create_app("classical")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

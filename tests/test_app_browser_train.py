@@ -11,18 +11,15 @@ README's figures come from ``docs/figures``).
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from nucleiseg.app.limits import AppSettings
 from nucleiseg.app.server import create_app
 
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, _free_port
+from test_app_browser import CHROMIUM, CHROMIUM_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -30,20 +27,11 @@ SHOTS = os.environ.get("NUCLEISEG_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory) -> Iterator[str]:
+def base_url(tmp_path_factory, live_server) -> Iterator[str]:
     """A live server offering the examples as a dataset, with a runs folder of its own."""
     settings = AppSettings(model="classical", data=(str(EXAMPLES),), runs=str(tmp_path_factory.mktemp("runs")))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings=settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with live_server(create_app(settings=settings), stop_seconds=30) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
