@@ -88,37 +88,22 @@ def run_details(root: Path | None, name: str) -> dict[str, Any]:
 
 
 def write_model_card(run: Path) -> str:
-    """Write ``RUN/MODEL_CARD.md`` from the run's recipe, report and validation; return its text."""
+    """Write ``RUN/MODEL_CARD.md`` (:func:`nucleiseg.training.bundle.model_card`) from the run's recipe, report and validation."""
+    from nucleiseg.bundle import file_hash
+    from nucleiseg.training.bundle import model_card
+
     app, train = _read_json(run / "app.json"), _read_json(run / "train.json")
     report, evaluation = _read_json(run / "report.json"), _read_json(run / "evaluation.json")
-    model = train.get("model", {})
-    lines = [
-        f"# Model card: `{run.name}`",
-        "",
-        f"- Architecture: `{model.get('arch')}` {json.dumps(model.get('params', {}))}, targets "
-        f"`{train.get('targets', {}).get('mode')}`.",
-        f"- Trained by the nucleiseg web app on dataset `{app.get('dataset')}` with recipe `{app.get('recipe')}` "
+    weights = run / "weights.safetensors"
+    trained_on = (
+        f"Trained by the nucleiseg web app on dataset `{app.get('dataset')}` with recipe `{app.get('recipe')}` "
         f"(`recipe.yaml`, `train.json` here); {report.get('n_train', '?')} training images, validation split fixed "
-        f"by `split.json` (fraction {train.get('val_fraction')}, seed {train.get('split_seed')}).",
-    ]
-    if report:
-        lines.append(f"- Training: {report.get('epochs_run')} epochs, best at epoch {report.get('best_epoch')}, "
-                     f"{float(report.get('train_seconds', 0)) / 60:.1f} min on {report.get('device')}.")
-    else:
-        lines.append("- Training was stopped before it wrote its report; the weights are those of the best epoch so far.")
-    lines += ["", "## Validation", ""]
-    if evaluation:
-        lines += [f"{evaluation.get('n_images')} validation images (`nucleiseg validate --tune`; thresholds in `thresholds.json`).", "",
-                  "| setting | competition score | AP@0.5 | F1@0.5 |", "|---|---|---|---|"]
-        for key in ("native_default", "native_tuned"):
-            r = evaluation.get(key)
-            if r:
-                lines.append(f"| {key.replace('_', ' ')} | {r['val_score']:.4f} | {r['val_ap50']:.4f} | {r['val_f1']:.4f} |")
-    else:
-        lines.append("Not validated (stopped during validation).")
-    lines += ["", "## Limits", "", "Scores on a few validation images of one dataset; check other image kinds with the "
-              "Performance screen or `nucleiseg evaluate`.", ""]
-    text = "\n".join(lines)
+        f"by `split.json` (fraction {train.get('val_fraction')}, seed {train.get('split_seed')})."
+    )
+    limits = ("Scores on a few validation images of one dataset; check other image kinds with the "
+              "Performance screen or `nucleiseg evaluate`.")
+    text = model_card(run.name, train, report, evaluation, file_hash(weights) if weights.is_file() else "unknown",
+                      trained_on=trained_on, limits=limits)
     atomic_write_text(run / "MODEL_CARD.md", text)
     return text
 

@@ -56,8 +56,34 @@ def _extra_data(train: dict[str, Any], report: dict[str, Any]) -> str:
     return f", plus {n_extra} images of {names} (CC0; held-out lists in `nucleiseg/io/splits/` never loaded)"
 
 
-def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: dict[str, Any], sha: str,
-          suite: dict[str, Any] | None = None) -> str:
+#: The limits paragraph of a bundled model's card.
+DSB_LIMITS = (
+    "Trained only on DSB 2018 stage 1 training images (mostly fluorescence, some brightfield and H&E "
+    "tissue). Expect lower accuracy on other modalities, 3D data or very crowded tissue; check with "
+    "`nucleiseg evaluate` on a few annotated images of your own."
+)
+
+
+def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: dict[str, Any], sha: str,
+               suite: dict[str, Any] | None = None, trained_on: str | None = None, limits: str = DSB_LIMITS) -> str:
+    """A run's ``MODEL_CARD.md``: architecture, weights hash, data, training, accuracy suite, validation, limits.
+
+    Parameters
+    ----------
+    name : str
+        Model name.
+    train, report, evaluation : dict
+        ``train.json``, ``report.json`` and ``evaluation.json`` of the run; ``report`` and
+        ``evaluation`` may be empty (a run stopped before it reported or was validated).
+    sha : str
+        SHA-256 of ``weights.safetensors``.
+    suite : dict, optional
+        ``accuracy.json`` (``nucleiseg validate --suite``).
+    trained_on : str, optional
+        The data line; default: the DSB training split of a bundled recipe, ``configs/<name>.yaml``.
+    limits : str
+        The limits paragraph.
+    """
     rows = []
     for key, label in [("native_default", "native scale, default thresholds"), ("native_tuned", "native scale, tuned thresholds"),
                        ("native_tuned_tta", "native scale, tuned thresholds, 8-fold TTA"),
@@ -65,17 +91,30 @@ def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: 
         if key in evaluation:
             r = evaluation[key]
             rows.append(f"| {label} | {r['val_score']:.4f} | {r['val_ap50']:.4f} | {r['val_f1']:.4f} | {r['val_mean_iou_seed']:.4f} |")
-    model = train["model"]
+    model = train.get("model", {})
+    if trained_on is None:
+        trained_on = (
+            f"Trained on DSB 2018 stage1_train (CC0), {report['n_train']} images{_extra_data(train, report)}; validation split of "
+            f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})` "
+            f"(`split.json` of the run). Recipe: `configs/{name}.yaml` (`train.json` here)."
+        )
+    if report:
+        training = (f"- Training: {report['epochs_run']} epochs, best at epoch {report['best_epoch']}, "
+                    f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads), torch {report['torch']}.")
+    else:
+        training = "- Training was stopped before it wrote its report; the weights are those of the best epoch so far."
+    validation = [
+        "| setting | competition score | AP@0.5 | F1@0.5 | mean IoU (seed) |",
+        "|---|---|---|---|---|",
+        *rows,
+    ] if rows else ["Not validated (stopped during validation)."]
     return "\n".join([
         f"# Model card: `{name}`",
         "",
-        f"- Architecture: `{model['arch']}` {json.dumps(model['params'])}, targets `{train['targets']['mode']}`.",
+        f"- Architecture: `{model.get('arch')}` {json.dumps(model.get('params', {}))}, targets `{train.get('targets', {}).get('mode')}`.",
         f"- Weights: `weights.safetensors`, SHA-256 `{sha}`.",
-        f"- Trained on DSB 2018 stage1_train (CC0), {report['n_train']} images{_extra_data(train, report)}; validation split of "
-        f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})` "
-        f"(`split.json` of the run). Recipe: `configs/{name}.yaml` (`train.json` here).",
-        f"- Training: {report['epochs_run']} epochs, best at epoch {report['best_epoch']}, "
-        f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads), torch {report['torch']}.",
+        f"- {trained_on}",
+        training,
         "- Post-processing thresholds tuned on the validation split: `thresholds.json`.",
         "",
         *_suite_section(suite),
@@ -83,15 +122,11 @@ def _card(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: 
         "",
         "Reproduce: `nucleiseg validate runs/" + name + " --tta` on a run trained with the recipe.",
         "",
-        "| setting | competition score | AP@0.5 | F1@0.5 | mean IoU (seed) |",
-        "|---|---|---|---|---|",
-        *rows,
+        *validation,
         "",
         "## Limits",
         "",
-        "Trained only on DSB 2018 stage 1 training images (mostly fluorescence, some brightfield and H&E "
-        "tissue). Expect lower accuracy on other modalities, 3D data or very crowded tissue; check with "
-        "`nucleiseg evaluate` on a few annotated images of your own.",
+        limits,
         "",
     ])
 
@@ -125,8 +160,8 @@ def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path 
             shutil.copyfile(run / extra, dest / extra)
     sha = file_hash(dest / "weights.safetensors")
     suite = json.loads((run / "accuracy.json").read_text()) if (run / "accuracy.json").is_file() else None
-    card = _card(name, json.loads((run / "train.json").read_text()), json.loads((run / "report.json").read_text()),
-                 json.loads((run / "evaluation.json").read_text()), sha, suite)
+    card = model_card(name, json.loads((run / "train.json").read_text()), json.loads((run / "report.json").read_text()),
+                      json.loads((run / "evaluation.json").read_text()), sha, suite)
     atomic_write_text(dest / "MODEL_CARD.md", card)
     if examples is not None:
         reference = {"sha256": sha, "examples": reference_outputs(dest, examples)}
