@@ -31,8 +31,6 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CLASSICAL = "classical"
 #: File inside a model folder for each ONNX precision (``nucleiseg export`` writes these names).
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-#: ``metadata_props`` key of an exported model's configuration (see :mod:`nucleiseg.export.runtime`).
-ONNX_CONFIG_KEY = "nucleiseg.config"
 
 
 def file_hash(path: str | Path) -> str:
@@ -134,13 +132,13 @@ class ModelBundle:
     def _open_onnx(cls, path: Path) -> ModelBundle:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: ONNX model not found")
-        from nucleiseg.export.metadata import read_metadata  # the onnx package, only for a lone .onnx file
+        from nucleiseg.export.metadata import META, read_metadata  # the onnx package, only for a lone .onnx file
 
         meta = read_metadata(path)
-        precision = meta.get("nucleiseg.precision", "fp32").split("-")[0]
+        precision = meta.get(META["precision"], "fp32").split("-")[0]
         size = path.parent / "size_model.json"
-        if ONNX_CONFIG_KEY in meta:
-            config = from_dict(ModelBundleConfig, json.loads(meta[ONNX_CONFIG_KEY]))
+        if META["config"] in meta:
+            config = from_dict(ModelBundleConfig, json.loads(meta[META["config"]]))
         elif (path.parent / "config.json").is_file():
             config = _folder_config(path.parent)
         else:

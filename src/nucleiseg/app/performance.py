@@ -24,6 +24,7 @@ from nucleiseg.app.jobs import Job, JobFailed
 from nucleiseg.app.limits import api_error
 from nucleiseg.app.render import png_bytes
 from nucleiseg.app.runs import ModelRegistry
+from nucleiseg.io.layout import output_name
 
 __all__ = ["CSV_COLUMNS", "diff_png", "evaluation_command", "evaluation_runner", "table_csv"]
 
@@ -77,7 +78,7 @@ def evaluation_runner(registry: ModelRegistry, dataset: Dataset, models: list[st
                 except ImageReadError as exc:
                     raise JobFailed(f"{item.id}: {exc.problem}") from None
                 labels = segmenter.segment(image, infer, keep_probabilities=False).labels
-                target = work / f"m{m}" / f"{item.id}_masks.tif"
+                target = work / f"m{m}" / output_name(item.id, "masks")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_labels(target, labels)
                 if m == 0:
@@ -149,7 +150,7 @@ def diff_png(job: Job, index: int, model: int) -> bytes:
         raise api_error(404, f"no image {index} / model {model} in job '{job.id}'")
     item = items[index]
     image = read_image(item.image_path)
-    pred = read_labels(work / f"m{model}" / f"{item.id}_masks.tif")
+    pred = read_labels(work / f"m{model}" / output_name(item.id, "masks"))
     return png_bytes(difference_overlay(image, load_item_gt(item), pred))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nucleiseg.io.layout import RUN_RECORD
 from nucleiseg.api import evaluate_paths
 from nucleiseg.benchmark.suite_sets import SuiteSet, kinds_of, prepare_sets
 
@@ -56,7 +57,7 @@ def run_set(suite_set: SuiteSet, model: str, pred_dir: Path, extra: list[str] | 
     seconds = time.perf_counter() - t
     if proc.returncode not in (0, 1):  # 1 = some images failed (recorded), anything else = the command broke
         raise RuntimeError(f"{suite_set.name}: nucleiseg segment exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    failed = json.loads((pred_dir / "run.json").read_text())["failures"]
+    failed = json.loads((pred_dir / RUN_RECORD).read_text())["failures"]
     report = evaluate_paths(suite_set.truth, pred_dir)
     s = report.summary
     return {

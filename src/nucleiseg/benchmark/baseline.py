@@ -43,6 +43,7 @@ class BaselineStep:
         from skimage.measure import label as connected_components
 
         from nucleiseg.io.images import read_image, write_labels
+        from nucleiseg.io.layout import output_name
         from nucleiseg.io.outputs import measure_regionprops, write_measurements
         from nucleiseg.transforms.normalize import normalize_image
 
@@ -58,8 +59,8 @@ class BaselineStep:
         times["postprocess"], t = time.perf_counter() - t, time.perf_counter()
         stem = name or Path(path).stem
         if measure:
-            write_measurements(out_dir / f"{stem}_measurements.csv", measure_regionprops(labels, image))
-        write_labels(out_dir / f"{stem}_masks.tif", labels)
+            write_measurements(out_dir / output_name(stem, "measurements"), measure_regionprops(labels, image))
+        write_labels(out_dir / output_name(stem, "masks"), labels)
         times["write"] = time.perf_counter() - t
         return times, labels
 

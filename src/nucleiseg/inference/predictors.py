@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -143,8 +143,3 @@ def build_predictor(bundle: ModelBundle, backend: str = AUTO, device: str = "cpu
     """Build the predictor of ``bundle`` for ``backend`` (see :data:`BACKENDS`)."""
     name = resolve_backend(bundle, backend, device)
     return _REGISTRY[name](bundle, device, threads)
-
-
-def describe_backends() -> dict[str, Any]:
-    """The registered backends and the ``auto`` order (for ``--help`` texts and the API)."""
-    return {"backends": list(BACKENDS), "auto_order": list(AUTO_ORDER)}

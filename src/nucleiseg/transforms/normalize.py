@@ -88,17 +88,23 @@ class IntensityRange(NamedTuple):
     invert: bool
 
 
-def intensity_range(image: np.ndarray, cfg: NormalizeConfig) -> IntensityRange:
-    """The :class:`IntensityRange` :func:`normalize_image` computes for ``image`` (or a subsample of it)."""
-    img = _as_float_channels(image)
-    invert = bool(cfg.invert_bright and is_bright_background(img))
-    if cfg.grayscale and img.shape[2] > 1:
-        img = _gray(img)[:, :, None]
+def _range_of(img: np.ndarray, cfg: NormalizeConfig, invert: bool) -> IntensityRange:
+    """The range of a float ``(H, W, C)`` image already reduced to gray when ``cfg.grayscale``."""
     if cfg.mode == "percentile":
         lo, hi = np.percentile(img, [cfg.low, cfg.high])
     else:
         lo, hi = float(img.min()), float(img.max())
     return IntensityRange(float(lo), float(hi), invert)
+
+
+def _gray_if(img: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
+    return _gray(img)[:, :, None] if cfg.grayscale and img.shape[2] > 1 else img
+
+
+def intensity_range(image: np.ndarray, cfg: NormalizeConfig) -> IntensityRange:
+    """The :class:`IntensityRange` :func:`normalize_image` computes for ``image`` (or a subsample of it)."""
+    img = _as_float_channels(image)
+    return _range_of(_gray_if(img, cfg), cfg, bool(cfg.invert_bright and is_bright_background(img)))
 
 
 def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -143,10 +149,10 @@ def normalize_image(image: np.ndarray, cfg: NormalizeConfig, intensity: Intensit
     if cfg.channels < 1:
         raise ValueError(f"channels must be >= 1, got {cfg.channels}")
     img = _as_float_channels(image)
+    invert = intensity is None and cfg.invert_bright and is_bright_background(img)  # decided on the colour image
+    img = _gray_if(img, cfg)
     if intensity is None:
-        intensity = intensity_range(img, cfg)
-    if cfg.grayscale and img.shape[2] > 1:
-        img = _gray(img)[:, :, None]
+        intensity = _range_of(img, cfg, bool(invert))
     if cfg.mode != "none":
         img = stretch(img, intensity.low, intensity.high)
         if intensity.invert:
