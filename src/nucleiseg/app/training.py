@@ -49,6 +49,10 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
 _PROGRESS = re.compile(r"epoch (\d+)/(\d+):\s+(\d+)%")
 _VALIDATE_IMAGES = 20
 NICENESS = 10
+#: How often a running child is checked (a stat() of metrics.csv; read only when it changed).
+POLL_S = 0.1
+#: How often the progress of an epoch in flight (time left, the progress bar) is reported.
+REPORT_S = 0.5
 
 
 def list_recipes() -> dict[str, dict[str, Any]]:
@@ -145,7 +149,7 @@ def _run_child(job: Job, cmd: list[str], log: Path, run: Path, phase: str, epoch
         os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS))
     except OSError:
         pass
-    start, seen, interrupted = time.monotonic(), -1.0, None
+    start, seen, interrupted, reported = time.monotonic(), -1.0, None, 0.0
     while proc.poll() is None:
         if job.stop_requested and interrupted is None:
             interrupted = time.monotonic()
@@ -154,10 +158,12 @@ def _run_child(job: Job, cmd: list[str], log: Path, run: Path, phase: str, epoch
             os.killpg(proc.pid, signal.SIGKILL)
         if phase == "training":
             mtime = (run / "metrics.csv").stat().st_mtime if (run / "metrics.csv").is_file() else 0.0
-            history = read_history(run / "metrics.csv") if mtime != seen else None
-            seen = mtime
-            _report_training(job, history, _tail(run / "train.log", 2048), epochs, budget_s, time.monotonic() - start)
-        job.wait_stop(0.5) if interrupted is None else time.sleep(0.2)
+            now = time.monotonic()
+            if mtime != seen or now - reported >= REPORT_S:  # a new epoch at once, the rest twice a second
+                history = read_history(run / "metrics.csv") if mtime != seen else None
+                seen, reported = mtime, now
+                _report_training(job, history, _tail(run / "train.log", 2048), epochs, budget_s, now - start)
+        job.wait_stop(POLL_S) if interrupted is None else time.sleep(0.2)
     return proc.returncode
 
 
