@@ -20,6 +20,8 @@ from nucleiseg.postprocess import (
     probabilities_to_labels,
     tune_postprocess,
 )
+from nucleiseg.postprocess.tuning import REFINE
+from nucleiseg.postprocess.watershed import drop_unconfident
 
 TWO_CENTERS = [(32.0, 34.0), (32.0, 58.0)]  # radius 14: the disks overlap by 4 pixels
 
@@ -223,9 +225,29 @@ def test_tuning_finds_better_threshold(make_disks):
     assert score > 0.95
     again = np.mean([competition_score(t, probabilities_to_labels(p, best)) for p, t in zip(probs_list, gt_list)])
     assert again == pytest.approx(score)
-    assert len(table) == 60  # the default grid already holds the base settings
+    # the default grid already holds the base settings; then the confidence filter's line search
+    assert len(table) == 60 + len(REFINE["min_confidence"]) - 1
     assert table["score"].is_monotonic_decreasing and table.loc[0, "score"] == score
-    assert {"threshold", "marker_threshold", "min_size", "score", "score_std"} <= set(table.columns)
+    assert {"threshold", "marker_threshold", "min_size", "min_confidence", "score", "score_std"} <= set(table.columns)
+
+
+def test_confidence_filter_drops_faint_objects_only(make_disks):
+    truth = make_disks((96, 96), [(20, 20), (20, 70), (70, 30), (70, 72)], 9)
+    fake = make_disks((96, 96), [(45, 45)], 7)
+    probs = contour_probs(truth)
+    probs[0][fake > 0] = 0.7  # a faint false positive (stroma, debris)
+    keep_all = probabilities_to_labels(probs, PostprocessConfig(threshold=0.5, marker_threshold=0.5))
+    assert keep_all.max() == 5
+    cfg = PostprocessConfig(threshold=0.5, marker_threshold=0.5, min_confidence=0.8)
+    filtered = probabilities_to_labels(probs, cfg)
+    assert filtered.max() == 4 and not filtered[fake > 0].any()
+    assert competition_score(truth, filtered) == pytest.approx(1.0)
+    np.testing.assert_array_equal(drop_unconfident(keep_all, probs[0], 0.0), keep_all)
+    # tuning's line search finds the filter when the faint object costs score
+    best, score, _ = tune_postprocess([probs], [truth], PostprocessConfig(threshold=0.5, marker_threshold=0.5))
+    assert 0.7 < best.min_confidence and score == pytest.approx(1.0)
+    best, _, table = tune_postprocess([probs], [truth], grid={"threshold": [0.5]})
+    assert best.min_confidence == 0.0 and len(table) == 1  # an explicit grid searches only itself
 
 
 def test_tuning_custom_grid_and_validation(make_disks):

@@ -96,6 +96,9 @@ class PostprocessConfig:
         typical nucleus diameter (``diameter``).
     diameter : float
         Typical nucleus diameter in pixels, for distance-transform markers.
+    min_confidence : float
+        Objects whose mean foreground probability is below this are removed (0: keep all).
+        Faint fragments in stroma and debris are the typical false positives it removes.
     """
 
     threshold: float = 0.5
@@ -106,6 +109,7 @@ class PostprocessConfig:
     fill_holes: bool = True
     marker_distance: float = 0.35
     diameter: float = 18.0
+    min_confidence: float = 0.0
 
 
 @dataclass
@@ -121,7 +125,9 @@ class AugmentConfig:
       crops with a bright background (stained tissue, brightfield);
     * ``jpeg_p``: JPEG compression artefacts, quality ``jpeg_quality_min``..95;
     * ``downscale_p``: down- and up-sampling (a low-resolution camera), factor
-      ``downscale_min``..0.9.
+      ``downscale_min``..0.9;
+    * ``tissue_p``: synthetic H&E rendering of fluorescence crops
+      (:class:`nucleiseg.transforms.tissue.TissueSynth`): nuclei in stained stroma, same labels.
 
     Scale jitter is ``scale_min``..``scale_max`` (with ``affine_p``); inversion of bright-field
     contrast is ``invert_p`` (normalisation does not invert unless ``invert_bright``).
@@ -150,6 +156,7 @@ class AugmentConfig:
     jpeg_quality_min: int = 30
     downscale_p: float = 0.0
     downscale_min: float = 0.5
+    tissue_p: float = 0.0
 
 
 @dataclass

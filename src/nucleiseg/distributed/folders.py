@@ -36,8 +36,8 @@ def segment_items_dask(
 ) -> RunRecord:
     """Segment every item on a Dask cluster: :func:`segment_items` with ``executor="dask"``.
 
-    ``model`` is a :class:`ModelSpec`, or a name or folder loaded with the PyTorch backend on
-    ``device``; ``client`` defaults to the current default client.
+    ``model`` is a :class:`ModelSpec`, or a name or folder loaded with the ``"auto"`` backend
+    (as ``nucleiseg segment`` does) on ``device``; ``client`` defaults to the current default client.
     """
     client = client if client is not None else default_client()
     return segment_items(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nucleiseg.bundle import CLASSICAL, ModelBundle, ModelSpec
 from nucleiseg.inference.item import load_segmenter
+from nucleiseg.inference.predictors import AUTO
 from nucleiseg.inference.segmenter import Segmenter
 
 __all__ = ["as_spec", "cached_segmenter", "model_reference", "worker_spec"]
@@ -23,8 +24,9 @@ def model_reference(model: str | Path) -> str:
     return ModelSpec.of(model).model
 
 
-def as_spec(model: ModelSpec | str | Path, device: str = "cpu", backend: str = "torch") -> ModelSpec:
-    """``model`` as a :class:`ModelSpec` (a name or folder gets ``backend`` and ``device``)."""
+def as_spec(model: ModelSpec | str | Path, device: str = "cpu", backend: str = AUTO) -> ModelSpec:
+    """``model`` as a :class:`ModelSpec` (a name or folder gets ``backend``, by default ``"auto"``
+    as in ``nucleiseg segment`` and :meth:`Segmenter.from_pretrained`, and ``device``)."""
     return model if isinstance(model, ModelSpec) else ModelSpec.of(model, backend, device)
 
 
@@ -62,7 +64,7 @@ def cached_segmenter(model: ModelSpec | str | Path, device: str = "cpu") -> Segm
 
     The cache key is the whole spec (model, backend, device, threads) and the modification time
     of the model's weights and ONNX files, so a long-lived worker picks up a model folder that
-    was retrained or re-exported in place. A name or folder is loaded with the PyTorch backend;
+    was retrained or re-exported in place. A name or folder is loaded with the ``"auto"`` backend;
     on a Dask worker a spec without threads gets the worker's (:func:`worker_spec`).
     """
     spec = worker_spec(as_spec(model, device))

@@ -1,7 +1,9 @@
 """Fit a model folder's nucleus size estimator (``size_model.json``, see :mod:`nucleiseg.inference.size`).
 
 Training data: the DSB training split of the model (``split.json`` key ``"train"``, never the
-validation images) and the BBBC039 images not on the held-out list, each zoomed at random in
+validation images) and the BBBC039 images not on the held-out list (with ``--tissue-zooms``
+also the DSB fluorescence training images rendered as synthetic H&E tissue by
+:mod:`nucleiseg.transforms.tissue`), each zoomed at random in
 log-space over ``x0.25 .. x7`` (image by :func:`rescale_image`, ground truth by
 :func:`resize_labels`, cropped first so the zoomed image has at most ``--max-side`` pixels a
 side). The target is ``log(estimate_diameter(zoomed ground truth))``; the inputs are the probe
@@ -54,6 +56,23 @@ def bbbc039_images(ids: Sequence[str], root: Path = BBBC039_ROOT) -> Iterator[Lo
 
     for i in ids:
         yield f"bbbc039/{i}", read_image(root / "images" / f"{i}.tif"), read_labels(root / "masks" / f"{i}.tif")
+
+
+def tissue_images(ids: Sequence[str], rng: np.random.Generator, root: Path = DSB_ROOT) -> Iterator[Loaded]:
+    """``(id, image, labels)`` of DSB fluorescence samples rendered as synthetic H&E tissue.
+
+    Each dark-background image is normalised and rendered by
+    :func:`nucleiseg.transforms.tissue.render_tissue` with a seed drawn from ``rng``, so the
+    estimator also learns how stained tissue looks to the network (labels unchanged).
+    """
+    from nucleiseg.config import NormalizeConfig
+    from nucleiseg.transforms.tissue import render_tissue
+
+    for key, image, labels in dsb_images(ids, root):
+        norm = normalize_image(image, NormalizeConfig())
+        if float(norm.mean()) > 0.5:  # already bright-background
+            continue
+        yield key.replace("dsb/", "tissue/", 1), render_tissue(norm, np.random.default_rng(int(rng.integers(2**31)))), labels
 
 
 def bbbc039_all_ids(root: Path = BBBC039_ROOT) -> list[str]:
@@ -193,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--dsb-zooms", type=int, default=1, help="random zooms per DSB training image")
     ap.add_argument("--bbbc-zooms", type=int, default=3, help="random zooms per BBBC039 training image")
+    ap.add_argument("--tissue-zooms", type=int, default=0, help="random zooms per DSB fluorescence training image rendered as synthetic H&E")
     ap.add_argument("--kind", choices=["mlp", "ridge"], default="mlp", help="regression (ridge: linear, closed form)")
     ap.add_argument("--alpha", type=float, default=1.0, help="ridge penalty (standardised inputs)")
     ap.add_argument("--hidden", type=int, default=32, help="hidden units of the mlp")
@@ -214,11 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = np.random.default_rng(args.seed)
 
         def per_image(key: str) -> int:
-            return args.dsb_zooms if key.startswith("dsb/") else args.bbbc_zooms
+            return {"dsb": args.dsb_zooms, "tissue": args.tissue_zooms}.get(key.split("/")[0], args.bbbc_zooms)
 
         data = collect(segmenter, dsb_images(dsb), per_image, rng, max_side=args.max_side)
         more = collect(segmenter, bbbc039_images(bbbc), per_image, rng, max_side=args.max_side)
         data = {k: data[k] + more[k] for k in data}
+        if args.tissue_zooms > 0:
+            more = collect(segmenter, tissue_images(dsb, rng), per_image, rng, max_side=args.max_side)
+            data = {k: data[k] + more[k] for k in data}
         if args.cache is not None:
             args.cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(args.cache, ids=np.array(data["ids"]), zoom=np.array(data["zoom"]), true=np.array(data["true"]), stats=np.stack(data["stats"]))
@@ -232,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.meta = {
         "command": "python -m nucleiseg.inference.size_fit " + " ".join(_without_paths(list(argv if argv is not None else sys.argv[1:]))),
         "kind": args.kind, "seed": args.seed, "samples": len(y),
-        "data": f"DSB split.json train ids x{args.dsb_zooms} + BBBC039 training ids x{args.bbbc_zooms}, "
+        "data": f"DSB split.json train ids x{args.dsb_zooms} + BBBC039 training ids x{args.bbbc_zooms}"
+                f" + DSB fluorescence training ids rendered as synthetic H&E x{args.tissue_zooms}, "
                 f"random zoom x{ZOOM_RANGE[0]}..x{ZOOM_RANGE[1]} (log-uniform), zoomed sides <= {args.max_side}",
         "train": _errors(model, x, y),
     }

@@ -18,7 +18,11 @@ from nucleiseg.postprocess.watershed import (
     threshold_mask,
 )
 
-__all__ = ["default_grid", "tune_postprocess"]
+__all__ = ["REFINE", "default_grid", "tune_postprocess"]
+
+#: Settings searched one at a time after the grid, on top of its best combination: the object
+#: confidence filter (mean foreground probability of each object; 0 keeps all).
+REFINE: dict[str, list[Any]] = {"min_confidence": [0.0, 0.75, 0.8, 0.85, 0.88, 0.9]}
 
 
 def default_grid(channels: int, base: PostprocessConfig | None = None) -> dict[str, list[Any]]:
@@ -63,12 +67,15 @@ def tune_postprocess(
     base_cfg: PostprocessConfig | None = None,
     grid: dict[str, Iterable[Any]] | None = None,
     progress: bool = False,
+    refine: dict[str, Iterable[Any]] | None = None,
 ) -> tuple[PostprocessConfig, float, pd.DataFrame]:
     """Find the post-processing settings that maximise the mean competition score.
 
     Every combination of the grid's values (applied on top of ``base_cfg``) is scored, and so
     is ``base_cfg`` itself, so the result is never worse than the starting point on this data.
-    Foreground masks are computed once per distinct threshold setting and image.
+    Then each setting of ``refine`` is searched on its own on top of the best so far (a line
+    search: its values do not multiply the grid). Foreground masks are computed once per
+    distinct threshold setting and image.
 
     Parameters
     ----------
@@ -82,6 +89,9 @@ def tune_postprocess(
         ``{PostprocessConfig field: values}``; :func:`default_grid` when omitted.
     progress : bool
         Show a progress bar over the combinations (stderr).
+    refine : dict, optional
+        ``{PostprocessConfig field: values}`` searched one field at a time after the grid;
+        :data:`REFINE` when omitted together with ``grid``, none when only ``grid`` is given.
 
     Returns
     -------
@@ -96,12 +106,15 @@ def tune_postprocess(
 
     base = base_cfg or PostprocessConfig()
     probs_all = _check_inputs(probs_list, gt_list)
+    if refine is None:
+        refine = REFINE if grid is None else {}
     grid = {k: list(v) for k, v in (grid or default_grid(probs_all[0].shape[0], base)).items()}
+    refine = {k: list(v) for k, v in refine.items()}
     fields = {f.name for f in dataclasses.fields(PostprocessConfig)}
-    unknown = set(grid) - fields
+    unknown = (set(grid) | set(refine)) - fields
     if unknown:
         raise ValueError(f"unknown PostprocessConfig field(s) in grid: {', '.join(sorted(unknown))}")
-    if any(len(v) == 0 for v in grid.values()):
+    if any(len(v) == 0 for v in [*grid.values(), *refine.values()]):
         raise ValueError("every grid entry needs at least one value")
     keys = list(grid)
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
@@ -122,20 +135,43 @@ def tune_postprocess(
             mask_cache[full_key] = remove_small_mask(raw_cache[key], cfg.min_size)
         return mask_cache[full_key]
 
-    iterator: Iterable[dict[str, Any]] = combos
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(combos, desc="tuning post-processing", unit="combo")
-    rows = []
-    for params in iterator:
-        cfg = dataclasses.replace(base, **params)
+    def score(cfg: PostprocessConfig) -> tuple[float, float]:
         scores = [
             competition_score(gt, labels_from_parts(probs, mask_for(i, cfg), cfg, cores[i]))
             for i, (probs, gt) in enumerate(zip(probs_all, gt_list, strict=True))
         ]
-        rows.append({**params, "score": float(np.mean(scores)), "score_std": float(np.std(scores))})
-    order = sorted(range(len(rows)), key=lambda j: -rows[j]["score"])
-    table = pd.DataFrame([rows[j] for j in order])
-    best = order[0]
-    return dataclasses.replace(base, **combos[best]), rows[best]["score"], table
+        return float(np.mean(scores)), float(np.std(scores))
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(combos) + sum(len(v) for v in refine.values()), desc="tuning post-processing", unit="combo")
+    rows: list[dict[str, Any]] = []
+    best_cfg, best_score = base, -1.0
+    for params in combos:
+        cfg = dataclasses.replace(base, **params)
+        mean, std = score(cfg)
+        rows.append({**params, **{k: getattr(cfg, k) for k in refine}, "score": mean, "score_std": std})
+        if mean > best_score:
+            best_cfg, best_score = cfg, mean
+        if bar is not None:
+            bar.update()
+    for key, values in refine.items():
+        start = best_cfg
+        for value in values:
+            cfg = dataclasses.replace(start, **{key: value})
+            if cfg == start:
+                if bar is not None:
+                    bar.update()
+                continue  # already scored
+            mean, std = score(cfg)
+            rows.append({k: getattr(cfg, k) for k in [*keys, *refine]} | {"score": mean, "score_std": std})
+            if mean > best_score:
+                best_cfg, best_score = cfg, mean
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    table = pd.DataFrame(sorted(rows, key=lambda r: -r["score"]))
+    return best_cfg, best_score, table

@@ -25,6 +25,7 @@ from skimage.segmentation import watershed
 from nucleiseg.config import PostprocessConfig
 
 __all__ = [
+    "drop_unconfident",
     "estimate_diameter",
     "fill_holes",
     "foreground_mask",
@@ -297,10 +298,38 @@ def labels_from_parts(
         int32 labels numbered 1..n.
     """
     if probs.shape[0] == 1:
-        return labels_from_mask(mask, cfg)
-    if not mask.any():
+        labels = labels_from_mask(mask, cfg)
+    elif not mask.any():
         return np.zeros(mask.shape, np.int32)
-    return _contour_labels(mask, marker_probability(probs) if core is None else core, cfg)
+    else:
+        labels = _contour_labels(mask, marker_probability(probs) if core is None else core, cfg)
+    return drop_unconfident(labels, probs[0], cfg.min_confidence)
+
+
+def drop_unconfident(labels: np.ndarray, fg: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Remove objects whose mean foreground probability is below ``min_confidence``; relabel 1..n.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        int ``(H, W)`` labels numbered 1..n.
+    fg : np.ndarray
+        ``(H, W)`` foreground probability.
+    min_confidence : float
+        0 (or less) keeps every object and returns ``labels`` unchanged.
+    """
+    n = int(labels.max(initial=0))
+    if min_confidence <= 0 or n == 0:
+        return labels
+    flat = labels.ravel()
+    mean = np.bincount(flat, weights=fg.ravel().astype(np.float64), minlength=n + 1) / np.maximum(
+        np.bincount(flat, minlength=n + 1), 1
+    )
+    keep = mean >= min_confidence
+    keep[0] = False
+    lut = np.zeros(n + 1, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[labels]
 
 
 def estimate_diameter(labels: np.ndarray, default: float = float("nan")) -> float:

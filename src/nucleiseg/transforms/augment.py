@@ -17,6 +17,7 @@ import numpy as np
 from skimage.color import hed_from_rgb, rgb_from_hed
 
 from nucleiseg.config import AugmentConfig
+from nucleiseg.transforms.tissue import TissueSynth
 
 # Amplitudes of the individual transforms (probabilities come from AugmentConfig).
 _ELASTIC = {"alpha": 120.0, "sigma": 10.0}
@@ -94,6 +95,7 @@ def _probabilities(cfg: AugmentConfig) -> dict[str, float]:
         "hed_p": cfg.hed_p,
         "jpeg_p": cfg.jpeg_p,
         "downscale_p": cfg.downscale_p,
+        "tissue_p": cfg.tissue_p,
     }
 
 
@@ -144,11 +146,12 @@ def build_augment(
     shear ``±cfg.shear``) on the whole image, so zooming out or rotating only shows borders where
     the real image ends; a ``crop_size`` crop that contains nuclei with probability
     ``nonempty_p``; flips and 90° rotations; elastic and grid distortion on the crop; then
-    intensity transforms (HED stain jitter of bright-background crops, brightness/contrast,
+    intensity transforms (synthetic H&E rendering of fluorescence crops, HED stain jitter of
+    bright-background crops, brightness/contrast,
     gamma, hue/saturation, to-gray, inversion ``1 - x``, Gaussian blur, Gaussian noise); then
     acquisition artefacts (down/up-sampling, JPEG compression). Every probability comes from
     ``cfg``; a probability of 0 leaves the transform out (the transforms added later,
-    ``hed_p``, ``jpeg_p`` and ``downscale_p``, default to 0, so older recipes get the same
+    ``hed_p``, ``jpeg_p``, ``downscale_p`` and ``tissue_p``, default to 0, so older recipes get the same
     pipeline and the same random crops as before).
 
     Parameters
@@ -199,6 +202,7 @@ def build_augment(
         steps.append(A.GridDistortion(distort_limit=_GRID_LIMIT, p=cfg.grid_distortion_p, **border))
     colour = channels == 3
     optional: list[tuple[float, A.BasicTransform]] = [
+        (cfg.tissue_p if colour else 0.0, TissueSynth(p=cfg.tissue_p)),
         (
             cfg.hed_p if colour else 0.0,
             HEDJitter(cfg.hed_scale, cfg.hed_shift, p=cfg.hed_p),
