@@ -34,6 +34,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-rescale", action="store_true", help="segment at native scale only")
     p.add_argument("--threshold", type=float, help="foreground probability threshold")
     p.add_argument("--min-size", type=int, help="remove nuclei smaller than this many pixels")
+    p.add_argument("--min-confidence", type=float,
+                   help="remove nuclei whose mean foreground probability is below this (0 keeps all; default from the model)")
     p.add_argument("--png", action="store_true", help="also write <id>_masks.png (uint16)")
     p.add_argument("--overlay", action="store_true", help="write <id>_overlay.png (and _diff.png with ground truth)")
     p.add_argument("--measure", action="store_true", help="write <id>_measurements.csv")
@@ -121,6 +123,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         post = replace(post, threshold=args.threshold)
     if args.min_size is not None:
         post = replace(post, min_size=args.min_size)
+    if args.min_confidence is not None:
+        post = replace(post, min_confidence=args.min_confidence)
     options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle,
                             geojson=args.geojson, channel=parse_channel(args.channel), axes=args.axes)
     client = None
