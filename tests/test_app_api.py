@@ -117,6 +117,11 @@ def test_options_reach_the_model(client, image_bytes):
     assert big["settings"]["infer"]["tta"] is True
     assert 0 < big["count"] < base["count"]
     assert min(r["area"] for r in big["measurements"]) >= 250
+    loose, strict = (
+        client.post("/api/segment", files=files, data={"model": "default", "min_confidence": v}).json() for v in ("0", "0.97")
+    )
+    assert strict["settings"]["postprocess"]["min_confidence"] == 0.97
+    assert 0 < strict["count"] < loose["count"]
 
 
 def test_segment_zip_holds_every_output(client, image_bytes):
@@ -233,6 +238,7 @@ def test_trained_model_folder_is_served(tmp_path, image_bytes):
         ({"file": ("f.png", "IMAGE")}, {"threshold": "nan"}, 422, "threshold"),
         ({"file": ("f.png", "IMAGE")}, {"min_size": "-1"}, 422, "min_size"),
         ({"file": ("f.png", "IMAGE")}, {"min_size": "ten"}, 422, "min_size"),
+        ({"file": ("f.png", "IMAGE")}, {"min_confidence": "1.5"}, 422, "min_confidence"),
         ({"file": ("f.png", "IMAGE")}, {"tta": "maybe"}, 422, "tta"),
         ({"file": ("f.png", "IMAGE")}, {"diameter": "0"}, 422, "diameter"),
     ],

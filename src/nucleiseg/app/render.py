@@ -73,6 +73,7 @@ class Options:
     diameter: float | None = None
     channel: int | str | None = None
     axes: str | None = None
+    min_confidence: float | None = None
 
     def configs(self, segmenter: Segmenter) -> tuple[InferConfig, PostprocessConfig]:
         """The model's inference and post-processing settings with these overrides."""
@@ -84,6 +85,8 @@ class Options:
             post = replace(post, threshold=self.threshold)
         if self.min_size is not None:
             post = replace(post, min_size=self.min_size)
+        if self.min_confidence is not None:
+            post = replace(post, min_confidence=self.min_confidence)
         return infer, post
 
 

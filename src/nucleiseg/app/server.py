@@ -6,7 +6,8 @@ Endpoints
     The page (``static/index.html``); its script and styles are under ``/static`` (no CDN).
 ``POST /api/segment``
     Multipart form: ``file`` (PNG, TIFF, JPEG or BMP, judged by content) and optional
-    ``tta`` (bool), ``threshold`` (0 < t < 1), ``min_size`` (pixels >= 0), ``diameter``
+    ``tta`` (bool), ``threshold`` (0 < t < 1), ``min_size`` (pixels >= 0), ``min_confidence``
+    (0..1, mean foreground probability below which a nucleus is removed), ``diameter``
     (pixels > 0), ``channel`` (nuclear channel of a multi-channel image: 0-based index or a
     name from the OME/ImageJ metadata) and ``axes`` (axis letters of a file without axis
     metadata, e.g. ``ZYX``). Returns JSON ``{name, count, width, height, channels, dtype, diameter,
@@ -88,6 +89,9 @@ _CSP = (
 # Form fields shared by both endpoints (module level: FastAPI resolves annotations in these globals).
 ThresholdField = Annotated[float | None, Form(gt=0.0, lt=1.0, allow_inf_nan=False, description="foreground probability threshold")]
 MinSizeField = Annotated[int | None, Form(ge=0, le=10_000_000, description="remove nuclei smaller than this (pixels)")]
+MinConfidenceField = Annotated[
+    float | None, Form(ge=0.0, le=1.0, allow_inf_nan=False, description="remove nuclei whose mean foreground probability is below this")
+]
 DiameterField = Annotated[float | None, Form(gt=0.0, le=10_000.0, allow_inf_nan=False, description="nucleus diameter in pixels")]
 TtaField = Annotated[bool, Form(description="average the 8 flips/rotations")]
 ChannelField = Annotated[str | None, Form(max_length=64, description="nuclear channel: 0-based index or a channel name from the OME/ImageJ metadata")]
@@ -272,6 +276,7 @@ def create_app(
         tta: TtaField = False,
         threshold: ThresholdField = None,
         min_size: MinSizeField = None,
+        min_confidence: MinConfidenceField = None,
         diameter: DiameterField = None,
         channel: ChannelField = None,
         axes: AxesField = None,
@@ -281,7 +286,7 @@ def create_app(
         """Segment one image; JSON with base64 PNGs, or a ZIP with ``?format=zip`` (also for stacks)."""
         data, kind = await read_upload(file, settings.max_upload_bytes, "file", IMAGE_KINDS)
         upload = Upload(_upload_name(file), data, kind)
-        options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes)
+        options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes, min_confidence)
         if format == "zip":
             content = await process(zip_job, upload, options, model=model)
             disposition = f'attachment; filename="{upload.name}_nucleiseg.zip"'
@@ -296,6 +301,7 @@ def create_app(
         tta: TtaField = False,
         threshold: ThresholdField = None,
         min_size: MinSizeField = None,
+        min_confidence: MinConfidenceField = None,
         diameter: DiameterField = None,
         channel: ChannelField = None,
         axes: AxesField = None,
@@ -310,7 +316,7 @@ def create_app(
         allowed = (*IMAGE_KINDS, "zip") if field == "gt" else ("zip",)
         truth_data, truth_kind = await read_upload(truth_file, settings.max_upload_bytes, field, allowed)
         truth = Upload(_upload_name(truth_file, field), truth_data, truth_kind)
-        options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes)
+        options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes, min_confidence)
         return await process(evaluate_job, upload, truth, options, model=model)
 
     return app

@@ -57,7 +57,8 @@ function formOptions() {
   const form = new FormData();
   if ($("#opt-model").value) form.append("model", $("#opt-model").value);
   if ($("#opt-tta").checked) form.append("tta", "true");
-  for (const [id, name] of [["#opt-threshold", "threshold"], ["#opt-min-size", "min_size"], ["#opt-diameter", "diameter"],
+  for (const [id, name] of [["#opt-threshold", "threshold"], ["#opt-min-size", "min_size"], ["#opt-min-confidence", "min_confidence"],
+                            ["#opt-diameter", "diameter"],
                             ["#opt-channel", "channel"], ["#opt-axes", "axes"]]) {
     const v = $(id).value.trim();
     if (v !== "") form.append(name, v);
