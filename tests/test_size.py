@@ -236,3 +236,21 @@ def test_model_folder_loads_its_size_model(tmp_path):
 
 def test_onnx_backend_finds_the_size_model():
     assert Segmenter.from_pretrained("default", backend="onnx").size_model is not None
+
+
+def test_size_fit_tissue_images_render_fluorescence_with_the_same_labels(dsb_root):
+    """``size_fit --tissue-zooms``: DSB fluorescence images rendered as synthetic H&E, labels kept."""
+    from nucleiseg.inference.size_fit import dsb_images, tissue_images
+    from tests.conftest import REAL_IDS
+
+    plain = {key: labels for key, _, labels in dsb_images(REAL_IDS, dsb_root)}
+    rendered = list(tissue_images(REAL_IDS, np.random.default_rng(0), dsb_root))
+    assert rendered, "the sample images are fluorescence"
+    for key, image, labels in rendered:
+        assert key.startswith("tissue/")
+        np.testing.assert_array_equal(labels, plain[key.replace("tissue/", "dsb/")])
+        assert image.shape == (*labels.shape, 3) and image.mean() > 0.5  # bright background
+        gray = image.mean(axis=2)
+        assert gray[labels > 0].mean() < gray[labels == 0].mean()  # dark nuclei
+    again = list(tissue_images(REAL_IDS, np.random.default_rng(0), dsb_root))
+    np.testing.assert_array_equal(again[0][1], rendered[0][1])
