@@ -10,6 +10,10 @@ zoomed ground truth. Estimators: ``new`` (the model's size estimator, ``size_mod
     python benchmarks/size_estimation.py                 # both, writes results/size_estimation.json
     python benchmarks/size_estimation.py --which new     # keeps the old figures of the file
 
+Oracle (``--oracle 0.5``): the validation images zoomed as in the accuracy suite's row, scored
+(competition score) when segmented with the estimate and with the true median diameter given
+(``InferConfig.diameter``), to tell estimator error from what the zoom itself costs.
+
 Cost (``--cost``): on 256 x 256 and 1024 x 1024 images (DSB validation images centre-cropped or
 mirror-tiled, as ``nucleiseg benchmark`` prepares them), the seconds of the ``estimate`` stage
 of :meth:`Segmenter.segment` and of a whole segmentation at native scale (``rescale`` off).
@@ -175,12 +179,36 @@ def whole_command(model: str, repeats: int) -> dict:
     }
 
 
+def oracle(model: str, zoom: float) -> dict:
+    """Mean score of the validation images zoomed by ``zoom``: estimated size vs the true diameter given."""
+    from nucleiseg.metrics import competition_score
+
+    folder = ModelBundle.open(model).folder
+    seg = Segmenter.from_pretrained(model)
+    ids = json.loads((folder / "split.json").read_text())["val"]
+    scores: dict[str, list[float]] = {"estimated": [], "true_diameter": []}
+    zooms: dict[str, list[float]] = {"estimated": [], "true_diameter": []}
+    for _, image, labels in dsb_images(ids):
+        image, labels = zoomed(image, labels, zoom)
+        for key, infer in (("estimated", seg.config.infer), ("true_diameter", replace(seg.config.infer, diameter=estimate_diameter(labels)))):
+            result = seg.segment(image, infer, keep_probabilities=False)
+            scores[key].append(competition_score(labels, result.labels))
+            zooms[key].append(result.scale)
+    return {
+        "zoom": zoom, "images": len(ids),
+        "score": {k: round(float(np.mean(v)), 4) for k, v in scores.items()},
+        "median_zoom_used": {k: round(float(np.median(v)), 3) for k, v in zooms.items()},
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--which", choices=["new", "old", "both"], default="both")
     ap.add_argument("--cost", action="store_true", help="measure the cost instead of the accuracy")
     ap.add_argument("--whole", action="store_true", help="time the whole default command with and without the estimate")
+    ap.add_argument("--oracle", type=float, default=None, metavar="ZOOM",
+                    help="score the validation images zoomed by ZOOM with the estimate and with the true diameter")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--every", type=int, default=1, help="use every n-th image only (the old estimator is slow)")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -191,7 +219,11 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if args.whole:
+    if args.oracle is not None:
+        previous.setdefault("oracle", {})[str(args.oracle)] = {
+            "command": "python benchmarks/size_estimation.py " + " ".join(sys.argv[1:]), **oracle(args.model, args.oracle)}
+        print(json.dumps(previous["oracle"][str(args.oracle)], indent=1))
+    elif args.whole:
         previous["whole_command"] = {"script": "python benchmarks/size_estimation.py " + " ".join(sys.argv[1:]),
                                      **whole_command(args.model, args.repeats)}
         print(json.dumps(previous["whole_command"], indent=1))
