@@ -12,7 +12,8 @@ zoomed ground truth. Estimators: ``new`` (the model's size estimator, ``size_mod
 
 Oracle (``--oracle 0.5``): the validation images zoomed as in the accuracy suite's row, scored
 (competition score) when segmented with the estimate and with the true median diameter given
-(``InferConfig.diameter``), to tell estimator error from what the zoom itself costs.
+(``InferConfig.diameter``), to tell estimator error from what the zoom itself costs; for zooms
+below 1 also the native predictions shrunk to the zoomed grid (what the metric alone costs).
 
 Cost (``--cost``): on 256 x 256 and 1024 x 1024 images (DSB validation images centre-cropped or
 mirror-tiled, as ``nucleiseg benchmark`` prepares them), the seconds of the ``estimate`` stage
@@ -34,6 +35,7 @@ import numpy as np
 
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
+from nucleiseg.inference.scale import resize_labels
 from nucleiseg.inference.size_fit import bbbc039_images, dsb_images, zoomed
 from nucleiseg.io.splits import bbbc039_heldout
 from nucleiseg.postprocess import estimate_diameter
@@ -188,15 +190,19 @@ def oracle(model: str, zoom: float) -> dict:
     ids = json.loads((folder / "split.json").read_text())["val"]
     scores: dict[str, list[float]] = {"estimated": [], "true_diameter": []}
     zooms: dict[str, list[float]] = {"estimated": [], "true_diameter": []}
-    for _, image, labels in dsb_images(ids):
-        image, labels = zoomed(image, labels, zoom)
+    scores["native_shrunk"] = []
+    for _, native, native_labels in dsb_images(ids):
+        image, labels = zoomed(native, native_labels, zoom)
+        if zoom < 1:  # what the metric alone costs: native predictions on the zoomed grid
+            pred = seg.segment(native, keep_probabilities=False).labels
+            scores["native_shrunk"].append(competition_score(labels, resize_labels(pred, labels.shape)))
         for key, infer in (("estimated", seg.config.infer), ("true_diameter", replace(seg.config.infer, diameter=estimate_diameter(labels)))):
             result = seg.segment(image, infer, keep_probabilities=False)
             scores[key].append(competition_score(labels, result.labels))
             zooms[key].append(result.scale)
     return {
         "zoom": zoom, "images": len(ids),
-        "score": {k: round(float(np.mean(v)), 4) for k, v in scores.items()},
+        "score": {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v},
         "median_zoom_used": {k: round(float(np.median(v)), 3) for k, v in zooms.items()},
     }
 

@@ -147,11 +147,16 @@ def _finish(ws: np.ndarray, mask: np.ndarray, min_size: int) -> np.ndarray:
         extra, _ = ndi.label(unmarked)
         ws = np.where(extra > 0, extra + ws.max(), ws)
     sizes = np.bincount(ws.ravel().astype(np.intp, copy=False))
-    keep = sizes >= max(min_size, 1)
+    return _keep_only(ws, sizes >= max(min_size, 1))
+
+
+def _keep_only(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Labels with ``keep[id]`` kept and renumbered 1..n in order, the others (and 0) set to 0."""
+    keep = keep.copy()
     keep[0] = False
-    lut = np.zeros(sizes.size, np.int32)  # small objects to 0, the rest renumbered 1..n in order
+    lut = np.zeros(keep.size, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[ws]
+    return lut[labels]
 
 
 def _contour_labels(mask: np.ndarray, core: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
@@ -325,11 +330,7 @@ def drop_unconfident(labels: np.ndarray, fg: np.ndarray, min_confidence: float) 
     mean = np.bincount(flat, weights=fg.ravel().astype(np.float64), minlength=n + 1) / np.maximum(
         np.bincount(flat, minlength=n + 1), 1
     )
-    keep = mean >= min_confidence
-    keep[0] = False
-    lut = np.zeros(n + 1, np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    return _keep_only(labels, mean >= min_confidence)
 
 
 def estimate_diameter(labels: np.ndarray, default: float = float("nan")) -> float:
