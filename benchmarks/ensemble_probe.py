@@ -2,14 +2,11 @@
 
 A measurement for an ``--ensemble`` accuracy mode (issue 15), not a shipped feature: the first
 model's configuration (normalisation, thresholds, size model) is used with a predictor that
-averages every model's probabilities (PyTorch backend), then the DSB validation split, its x0.5
-zoom (the accuracy suite's cached set), the 40 held-out BBBC039 images and the 14 MoNuSeg test
-images are scored with the competition metric. Each model alone is the first row::
+averages every model's probabilities (PyTorch backend), then the accuracy suite's DSB
+validation split, its x0.5 zoom, the 40 held-out BBBC039 images and the 14 MoNuSeg test images
+are scored with the competition metric. Each model alone is the first row::
 
     python benchmarks/ensemble_probe.py default runs/default_v3    # results/ensemble_probe.json
-
-The x0.5 set comes from ``out/accuracy_suite/val_x0.5`` (``python benchmarks/accuracy_suite.py``
-writes it).
 """
 
 from __future__ import annotations
@@ -22,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.benchmark.suite_sets import validation_split_ids
+from nucleiseg.benchmark.suite_sets import prepare_sets
 from nucleiseg.inference.segmenter import Segmenter
-from nucleiseg.io.dsb import load_sample
-from nucleiseg.io.images import read_image, read_labels
-from nucleiseg.io.splits import bbbc039_heldout
+from nucleiseg.io.images import read_image
+from nucleiseg.io.labels import discover_inputs, load_item_gt
 from nucleiseg.metrics import competition_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,18 +32,15 @@ OUT = ROOT / "benchmarks" / "results" / "ensemble_probe.json"
 Pairs = Iterator[tuple[np.ndarray, np.ndarray]]
 
 
-def sets(shared: Path, zoom_cache: Path) -> dict[str, Pairs]:
-    """Image / ground-truth pairs of the four sets, read lazily."""
-    dsb = shared / "dsb2018" / "stage1_train"
-    bbbc = shared / "external" / "bbbc039"
-    monuseg = shared / "external" / "monuseg_test"
+def sets(shared: Path, cache: Path) -> dict[str, Pairs]:
+    """Image / ground-truth pairs of the suite's sets (the x0.5 zoom only), read lazily.
+
+    The sets are the accuracy suite's own (:func:`~nucleiseg.benchmark.suite_sets.prepare_sets`,
+    the same folders and ground truth ``nucleiseg segment`` and ``nucleiseg evaluate`` see).
+    """
     return {
-        "validation": ((s.image, s.labels) for s in (load_sample(dsb / i) for i in validation_split_ids())),
-        "val_x0.5": ((read_image(p), read_labels(zoom_cache / "masks" / f"{p.stem}.tif"))
-                     for p in sorted((zoom_cache / "images").glob("*.png"))),
-        "bbbc039_heldout": ((read_image(bbbc / "images" / f"{i}.tif"), read_labels(bbbc / "masks" / f"{i}.tif"))
-                            for i in bbbc039_heldout()),
-        "monuseg_test": ((read_image(p), read_labels(monuseg / "masks" / p.name)) for p in sorted((monuseg / "images").glob("*.tif"))),
+        s.name: ((read_image(item.image_path), load_item_gt(item)) for item in discover_inputs([s.inputs]))
+        for s in prepare_sets(shared, cache, zooms={0.5: None}, progress=False)
     }
 
 
@@ -60,10 +53,10 @@ def averaged(models: list[str]) -> Segmenter:
                      max(m.stride for m in members), "+".join(models), "", first.size_model, "torch")
 
 
-def score(seg: Segmenter, shared: Path, zoom_cache: Path) -> dict[str, dict[str, float]]:
+def score(seg: Segmenter, shared: Path, cache: Path) -> dict[str, dict[str, float]]:
     """Mean competition score and seconds per set."""
     out = {}
-    for name, pairs in sets(shared, zoom_cache).items():
+    for name, pairs in sets(shared, cache).items():
         t0, scores = time.perf_counter(), []
         for image, truth in pairs:
             scores.append(competition_score(truth, seg.segment(image, keep_probabilities=False).labels))
@@ -76,11 +69,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+", help="bundled names or run folders (the first one's thresholds are used)")
     ap.add_argument("--shared", type=Path, default=SHARED)
-    ap.add_argument("--zoom-cache", type=Path, default=ROOT / "out" / "accuracy_suite" / "val_x0.5")
+    ap.add_argument("--cache", type=Path, default=ROOT / "out" / "accuracy_suite", help="the accuracy suite's working folder")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    rows = {"first model alone": score(averaged(args.models[:1]), args.shared, args.zoom_cache)}
-    rows["average of all"] = score(averaged(args.models), args.shared, args.zoom_cache)
+    rows = {"first model alone": score(averaged(args.models[:1]), args.shared, args.cache)}
+    rows["average of all"] = score(averaged(args.models), args.shared, args.cache)
     result = {"command": "python benchmarks/ensemble_probe.py " + " ".join(args.models), "models": args.models,
               "backend": "torch", "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -188,9 +188,8 @@ def oracle(model: str, zoom: float) -> dict:
     folder = ModelBundle.open(model).folder
     seg = Segmenter.from_pretrained(model)
     ids = json.loads((folder / "split.json").read_text())["val"]
-    scores: dict[str, list[float]] = {"estimated": [], "true_diameter": []}
+    scores: dict[str, list[float]] = {"estimated": [], "true_diameter": [], "native_shrunk": []}
     zooms: dict[str, list[float]] = {"estimated": [], "true_diameter": []}
-    scores["native_shrunk"] = []
     for _, native, native_labels in dsb_images(ids):
         image, labels = zoomed(native, native_labels, zoom)
         if zoom < 1:  # what the metric alone costs: native predictions on the zoomed grid

@@ -142,36 +142,30 @@ def tune_postprocess(
         ]
         return float(np.mean(scores)), float(np.std(scores))
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=len(combos) + sum(len(v) for v in refine.values()), desc="tuning post-processing", unit="combo")
+    columns = [*keys, *(k for k in refine if k not in keys)]
     rows: list[dict[str, Any]] = []
     best_cfg, best_score = base, -1.0
-    for params in combos:
-        cfg = dataclasses.replace(base, **params)
+    bar = tqdm(total=len(combos) + sum(len(v) for v in refine.values()), desc="tuning post-processing",
+               unit="combo", disable=not progress)
+
+    def consider(cfg: PostprocessConfig) -> None:
+        nonlocal best_cfg, best_score
         mean, std = score(cfg)
-        rows.append({**params, **{k: getattr(cfg, k) for k in refine}, "score": mean, "score_std": std})
+        rows.append({k: getattr(cfg, k) for k in columns} | {"score": mean, "score_std": std})
         if mean > best_score:
             best_cfg, best_score = cfg, mean
-        if bar is not None:
-            bar.update()
+
+    for params in combos:
+        consider(dataclasses.replace(base, **params))
+        bar.update()
     for key, values in refine.items():
         start = best_cfg
         for value in values:
-            cfg = dataclasses.replace(start, **{key: value})
-            if cfg == start:
-                if bar is not None:
-                    bar.update()
-                continue  # already scored
-            mean, std = score(cfg)
-            rows.append({k: getattr(cfg, k) for k in [*keys, *refine]} | {"score": mean, "score_std": std})
-            if mean > best_score:
-                best_cfg, best_score = cfg, mean
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+            if getattr(start, key) != value:  # the start itself is already scored
+                consider(dataclasses.replace(start, **{key: value}))
+            bar.update()
+    bar.close()
     table = pd.DataFrame(sorted(rows, key=lambda r: -r["score"]))
     return best_cfg, best_score, table
