@@ -36,12 +36,11 @@ import numpy as np
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.scale import resize_labels
-from nucleiseg.inference.size_fit import bbbc039_images, dsb_images, zoomed
+from nucleiseg.inference.size_fit import CHECK_ZOOMS as ZOOMS, bbbc039_images, dsb_images, zoomed
 from nucleiseg.io.splits import bbbc039_heldout
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms import normalize_image
 
-ZOOMS = (1 / 3, 0.5, 1.0, 2.0, 4.0, 6.0)
 MAX_SIDE = 1024
 OUT = Path(__file__).resolve().parent / "results" / "size_estimation.json"
 TOL = 0.30
@@ -81,8 +80,11 @@ def accuracy(model: str, which: list[str], every: int = 1) -> dict:
                 for name, s in (("new", seg), ("old", old)):
                     if name in which:
                         t = time.perf_counter()
-                        d = s.estimate_size(norm).diameter
+                        found = s.estimate_size(norm)
+                        d = found.diameter
                         row[name] = None if d is None else round(float(d), 3)
+                        if name == "new":
+                            row["new_gated"] = found.gated
                         row[f"{name}_seconds"] = round(time.perf_counter() - t, 4)
                 rows.append(row)
             print(f"{dataset} {key}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -105,6 +107,8 @@ def tabulate(rows: list[dict], names: list[str]) -> dict:
             sub = [r for r in have if r["dataset"] == dataset]
             res[dataset] = pick(sub) | {"by_zoom": {str(round(z, 4)): pick([r for r in sub if r["zoom"] == round(z, 4)]) for z in ZOOMS}}
         res["seconds_median"] = round(statistics.median(r[f"{name}_seconds"] for r in have), 4)
+        if name == "new" and any("new_gated" in r for r in have):  # share of images the gate ended after the zoom-1 view
+            res["gated_share"] = round(float(np.mean([bool(r.get("new_gated")) for r in have])), 4)
         out[name] = res
     old_rows = [r for r in rows if "old" in r and "new" in r]
     if old_rows and len(old_rows) < len(rows):  # the new estimator on exactly the old one's images

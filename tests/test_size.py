@@ -132,6 +132,62 @@ def test_native_decision_predicts_the_image_once(make_disks, side):
     assert "estimate" in result.timings and result.count == 2
 
 
+def gated_model(diameter: float) -> SizeModel:
+    """``fixed_model(diameter)`` with the gate on (at least 4 objects of confidence >= 0.9)."""
+    return replace(fixed_model(diameter), gate_objects=4, gate_confidence=0.9)
+
+
+def test_gate_opens_only_for_clear_training_size_objects():
+    model = gated_model(60.0)
+    row = dict.fromkeys(STAT_NAMES, 0.0) | {"present": 1.0, "n_markers": 9, "n_fg": 9, "area_d": 17.0, "confidence": 0.95}
+    vec = lambda **kw: np.array(list((row | kw).values()))  # noqa: E731
+    assert model.gate_diameter(vec()) == pytest.approx(17.0)
+    assert model.gate_diameter(vec(n_markers=3)) is None  # too few objects
+    assert model.gate_diameter(vec(confidence=0.8)) is None  # not confident
+    assert model.gate_diameter(vec(area_d=12.0)) is None and model.gate_diameter(vec(area_d=27.0)) is None  # band is exclusive
+    assert model.gate_diameter(vec(present=0.0)) is None
+    assert fixed_model(60.0).gate_diameter(vec()) is None  # gate off (gate_objects 0)
+
+
+@pytest.mark.parametrize("diameter,gated", [(18, True), (60, False)])
+def test_gate_skips_the_coarse_views_for_ordinary_nuclei(make_disks, diameter, gated):
+    from nucleiseg.inference.size import estimate_size
+
+    image, truth = disks(make_disks, diameter, n=3)
+    net = Counting()
+    est = estimate_size(image, lambda chw: net(chw[None])[0], gated_model(60.0))
+    assert est.gated is gated
+    if gated:  # one call: the zoom-1 view (the whole image, kept for reuse); the diameter is read off it
+        assert len(net.shapes) == 1 and est.native is not None
+        assert est.diameter == pytest.approx(estimate_diameter(truth), rel=0.1)
+        assert not est.stats[1:].any()
+    else:  # big objects: every zoom is probed and the regression answers
+        assert len(net.shapes) == len(ZOOMS) and est.diameter == pytest.approx(60.0)
+    result = segmenter(gated_model(60.0), net).segment((image[:, :, 0] * 255).astype(np.uint8))
+    assert (result.scale == 1.0) is gated and result.count == 9
+
+
+def test_size_fit_chooses_a_gate_that_keeps_accuracy():
+    from nucleiseg.inference.size_fit import choose_gate
+
+    rng = np.random.default_rng(1)
+    true = np.exp(rng.uniform(math.log(5), math.log(200), 200))
+    stats = np.zeros((true.size, len(ZOOMS), len(STAT_NAMES)))
+    stats[:, 0, 0] = 1.0
+    stats[:, 0, STAT_NAMES.index("n_markers")] = 30
+    stats[:, 0, STAT_NAMES.index("confidence")] = 0.96
+    # the zoom-1 view is right for nuclei of 10-30 px and sees shattered 15-px pieces of big ones
+    stats[:, 0, STAT_NAMES.index("area_d")] = np.where(true < 30, true, 15.0)
+    model = fixed_model(18.0)
+    model.predict_log = lambda x: np.log(true)  # type: ignore[method-assign]  # a perfect regression
+    chosen = choose_gate(model, stats, np.log(true))
+    assert chosen["gate_objects"] == 0 and model.gate_objects == 0  # shattered big nuclei pass every gate: none qualifies
+    stats[:, 0, STAT_NAMES.index("confidence")] = np.where(true < 30, 0.96, 0.8)  # ... unless they look uncertain
+    chosen = choose_gate(model, stats, np.log(true))
+    assert model.gate_objects > 0 and model.gate_confidence > 0.8 and chosen["within_30pct_inside"] >= 0.97
+    assert chosen["opened"] == pytest.approx(np.mean((true > 12) & (true < 27)), abs=0.01)
+
+
 def test_estimated_size_rescales_and_given_diameter_overrides(make_disks):
     labels = make_disks((240, 240), [(60, 60), (60, 180), (180, 120)], 30)
     image = np.where(labels > 0, 200, 10).astype(np.uint8)

@@ -266,6 +266,23 @@ def test_scale_jitter_zooms_nuclei():
     assert whole == pytest.approx(4 * np.bincount(labels.ravel())[1], rel=0.1)
 
 
+def test_downscale_back_up_with_lanczos_keeps_edges_sharper():
+    image, labels = _tissue_like((112, 112))
+    on = dict(downscale_p=1.0, downscale_min=0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain, linear = _pair(_only(**on), image, labels)
+        _, lanczos = _pair(_only(**on, downscale_lanczos=True), image, labels)
+    np.testing.assert_array_equal(lanczos["mask"], plain["mask"])
+    assert 0.0 <= lanczos["image"].min() and lanczos["image"].max() <= 1.0
+    assert not np.allclose(lanczos["image"], linear["image"])
+
+    def edges(img: np.ndarray) -> float:  # mean gradient magnitude: sharper edges, larger
+        return float(np.abs(np.diff(img, axis=0)).mean() + np.abs(np.diff(img, axis=1)).mean())
+
+    assert edges(plain["image"]) > edges(lanczos["image"]) > edges(linear["image"])
+
+
 def test_new_augment_settings_validated():
     with pytest.raises(ValueError, match="hed_p"):
         build_augment(AugmentConfig(hed_p=2.0), 64)

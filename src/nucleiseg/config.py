@@ -125,7 +125,8 @@ class AugmentConfig:
       crops with a bright background (stained tissue, brightfield);
     * ``jpeg_p``: JPEG compression artefacts, quality ``jpeg_quality_min``..95;
     * ``downscale_p``: down- and up-sampling (a low-resolution camera), factor
-      ``downscale_min``..0.9;
+      ``downscale_min``..0.9; back up with Lanczos instead of bilinear interpolation when
+      ``downscale_lanczos`` (as the segmenter enlarges small nuclei, :mod:`nucleiseg.inference.scale`);
     * ``tissue_p``: synthetic H&E rendering of fluorescence crops
       (:class:`nucleiseg.transforms.tissue.TissueSynth`): nuclei in stained stroma, same labels.
 
@@ -157,6 +158,7 @@ class AugmentConfig:
     downscale_p: float = 0.0
     downscale_min: float = 0.5
     tissue_p: float = 0.0
+    downscale_lanczos: bool = False
 
 
 @dataclass

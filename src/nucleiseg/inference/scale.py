@@ -10,15 +10,21 @@ __all__ = ["rescale_image", "resize_labels", "resize_probabilities", "scale_fact
 
 
 def _resize_float32(planes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of float32 ``(H, W, C)`` planes with Pillow (triangle filter, widened when
-    shrinking, so it is anti-aliased); 4-6x faster than scikit-image's spline path (measured on
-    520x696x3: 16 vs 64 ms at x0.5, 52 vs 332 ms at x1.5) and it releases the GIL."""
+    """Resize float32 ``(H, W, C)`` planes with Pillow, which releases the GIL and is 4-6x faster
+    than scikit-image's spline path (measured on 520x696x3: 16 vs 64 ms at x0.5, 52 vs 332 ms at x1.5).
+
+    Shrinking uses the bilinear (triangle) filter, widened so it is anti-aliased. Enlarging uses
+    Lanczos (3 lobes): it keeps nuclear edges sharper than bilinear interpolation, and on the
+    validation split it scored higher (0.5636 vs 0.5608 native; 0.4821 vs 0.4725 with the images
+    shrunk x0.5, which the size estimate zooms back up). Its overshoot is not clipped here.
+    """
     from PIL import Image
 
     out = np.empty(shape + planes.shape[2:], np.float32)
     size = (shape[1], shape[0])
+    method = Image.LANCZOS if shape[0] * shape[1] > planes.shape[0] * planes.shape[1] else Image.BILINEAR
     for c in range(planes.shape[2]):
-        out[..., c] = np.asarray(Image.fromarray(np.ascontiguousarray(planes[..., c]), mode="F").resize(size, Image.BILINEAR))
+        out[..., c] = np.asarray(Image.fromarray(np.ascontiguousarray(planes[..., c]), mode="F").resize(size, method))
     return out
 
 
@@ -30,7 +36,10 @@ def _check_shape(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def rescale_image(image_hwc: np.ndarray, factor: float) -> np.ndarray:
-    """Zoom an ``(H, W)`` or ``(H, W, C)`` image by ``factor`` (bilinear, anti-aliased when shrinking).
+    """Zoom an ``(H, W)`` or ``(H, W, C)`` image by ``factor``.
+
+    float32 images (network inputs) are enlarged with Lanczos and shrunk bilinearly (anti-aliased);
+    other dtypes are resized bilinearly with scikit-image (anti-aliased when shrinking).
 
     Parameters
     ----------
@@ -73,7 +82,8 @@ def rescale_image(image_hwc: np.ndarray, factor: float) -> np.ndarray:
 
 
 def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of ``(K, h, w)`` probabilities to ``(K, *shape)`` (anti-aliased when shrinking).
+    """Resize ``(K, h, w)`` probabilities to ``(K, *shape)``: Lanczos when enlarging, bilinear and
+    anti-aliased when shrinking.
 
     Returns float32 values clipped to 0..1.
     """

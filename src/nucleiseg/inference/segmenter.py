@@ -73,12 +73,15 @@ class SizeFinding(NamedTuple):
         Their labels, when the estimate computed them too.
     source : str or None
         ``"size_model"`` or ``"first_pass"``.
+    gated : bool
+        True when the size model's gate read the diameter off the zoom-1 view alone.
     """
 
     diameter: float | None
     native: np.ndarray | None
     labels: np.ndarray | None
     source: str | None
+    gated: bool = False
 
 
 class Segmenter:
@@ -233,7 +236,7 @@ class Segmenter:
             predictor = self.predictor
             est = estimate_size(norm, lambda chw: self._tiled(predictor, chw, infer), self.size_model)
             seen = bool((est.stats[:, 1] + est.stats[:, 2]).sum() > 0)
-            return SizeFinding(est.diameter if seen else None, est.native if plain else None, None, "size_model")
+            return SizeFinding(est.diameter if seen else None, est.native if plain else None, None, "size_model", est.gated)
         probs = self.probabilities(norm, infer)
         labels = self.postprocess(probs, post)
         return SizeFinding(estimate_diameter(labels) if labels.any() else None, probs, labels, "first_pass")

@@ -13,7 +13,10 @@ as ``size_model.json`` beside the weights, evaluated with numpy) maps those stat
 logarithm of the median nucleus diameter in input pixels.
 
 The probe costs a bounded number of network pixels (at most three ``view x view`` views plus
-the zoom-1 view), whatever the image size. When the image has at most :data:`WHOLE_PIXELS`
+the zoom-1 view), whatever the image size. A *gate* (:meth:`SizeModel.gate_diameter`) ends the
+probe after the zoom-1 view when that view already shows enough confident objects of about the
+training size (most ordinary images): the image is then segmented at native scale and the
+three coarser views are never computed. When the image has at most :data:`WHOLE_PIXELS`
 pixels, the zoom-1 view is the whole image, so when the estimate says "native scale" the
 segmenter reuses those probabilities instead of predicting them twice. Measured accuracy and
 cost: ``docs/size_estimation.md``.
@@ -216,6 +219,13 @@ class SizeModel:
         Provenance (data, seed, command, fit figures).
     hidden_weight, hidden_bias : lists or None
         ``(d, h)`` weights and ``(h,)`` bias of the hidden layer; None for a linear model.
+    gate_objects : int
+        The gate (:meth:`gate_diameter`) opens only when the zoom-1 view shows at least this many
+        marker objects; 0 turns the gate off (every view is probed), as in files without it.
+    gate_confidence : float
+        ... and their mean foreground probability is at least this ...
+    gate_band : float
+        ... and their diameter (``area_d``) is within this factor of ``target`` (exclusive).
     """
 
     mean: list[float]
@@ -229,6 +239,26 @@ class SizeModel:
     meta: dict = field(default_factory=dict)
     hidden_weight: list[list[float]] | None = None
     hidden_bias: list[float] | None = None
+    gate_objects: int = 0
+    gate_confidence: float = 1.0
+    gate_band: float = 1.5
+
+    def gate_diameter(self, zoom1: np.ndarray) -> float | None:
+        """The diameter read off the zoom-1 view's statistics when the gate opens, else None.
+
+        The gate opens when the view shows at least ``gate_objects`` marker objects with mean
+        confidence at least ``gate_confidence`` and a diameter (the mean foreground area per
+        object, ``area_d``, in input pixels at zoom 1) strictly within ``gate_band`` of
+        ``target``: nuclei of about the training size, seen clearly, so the coarser views (made
+        for nuclei the network shatters or merges) are not needed.
+        """
+        s = dict(zip(STAT_NAMES, zoom1, strict=True))
+        if self.gate_objects <= 0 or not s["present"]:
+            return None
+        d = float(s["area_d"])
+        ok = (s["n_markers"] >= self.gate_objects and s["confidence"] >= self.gate_confidence
+              and self.target / self.gate_band < d < self.target * self.gate_band)
+        return d if ok else None
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, alpha: float = 1.0, **settings: object) -> SizeModel:
@@ -276,12 +306,15 @@ class SizeEstimate:
     native : np.ndarray or None
         Zoom-1 probabilities of the whole image, when the probe computed them.
     stats : np.ndarray
-        Per-zoom statistics (:func:`probe_stats`).
+        Per-zoom statistics (:func:`probe_stats`); rows of views not computed are zero.
+    gated : bool
+        True when the gate ended the probe after the zoom-1 view (:meth:`SizeModel.gate_diameter`).
     """
 
     diameter: float
     native: np.ndarray | None
     stats: np.ndarray
+    gated: bool = False
 
 
 def estimate_size(norm: np.ndarray, predict: ProbFn, model: SizeModel) -> SizeEstimate:
@@ -301,7 +334,18 @@ def estimate_size(norm: np.ndarray, predict: ProbFn, model: SizeModel) -> SizeEs
     SizeEstimate
         The diameter is clipped to 1 .. 4 times the image's longer side.
     """
-    stats, native = probe_stats(norm, predict, model.zooms, model.view, model.whole_pixels)
+    zooms = list(model.zooms)
+    if model.gate_objects > 0 and zooms[0] == 1.0:  # the zoom-1 view first: the gate may end the probe there
+        first, native = probe_stats(norm, predict, zooms[:1], model.view, model.whole_pixels)
+        gated = model.gate_diameter(first[0])
+        if gated is not None:
+            stats = np.zeros((len(zooms), len(STAT_NAMES)), np.float64)
+            stats[0] = first[0]
+            return SizeEstimate(gated, native, stats, gated=True)
+        rest, _ = probe_stats(norm, predict, zooms[1:], model.view, model.whole_pixels)
+        stats = np.concatenate([first, rest])
+    else:
+        stats, native = probe_stats(norm, predict, zooms, model.view, model.whole_pixels)
     log_d = float(model.predict_log(design(stats, model.zooms, model.target)))
     diameter = float(np.clip(math.exp(log_d), 1.0, 4.0 * max(norm.shape[:2])))
     return SizeEstimate(diameter, native, stats)

@@ -12,6 +12,10 @@ statistics of the zoomed image. Reproducible::
     python -m nucleiseg.inference.size_fit --model default
 
 (fixed seed; a few CPU minutes). ``--cache`` keeps the probe statistics so refits are instant.
+The gate that lets ordinary images skip the coarse views (:meth:`SizeModel.gate_diameter`) is
+then chosen on the model's DSB validation images zoomed x1/3 .. x6, as post-processing thresholds
+are chosen on the validation split (:func:`choose_gate`; ``--no-gate`` leaves it off;
+``--gate-only`` keeps the folder's fitted regression and chooses only its gate).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from nucleiseg.transforms import normalize_image
 DSB_ROOT = Path("/work/shared/data/dsb2018/stage1_train")
 BBBC039_ROOT = Path("/work/shared/data/external/bbbc039")
 ZOOM_RANGE = (0.25, 7.0)
+#: Zooms of the validation check (``benchmarks/size_estimation.py``) and of the gate's choice.
+CHECK_ZOOMS = (1 / 3, 0.5, 1.0, 2.0, 4.0, 6.0)
 MAX_SIDE = 1024
 SEED = 14
 
@@ -118,14 +124,14 @@ def random_zooms(rng: np.random.Generator, k: int, zoom_range: tuple[float, floa
 
 
 def collect(
-    segmenter: Segmenter, samples: Iterator[Loaded], per_image: Callable[[str], int], rng: np.random.Generator,
-    zooms: Sequence[float] = ZOOMS, max_side: int = MAX_SIDE, log: bool = True,
+    segmenter: Segmenter, samples: Iterator[Loaded], zooms_for: Callable[[str], Sequence[float]],
+    rng: np.random.Generator | None = None, zooms: Sequence[float] = ZOOMS, max_side: int = MAX_SIDE, log: bool = True,
 ) -> dict[str, list]:
-    """Probe statistics and true diameters of randomly zoomed samples.
+    """Probe statistics and true diameters of zoomed samples.
 
-    For each image in turn, ``per_image(key)`` zooms are drawn from ``rng``, then each zoomed
-    copy draws its crop position from ``rng``: the samples depend only on the seed and the
-    order of the images.
+    For each image in turn, ``zooms_for(key)`` gives its zooms (it may draw them from ``rng``),
+    then each zoomed copy draws its crop position from ``rng`` (central crops without one): the
+    samples depend only on the seed and the order of the images.
 
     Returns
     -------
@@ -135,7 +141,7 @@ def collect(
     predict = probe_function(segmenter)
     out: dict[str, list] = {"ids": [], "zoom": [], "true": [], "stats": []}
     for n, (key, image, labels) in enumerate(samples):
-        for zoom in random_zooms(rng, per_image(key)):
+        for zoom in zooms_for(key):
             img, lab = zoomed(image, labels, zoom, max_side, rng)
             true = estimate_diameter(lab)
             if not math.isfinite(true):
@@ -148,6 +154,16 @@ def collect(
         if log and (n + 1) % 50 == 0:
             print(f"  {n + 1} images, {len(out['ids'])} samples", file=sys.stderr)
     return out
+
+
+def validation_samples(segmenter: Segmenter, model_dir: Path, max_side: int = MAX_SIDE) -> dict[str, list]:
+    """Probe statistics of the model's DSB validation images at :data:`CHECK_ZOOMS` (central crops).
+
+    The protocol of ``benchmarks/size_estimation.py``; the gate is chosen on these, as the
+    post-processing thresholds are chosen on the validation split.
+    """
+    val = json.loads((model_dir / "split.json").read_text())["val"]
+    return collect(segmenter, dsb_images(val), lambda key: CHECK_ZOOMS, None, max_side=max_side)
 
 
 def training_samples(model_dir: Path) -> tuple[list[str], list[str]]:
@@ -186,6 +202,60 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int = 32, weight_decay: float 
     return SizeModel(mean.tolist(), scale.tolist(), w2.tolist(), b2, hidden_weight=w1.T.tolist(), hidden_bias=b1.tolist())
 
 
+#: Gate settings :func:`choose_gate` tries: minimum marker objects x minimum confidence.
+GATE_OBJECTS = (5, 8, 12, 20)
+GATE_CONFIDENCE = (0.85, 0.9, 0.93, 0.95)
+
+
+def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float = 0.0, inside: float = 0.97) -> dict[str, float]:
+    """Pick the gate (:meth:`SizeModel.gate_diameter`) that skips the coarse views most often
+    without costing accuracy on the given samples (the validation images, :func:`validation_samples`).
+
+    Every pair of :data:`GATE_OBJECTS` x :data:`GATE_CONFIDENCE` is tried (band: the model's
+    ``gate_band``). A gate qualifies when the samples it lets through are within +-30 % of the
+    truth at least ``inside`` of the time and the combined estimator (the gate's diameter where
+    it opens, the regression elsewhere) loses at most ``slack`` of the regression's share within
+    +-30 %. Of the qualifying gates the one that opens most often is taken (ties: the stricter).
+
+    Parameters
+    ----------
+    model : SizeModel
+        The fitted regression (its gate fields are set in place to the choice).
+    stats : np.ndarray
+        ``(n, zooms, stats)`` probe statistics.
+    y : np.ndarray
+        ``(n,)`` true log diameters.
+
+    Returns
+    -------
+    dict
+        The chosen ``gate_objects``, ``gate_confidence``, the share of samples it opens for, and
+        the within-30 % shares of the regression alone and combined (``gate_objects`` 0: none
+        qualified, the gate stays off).
+    """
+    x = np.stack([design(s, model.zooms, model.target) for s in stats])
+    reg = np.exp(model.predict_log(x))
+    true = np.exp(y)
+    base = float(np.mean(np.abs(reg / true - 1.0) <= 0.3))
+    best: dict[str, float] = {"gate_objects": 0, "gate_confidence": 1.0, "opened": 0.0, "within_30pct_regression": round(base, 4)}
+    for objects in GATE_OBJECTS:
+        for conf in GATE_CONFIDENCE:
+            model.gate_objects, model.gate_confidence = objects, conf
+            gated = np.array([np.nan if (d := model.gate_diameter(s[0])) is None else d for s in stats])
+            opened = np.isfinite(gated)
+            if not opened.any():
+                continue
+            ok_inside = float(np.mean(np.abs(gated[opened] / true[opened] - 1.0) <= 0.3))
+            combined = float(np.mean(np.abs(np.where(opened, gated, reg) / true - 1.0) <= 0.3))
+            share = float(opened.mean())
+            if ok_inside >= inside and combined >= base - slack and share > best["opened"]:
+                best = {"gate_objects": objects, "gate_confidence": conf, "opened": round(share, 4),
+                        "within_30pct_regression": round(base, 4), "within_30pct_combined": round(combined, 4),
+                        "within_30pct_inside": round(ok_inside, 4)}
+    model.gate_objects, model.gate_confidence = int(best["gate_objects"]), float(best["gate_confidence"])
+    return best
+
+
 def _errors(model: SizeModel, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     ratio = np.exp(model.predict_log(x) - y)
     return {"median_abs_log_error": round(float(np.median(np.abs(np.log(ratio)))), 4),
@@ -217,40 +287,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=1.0, help="ridge penalty (standardised inputs)")
     ap.add_argument("--hidden", type=int, default=32, help="hidden units of the mlp")
     ap.add_argument("--max-side", type=int, default=MAX_SIDE)
+    ap.add_argument("--no-gate", action="store_true", help="always probe every zoom (no early stop after the zoom-1 view)")
+    ap.add_argument("--gate-only", action="store_true", help="keep the folder's fitted size_model.json and choose only its gate")
     ap.add_argument("--cache", type=Path, default=None, help="npz of probe statistics (read if present, else written)")
     ap.add_argument("--out", type=Path, default=None, help=f"output file (default <model>/{SIZE_MODEL_FILE})")
     args = ap.parse_args(argv)
 
     folder = ModelBundle.open(args.model).folder
     assert folder is not None, f"{args.model}: a model folder is needed"
-    target = Segmenter.from_pretrained(folder).config.infer.target_diameter
-    if args.cache is not None and args.cache.is_file():
-        z = np.load(args.cache, allow_pickle=False)
-        data = {"ids": list(z["ids"]), "zoom": list(z["zoom"]), "true": list(z["true"]), "stats": list(z["stats"])}
+    segmenter = Segmenter.from_pretrained(folder)
+    cached = dict(np.load(args.cache, allow_pickle=False)) if args.cache is not None and args.cache.is_file() else {}
+    out = args.out or folder / SIZE_MODEL_FILE
+    if args.gate_only:
+        model = SizeModel.load(folder / SIZE_MODEL_FILE)
     else:
-        dsb, bbbc = training_samples(folder)
-        print(f"probing {len(dsb)} DSB + {len(bbbc)} BBBC039 training images", file=sys.stderr)
-        segmenter = Segmenter.from_pretrained(folder)
-        rng = np.random.default_rng(args.seed)
+        data = _training_data(args, folder, segmenter, cached)
+        model = _fit(args, data, segmenter.config.infer.target_diameter, argv)
+    if not args.no_gate:
+        if "val_stats" not in cached:
+            print("probing the validation images for the gate", file=sys.stderr)
+            val = validation_samples(segmenter, folder, args.max_side)
+            cached.update(val_stats=np.stack(val["stats"]), val_true=np.array(val["true"]))
+        model.gate_band = segmenter.config.infer.rescale_tolerance  # a gated image is segmented at native scale
+        model.meta["gate"] = choose_gate(model, cached["val_stats"], np.log(cached["val_true"]))
+        model.meta["gate"]["data"] = f"DSB validation split ({len(cached['val_true'])} samples: zooms x1/3, x0.5, x1, x2, x4, x6)"
+        model.meta["gate"]["command"] = "python -m nucleiseg.inference.size_fit " + " ".join(_without_paths(list(argv if argv is not None else sys.argv[1:])))
+    if args.cache is not None and cached:
+        args.cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.cache, **cached)
+    model.save(out)
+    print(f"wrote {out}: {model.meta}")
+    return 0
 
-        def per_image(key: str) -> int:
-            return {"dsb": args.dsb_zooms, "tissue": args.tissue_zooms}.get(key.split("/")[0], args.bbbc_zooms)
 
-        data = collect(segmenter, dsb_images(dsb), per_image, rng, max_side=args.max_side)
-        more = collect(segmenter, bbbc039_images(bbbc), per_image, rng, max_side=args.max_side)
+def _training_data(args: argparse.Namespace, folder: Path, segmenter: Segmenter, cached: dict[str, np.ndarray]) -> dict[str, list]:
+    """Probe statistics of the randomly zoomed training images (read from, and added to, ``cached``)."""
+    if "stats" in cached:
+        return {"ids": list(cached["ids"]), "zoom": list(cached["zoom"]), "true": list(cached["true"]), "stats": list(cached["stats"])}
+    dsb, bbbc = training_samples(folder)
+    print(f"probing {len(dsb)} DSB + {len(bbbc)} BBBC039 training images", file=sys.stderr)
+    rng = np.random.default_rng(args.seed)
+
+    def zooms_for(key: str) -> list[float]:
+        k = {"dsb": args.dsb_zooms, "tissue": args.tissue_zooms}.get(key.split("/")[0], args.bbbc_zooms)
+        return random_zooms(rng, k)
+
+    data = collect(segmenter, dsb_images(dsb), zooms_for, rng, max_side=args.max_side)
+    more = collect(segmenter, bbbc039_images(bbbc), zooms_for, rng, max_side=args.max_side)
+    data = {k: data[k] + more[k] for k in data}
+    if args.tissue_zooms > 0:
+        more = collect(segmenter, tissue_images(dsb, rng), zooms_for, rng, max_side=args.max_side)
         data = {k: data[k] + more[k] for k in data}
-        if args.tissue_zooms > 0:
-            more = collect(segmenter, tissue_images(dsb, rng), per_image, rng, max_side=args.max_side)
-            data = {k: data[k] + more[k] for k in data}
-        if args.cache is not None:
-            args.cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.cache, ids=np.array(data["ids"]), zoom=np.array(data["zoom"]), true=np.array(data["true"]), stats=np.stack(data["stats"]))
+    cached.update(ids=np.array(data["ids"]), zoom=np.array(data["zoom"]), true=np.array(data["true"]), stats=np.stack(data["stats"]))
+    return data
+
+
+def _fit(args: argparse.Namespace, data: dict[str, list], target: float, argv: Sequence[str] | None) -> SizeModel:
+    """The regression fitted on the training samples, with its settings and provenance."""
     x = np.stack([design(np.asarray(s), ZOOMS, target) for s in data["stats"]])
     y = np.log(np.asarray(data["true"]))
-    if args.kind == "ridge":
-        model = SizeModel.fit(x, y, args.alpha)
-    else:
-        model = fit_mlp(x, y, args.hidden, seed=args.seed)
+    model = SizeModel.fit(x, y, args.alpha) if args.kind == "ridge" else fit_mlp(x, y, args.hidden, seed=args.seed)
     model.zooms, model.target, model.view, model.whole_pixels = list(ZOOMS), target, VIEW, WHOLE_PIXELS
     model.meta = {
         "command": "python -m nucleiseg.inference.size_fit " + " ".join(_without_paths(list(argv if argv is not None else sys.argv[1:]))),
@@ -260,10 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"random zoom x{ZOOM_RANGE[0]}..x{ZOOM_RANGE[1]} (log-uniform), zoomed sides <= {args.max_side}",
         "train": _errors(model, x, y),
     }
-    out = args.out or folder / SIZE_MODEL_FILE
-    model.save(out)
-    print(f"wrote {out}: {model.meta}")
-    return 0
+    return model
 
 
 if __name__ == "__main__":

@@ -221,7 +221,8 @@ def build_augment(
             cfg.downscale_p,
             A.Downscale(
                 scale_range=(cfg.downscale_min, _DOWNSCALE_MAX),
-                interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+                interpolation_pair={"downscale": cv2.INTER_AREA,
+                                    "upscale": cv2.INTER_LANCZOS4 if cfg.downscale_lanczos else cv2.INTER_LINEAR},
                 p=cfg.downscale_p,
             ),
         ),
