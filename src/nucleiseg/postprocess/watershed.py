@@ -18,8 +18,6 @@ import math
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
-from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 from nucleiseg.config import PostprocessConfig
@@ -103,6 +101,8 @@ def threshold_mask(fg: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
         if finite.size == 0 or float(finite.max() - finite.min()) < 1e-6:
             thr = cfg.threshold
         else:
+            from skimage.filters import threshold_otsu  # imported here: it pulls in skimage.transform (~0.1 s)
+
             thr = float(np.clip(threshold_otsu(finite), *OTSU_CLAMP))
     elif cfg.threshold_method == "fixed":
         thr = cfg.threshold
@@ -247,6 +247,8 @@ def labels_from_mask(mask: np.ndarray, cfg: PostprocessConfig | None = None) -> 
     # A light blur removes the one-pixel ripples of a jagged outline without moving real peaks.
     smooth = ndi.gaussian_filter(dist, 1.0) * mask
     min_distance = max(1, int(round(cfg.marker_distance * cfg.diameter)))
+    from skimage.feature import peak_local_max  # imported here: it pulls in scipy.spatial (~0.15 s); contour models never need it
+
     peaks = peak_local_max(smooth, min_distance=min_distance, labels=comps, exclude_border=False)
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)

@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.cluster.vq import ClusterError, kmeans2
-from skimage.filters import threshold_otsu
 
 from nucleiseg.config import NormalizeConfig
 
@@ -74,6 +73,8 @@ def is_bright_background(image: np.ndarray) -> bool:
     gray = _gray(_as_float_channels(image))
     if float(gray.max() - gray.min()) <= _EPS:
         return False
+    from skimage.filters import threshold_otsu  # imported here: it pulls in skimage.transform, which segmenting does not need
+
     thresh = threshold_otsu(gray)
     return bool(np.mean(gray > thresh) > 0.5)
 
