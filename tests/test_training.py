@@ -108,7 +108,11 @@ def test_short_real_training_run(tmp_path, dsb_root):
     examples.mkdir()
     for name in ("fluo_small.png", "fluo_small_masks.tif"):
         shutil.copy(REPO / "examples" / name, examples)
+    stale = tmp_path / "weights" / "tiny" / "model.int8.onnx"  # an earlier model's export under the same name
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"not this model")
     bundled = bundle_run(out, "tiny", examples=examples, dest_root=tmp_path / "weights")
+    assert not stale.exists()  # never reused: the reference outputs below come from this model's files
     assert (bundled / "MODEL_CARD.md").read_text().count(file_hash(bundled / "weights.safetensors")) == 1
     reference = json.loads((bundled / "reference.json").read_text())["examples"]["fluo_small"]
     assert set(reference) == {"count", "score"} and 0 <= reference["score"] <= 1

@@ -226,6 +226,10 @@ class TrainConfig:
     ``init_weights`` starts training from trained weights instead of a random initialisation
     (fine-tuning): a bundled model name (``"default"``), a run folder or a ``.safetensors``
     file whose tensors fit ``model`` exactly. ``--resume`` takes precedence over it.
+
+    ``rescale_tolerance`` is written into the run's ``config.json`` as
+    ``infer.rescale_tolerance`` (None: :class:`InferConfig`'s default): how far from the
+    training size an estimated nucleus diameter may be before the image is zoomed.
     """
 
     data: str = "../shared/data/dsb2018/stage1_train"
@@ -257,6 +261,7 @@ class TrainConfig:
     amp: str = "auto"
     extra_data: list[ExtraDataConfig] = field(default_factory=list)
     init_weights: str | None = None
+    rescale_tolerance: float | None = None
 
     def __post_init__(self) -> None:
         self.extra_data = [

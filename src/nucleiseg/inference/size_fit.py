@@ -202,17 +202,20 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int = 32, weight_decay: float 
     return SizeModel(mean.tolist(), scale.tolist(), w2.tolist(), b2, hidden_weight=w1.T.tolist(), hidden_bias=b1.tolist())
 
 
-#: Gate settings :func:`choose_gate` tries: minimum marker objects x minimum confidence.
+#: Gate settings :func:`choose_gate` tries: minimum marker objects x minimum confidence x band.
 GATE_OBJECTS = (5, 8, 12, 20)
 GATE_CONFIDENCE = (0.85, 0.9, 0.93, 0.95)
+GATE_BANDS = (1.3, 1.5, 2.0)
 
 
-def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float = 0.0, inside: float = 0.97) -> dict[str, float]:
+def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float = 0.0, inside: float = 0.95,
+                max_band: float = 1.5) -> dict[str, float]:
     """Pick the gate (:meth:`SizeModel.gate_diameter`) that skips the coarse views most often
     without costing accuracy on the given samples (the validation images, :func:`validation_samples`).
 
-    Every pair of :data:`GATE_OBJECTS` x :data:`GATE_CONFIDENCE` is tried (band: the model's
-    ``gate_band``). A gate qualifies when the samples it lets through are within +-30 % of the
+    Every combination of :data:`GATE_OBJECTS` x :data:`GATE_CONFIDENCE` x the
+    :data:`GATE_BANDS` up to ``max_band`` (the segmenter's ``rescale_tolerance``, so that a
+    gated image is always segmented at native scale) is tried. A gate qualifies when the samples it lets through are within +-30 % of the
     truth at least ``inside`` of the time and the combined estimator (the gate's diameter where
     it opens, the regression elsewhere) loses at most ``slack`` of the regression's share within
     +-30 %. Of the qualifying gates the one that opens most often is taken (ties: the stricter).
@@ -237,22 +240,23 @@ def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float
     reg = np.exp(model.predict_log(x))
     true = np.exp(y)
     base = float(np.mean(np.abs(reg / true - 1.0) <= 0.3))
-    best: dict[str, float] = {"gate_objects": 0, "gate_confidence": 1.0, "opened": 0.0, "within_30pct_regression": round(base, 4)}
-    for objects in GATE_OBJECTS:
-        for conf in GATE_CONFIDENCE:
-            model.gate_objects, model.gate_confidence = objects, conf
-            gated = np.array([np.nan if (d := model.gate_diameter(s[0])) is None else d for s in stats])
-            opened = np.isfinite(gated)
-            if not opened.any():
-                continue
-            ok_inside = float(np.mean(np.abs(gated[opened] / true[opened] - 1.0) <= 0.3))
-            combined = float(np.mean(np.abs(np.where(opened, gated, reg) / true - 1.0) <= 0.3))
-            share = float(opened.mean())
-            if ok_inside >= inside and combined >= base - slack and share > best["opened"]:
-                best = {"gate_objects": objects, "gate_confidence": conf, "opened": round(share, 4),
-                        "within_30pct_regression": round(base, 4), "within_30pct_combined": round(combined, 4),
-                        "within_30pct_inside": round(ok_inside, 4)}
-    model.gate_objects, model.gate_confidence = int(best["gate_objects"]), float(best["gate_confidence"])
+    best: dict[str, float] = {"gate_objects": 0, "gate_confidence": 1.0, "gate_band": model.gate_band, "opened": 0.0,
+                              "within_30pct_regression": round(base, 4)}
+    settings = [(o, c, b) for b in GATE_BANDS if b <= max_band + 1e-9 for o in GATE_OBJECTS for c in GATE_CONFIDENCE]
+    for objects, conf, band in settings:
+        model.gate_objects, model.gate_confidence, model.gate_band = objects, conf, band
+        gated = np.array([np.nan if (d := model.gate_diameter(s[0])) is None else d for s in stats])
+        opened = np.isfinite(gated)
+        if not opened.any():
+            continue
+        ok_inside = float(np.mean(np.abs(gated[opened] / true[opened] - 1.0) <= 0.3))
+        combined = float(np.mean(np.abs(np.where(opened, gated, reg) / true - 1.0) <= 0.3))
+        share = float(opened.mean())
+        if ok_inside >= inside and combined >= base - slack and share > best["opened"]:
+            best = {"gate_objects": objects, "gate_confidence": conf, "gate_band": band, "opened": round(share, 4),
+                    "within_30pct_regression": round(base, 4), "within_30pct_combined": round(combined, 4),
+                    "within_30pct_inside": round(ok_inside, 4)}
+    model.gate_objects, model.gate_confidence, model.gate_band = int(best["gate_objects"]), float(best["gate_confidence"]), float(best["gate_band"])
     return best
 
 
@@ -308,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("probing the validation images for the gate", file=sys.stderr)
             val = validation_samples(segmenter, folder, args.max_side)
             cached.update(val_stats=np.stack(val["stats"]), val_true=np.array(val["true"]))
-        model.gate_band = segmenter.config.infer.rescale_tolerance  # a gated image is segmented at native scale
-        model.meta["gate"] = choose_gate(model, cached["val_stats"], np.log(cached["val_true"]))
+        tolerance = segmenter.config.infer.rescale_tolerance  # a gated image is segmented at native scale
+        model.meta["gate"] = choose_gate(model, cached["val_stats"], np.log(cached["val_true"]), max_band=tolerance)
         model.meta["gate"]["data"] = f"DSB validation split ({len(cached['val_true'])} samples: zooms x1/3, x0.5, x1, x2, x4, x6)"
         model.meta["gate"]["command"] = "python -m nucleiseg.inference.size_fit " + " ".join(_without_paths(list(argv if argv is not None else sys.argv[1:])))
     if args.cache is not None and cached:

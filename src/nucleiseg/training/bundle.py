@@ -131,6 +131,10 @@ def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluat
     ])
 
 
+#: Files a run may hold besides its weights that belong to those weights alone.
+FORMS = ("size_model.json", "model.onnx", "model.fp16.onnx", "model.int8.onnx")
+
+
 def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path | None = None,
                dest_root: str | Path = WEIGHTS_DIR) -> Path:
     """Copy a run into ``dest_root/name`` with a model card and reference outputs on the examples.
@@ -141,6 +145,9 @@ def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path 
         Run folder with ``weights.safetensors``, ``config.json``, ``train.json``,
         ``report.json`` and ``evaluation.json`` (from ``nucleiseg validate``); its
         ``accuracy.json`` (``nucleiseg validate --suite``), when present, goes into the model card.
+        Its :data:`FORMS` (ONNX exports, ``size_model.json``) are copied too, and those of a
+        model bundled before under the same name are removed, so the reference outputs are
+        computed with this model's files only.
     name : str
         Bundled model name.
     examples : path, optional
@@ -158,6 +165,11 @@ def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path 
     for extra in ("train.json", "split.json", "evaluation.json", "report.json", "accuracy.json"):
         if extra != "accuracy.json" or (run / extra).is_file():
             shutil.copyfile(run / extra, dest / extra)
+    for form in FORMS:  # the run's exported forms and size model; a previous model's are removed, never reused
+        if (run / form).is_file():
+            shutil.copyfile(run / form, dest / form)
+        elif (dest / form).exists():
+            (dest / form).unlink()
     sha = file_hash(dest / "weights.safetensors")
     suite = json.loads((run / "accuracy.json").read_text()) if (run / "accuracy.json").is_file() else None
     card = model_card(name, json.loads((run / "train.json").read_text()), json.loads((run / "report.json").read_text()),

@@ -135,6 +135,8 @@ def bundle_config(cfg: TrainConfig) -> ModelBundleConfig:
     """The inference-side configuration saved as ``config.json`` beside the weights."""
     model = replace(cfg.model, in_channels=cfg.normalize.channels, out_channels=cfg.targets.channels)
     infer = InferConfig()
+    if cfg.rescale_tolerance is not None:
+        infer = replace(infer, rescale_tolerance=cfg.rescale_tolerance)
     if cfg.train_diameter is not None:  # trained at one scale: always bring images to it
         infer = replace(infer, rescale=True, target_diameter=cfg.train_diameter, rescale_tolerance=1.1)
     return ModelBundleConfig(
