@@ -215,10 +215,11 @@ def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float
 
     Every combination of :data:`GATE_OBJECTS` x :data:`GATE_CONFIDENCE` x the
     :data:`GATE_BANDS` up to ``max_band`` (the segmenter's ``rescale_tolerance``, so that a
-    gated image is always segmented at native scale) is tried. A gate qualifies when the samples it lets through are within +-30 % of the
-    truth at least ``inside`` of the time and the combined estimator (the gate's diameter where
-    it opens, the regression elsewhere) loses at most ``slack`` of the regression's share within
-    +-30 %. Of the qualifying gates the one that opens most often is taken (ties: the stricter).
+    gated image is always segmented at native scale) is tried. A gate qualifies when the samples
+    it lets through are within +-30 % of the truth at least ``inside`` of the time and the
+    combined estimator (the gate's diameter where it opens, the regression elsewhere) loses at
+    most ``slack`` of the regression's share within +-30 %. Of the qualifying gates the one that
+    opens most often is taken (ties: the first tried, bands, objects and confidences ascending).
 
     Parameters
     ----------
@@ -232,7 +233,7 @@ def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float
     Returns
     -------
     dict
-        The chosen ``gate_objects``, ``gate_confidence``, the share of samples it opens for, and
+        The chosen ``gate_objects``, ``gate_confidence``, ``gate_band``, the share of samples it opens for, and
         the within-30 % shares of the regression alone and combined (``gate_objects`` 0: none
         qualified, the gate stays off).
     """
@@ -279,6 +280,11 @@ def _without_paths(argv: list[str]) -> list[str]:
     return out
 
 
+def _command(argv: Sequence[str] | None) -> str:
+    """The command line as recorded in ``meta`` (without the paths of ``--cache`` and ``--out``)."""
+    return "python -m nucleiseg.inference.size_fit " + " ".join(_without_paths(list(argv if argv is not None else sys.argv[1:])))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: collect (or load cached) statistics, fit, write ``size_model.json``."""
     ap = argparse.ArgumentParser(prog="python -m nucleiseg.inference.size_fit", description=__doc__.split("\n")[0])
@@ -315,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tolerance = segmenter.config.infer.rescale_tolerance  # a gated image is segmented at native scale
         model.meta["gate"] = choose_gate(model, cached["val_stats"], np.log(cached["val_true"]), max_band=tolerance)
         model.meta["gate"]["data"] = f"DSB validation split ({len(cached['val_true'])} samples: zooms x1/3, x0.5, x1, x2, x4, x6)"
-        model.meta["gate"]["command"] = "python -m nucleiseg.inference.size_fit " + " ".join(_without_paths(list(argv if argv is not None else sys.argv[1:])))
+        model.meta["gate"]["command"] = _command(argv)
     if args.cache is not None and cached:
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.cache, **cached)
@@ -353,7 +359,7 @@ def _fit(args: argparse.Namespace, data: dict[str, list], target: float, argv: S
     model = SizeModel.fit(x, y, args.alpha) if args.kind == "ridge" else fit_mlp(x, y, args.hidden, seed=args.seed)
     model.zooms, model.target, model.view, model.whole_pixels = list(ZOOMS), target, VIEW, WHOLE_PIXELS
     model.meta = {
-        "command": "python -m nucleiseg.inference.size_fit " + " ".join(_without_paths(list(argv if argv is not None else sys.argv[1:]))),
+        "command": _command(argv),
         "kind": args.kind, "seed": args.seed, "samples": len(y),
         "data": f"DSB split.json train ids x{args.dsb_zooms} + BBBC039 training ids x{args.bbbc_zooms}"
                 f" + DSB fluorescence training ids rendered as synthetic H&E x{args.tissue_zooms}, "
