@@ -335,17 +335,14 @@ def estimate_size(norm: np.ndarray, predict: ProbFn, model: SizeModel) -> SizeEs
         The diameter is clipped to 1 .. 4 times the image's longer side.
     """
     zooms = list(model.zooms)
-    if model.gate_objects > 0 and zooms[0] == 1.0:  # the zoom-1 view first: the gate may end the probe there
-        first, native = probe_stats(norm, predict, zooms[:1], model.view, model.whole_pixels)
-        gated = model.gate_diameter(first[0])
-        if gated is not None:
-            stats = np.zeros((len(zooms), len(STAT_NAMES)), np.float64)
-            stats[0] = first[0]
-            return SizeEstimate(gated, native, stats, gated=True)
-        rest, _ = probe_stats(norm, predict, zooms[1:], model.view, model.whole_pixels)
-        stats = np.concatenate([first, rest])
-    else:
-        stats, native = probe_stats(norm, predict, zooms, model.view, model.whole_pixels)
+    first, native = probe_stats(norm, predict, zooms[:1], model.view, model.whole_pixels)  # views are independent
+    gated = model.gate_diameter(first[0]) if zooms[0] == 1.0 else None  # the gate may end the probe here
+    if gated is not None:
+        stats = np.zeros((len(zooms), len(STAT_NAMES)), np.float64)
+        stats[0] = first[0]
+        return SizeEstimate(gated, native, stats, gated=True)
+    rest, more = probe_stats(norm, predict, zooms[1:], model.view, model.whole_pixels)
+    stats, native = np.concatenate([first, rest]), native if native is not None else more
     log_d = float(model.predict_log(design(stats, model.zooms, model.target)))
     diameter = float(np.clip(math.exp(log_d), 1.0, 4.0 * max(norm.shape[:2])))
     return SizeEstimate(diameter, native, stats)

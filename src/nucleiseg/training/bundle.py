@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from nucleiseg.config import ModelBundleConfig, load_json, save_json
-from nucleiseg.bundle import WEIGHTS_DIR
+from nucleiseg.bundle import ONNX_FILES, WEIGHTS_DIR
 from nucleiseg.inference.segmenter import Segmenter
+from nucleiseg.inference.size import SIZE_MODEL_FILE
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.io.labels import discover_inputs, load_item_gt
 from nucleiseg.io.images import read_image
@@ -132,7 +133,7 @@ def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluat
 
 
 #: Files a run may hold besides its weights that belong to those weights alone.
-FORMS = ("size_model.json", "model.onnx", "model.fp16.onnx", "model.int8.onnx")
+FORMS = (SIZE_MODEL_FILE, *ONNX_FILES.values())
 
 
 def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path | None = None,
