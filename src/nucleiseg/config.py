@@ -230,6 +230,12 @@ class TrainConfig:
     ``rescale_tolerance`` is written into the run's ``config.json`` as
     ``infer.rescale_tolerance`` (None: :class:`InferConfig`'s default): how far from the
     training size an estimated nucleus diameter may be before the image is zoomed.
+
+    ``average_from`` (a fraction of the run: of ``max_minutes`` when set, else of ``epochs``)
+    turns on weight averaging (:mod:`nucleiseg.training.averaging`): the weights at the end of
+    every later epoch join an equal-weight mean, which becomes ``weights.safetensors`` at the end
+    (batch-norm statistics recomputed on ``average_bn_batches`` training batches); the best
+    single epoch is kept as ``best.safetensors``. None (default) keeps the best epoch.
     """
 
     data: str = "../shared/data/dsb2018/stage1_train"
@@ -262,8 +268,12 @@ class TrainConfig:
     extra_data: list[ExtraDataConfig] = field(default_factory=list)
     init_weights: str | None = None
     rescale_tolerance: float | None = None
+    average_from: float | None = None
+    average_bn_batches: int = 50
 
     def __post_init__(self) -> None:
+        if self.average_from is not None and not 0.0 <= self.average_from < 1.0:
+            raise ValueError(f"average_from must be in [0, 1), got {self.average_from}")
         self.extra_data = [
             e if isinstance(e, ExtraDataConfig)
             else ExtraDataConfig(path=e) if isinstance(e, str)

@@ -280,6 +280,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = train(cfg, resume=args.resume, progress=not args.quiet, device=args.device)
     report = json.loads((out / "report.json").read_text())
     print(f"run folder {out}: best validation score {report['best_val_score']:.4f} at epoch {report['best_epoch']}")
+    if report.get("average"):
+        avg = report["average"]
+        print(f"weights.safetensors: the average of the last {avg['epochs']} epochs, validation score {avg['val']['val_score']:.4f} "
+              "(the best epoch is best.safetensors)")
     return 0
 
 

@@ -35,6 +35,7 @@ from nucleiseg.training.data import (
     sampling_summary,
     split_ids,
 )
+from nucleiseg.training.averaging import WeightAverage, finish_average
 from nucleiseg.training.report import write_curves, write_metrics_csv
 from nucleiseg.training.validation import validate
 
@@ -150,6 +151,40 @@ def bundle_config(cfg: TrainConfig) -> ModelBundleConfig:
     )
 
 
+#: Running mean of the late epochs' weights (``TrainConfig.average_from``), kept for ``--resume``.
+AVERAGE_FILE = "average.safetensors"
+
+
+def run_fraction(cfg: TrainConfig, epoch: int, seconds: float) -> float:
+    """How far a run is after ``epoch`` (``seconds`` in): of ``max_minutes`` when set, else of ``epochs``."""
+    if cfg.max_minutes is not None:
+        return seconds / (cfg.max_minutes * 60)
+    return epoch / max(cfg.epochs, 1)
+
+
+def _weights_epoch(path: Path) -> str | None:
+    """The ``epoch`` metadata of a weights file written by :func:`save_weights`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("epoch")
+
+
+def _finish_average(
+    cfg: TrainConfig, out: Path, average: WeightAverage, model: torch.nn.Module, loader: DataLoader,
+    val_samples: list[Any], bundle: ModelBundleConfig, device: str, info: dict[str, Any],
+) -> dict[str, Any]:
+    """Make the averaged weights the run's ``weights.safetensors`` (the best epoch becomes ``best.safetensors``)."""
+    averaged = finish_average(average, model, loader, cfg.average_bn_batches, device)
+    val = validate(averaged, val_samples, bundle.infer, bundle.postprocess, device)
+    best = out / "weights.safetensors"
+    if best.exists() and _weights_epoch(best) != "average":  # a resumed finished run: the best epoch is already aside
+        best.replace(out / "best.safetensors")
+    save_weights(averaged, best, metadata={"epoch": "average", "averaged_epochs": str(average.count), "arch": bundle.model.arch})
+    return {"epochs": average.count, "from": cfg.average_from, "val": val,
+            "best_epoch": info["best_epoch"], "best_val_score": info["best_score"]}
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device: str | None = None) -> Path:
     """Train a model from a recipe and write a complete run folder.
 
@@ -224,6 +259,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         info = load_training_state(last, model, optimizer, scheduler)
     elif init_file is not None:
         load_weights(model, init_file)
+    average = WeightAverage(model) if cfg.average_from is not None else None
+    if average is not None and resume and last.exists() and (out / AVERAGE_FILE).exists():
+        average.load(out / AVERAGE_FILE)
+        if average.count != int(info.get("averaged", 0)) and progress:
+            tqdm.write(f"{out / AVERAGE_FILE}: holds {average.count} epochs, the run state {info.get('averaged', 0)}; continuing")
     start_time = time.monotonic() - float(info["seconds"])
     amp_dtype = autocast_dtype(cfg.amp, device)
     amp_device = "cuda" if device.startswith("cuda") else "cpu"
@@ -259,7 +299,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
             info["best_score"], info["best_epoch"] = val["val_score"], epoch
             save_weights(model, out / "weights.safetensors", metadata={"epoch": str(epoch), "arch": bundle.model.arch})
         info["epoch"], info["seconds"] = epoch, row["seconds"]
+        averaging = average is not None and run_fraction(cfg, epoch, row["seconds"]) >= float(cfg.average_from or 0.0)
+        if averaging:
+            average.update(model)
+            info["averaged"] = average.count
         save_training_state(last, model, optimizer, scheduler, info)
+        if averaging:  # after last.safetensors: a crash in between leaves one epoch out of the mean, never in twice
+            average.save(out / AVERAGE_FILE)
         write_metrics_csv(out / "metrics.csv", info["history"])
         if progress:
             tqdm.write(
@@ -274,6 +320,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
             break
 
     write_curves(out / "curves.png", info["history"])
+    averaged = None
+    if average is not None and average.count > 0:
+        averaged = _finish_average(cfg, out, average, model, loader, val_samples, bundle, device, info)
     report = {
         "best_epoch": info["best_epoch"],
         "best_val_score": info["best_score"],
@@ -290,6 +339,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         "torch": torch.__version__,
         "nucleiseg": __version__,
         "final": info["history"][-1] if info["history"] else None,
+        "weights": "best epoch" if averaged is None else "average",
+        "average": averaged,
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     return out
