@@ -12,6 +12,7 @@ from nucleiseg.config import TrainConfig
 from nucleiseg.models import create_model
 from nucleiseg.training import load_weights, train
 from nucleiseg.training.averaging import WeightAverage, finish_average
+from nucleiseg.training.bundle import model_card
 from nucleiseg.training.trainer import AVERAGE_FILE, _weights_epoch, run_fraction
 
 
@@ -85,6 +86,8 @@ def test_averaged_run_ships_the_mean_and_resumes(tmp_path, dsb_root):
         assert torch.allclose(p, mean.mean[name], atol=1e-6), name
     assert _weights_epoch(out / "best.safetensors") == str(report["best_epoch"])
     assert _weights_epoch(out / "weights.safetensors") == "average"
+    card = model_card("tiny", json.loads((out / "train.json").read_text()), report, {}, "sha", trained_on="DSB")
+    assert f"the weights are the average of the last 2 epochs (validation {report['average']['val']['val_score']:.4f}" in card
     # --resume continues the mean, and the best single epoch stays aside (never the mean)
     cfg.epochs = 4
     train(cfg, resume=True, progress=False)
