@@ -13,7 +13,8 @@ from nucleiseg.models import create_model
 from nucleiseg.training import load_weights, train
 from nucleiseg.training.averaging import WeightAverage, finish_average
 from nucleiseg.training.bundle import model_card
-from nucleiseg.training.trainer import AVERAGE_FILE, _weights_epoch, run_fraction
+from nucleiseg.training.checkpoint import weights_metadata
+from nucleiseg.training.trainer import AVERAGE_FILE, run_fraction
 
 
 def _net() -> torch.nn.Module:
@@ -84,8 +85,8 @@ def test_averaged_run_ships_the_mean_and_resumes(tmp_path, dsb_root):
     mean = WeightAverage(shipped).load(out / AVERAGE_FILE)
     for name, p in shipped.named_parameters():
         assert torch.allclose(p, mean.mean[name], atol=1e-6), name
-    assert _weights_epoch(out / "best.safetensors") == str(report["best_epoch"])
-    assert _weights_epoch(out / "weights.safetensors") == "average"
+    assert weights_metadata(out / "best.safetensors")["epoch"] == str(report["best_epoch"])
+    assert weights_metadata(out / "weights.safetensors")["epoch"] == "average"
     card = model_card("tiny", json.loads((out / "train.json").read_text()), report, {}, "sha", trained_on="DSB")
     assert f"the weights are the average of the last 2 epochs (validation {report['average']['val']['val_score']:.4f}" in card
     # --resume continues the mean, and the best single epoch stays aside (never the mean)
@@ -94,5 +95,5 @@ def test_averaged_run_ships_the_mean_and_resumes(tmp_path, dsb_root):
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1, 2, 3, 4]
     report = json.loads((out / "report.json").read_text())
     assert report["average"]["epochs"] == 3
-    assert _weights_epoch(out / "best.safetensors") == str(report["best_epoch"])
-    assert _weights_epoch(out / "weights.safetensors") == "average"
+    assert weights_metadata(out / "best.safetensors")["epoch"] == str(report["best_epoch"])
+    assert weights_metadata(out / "weights.safetensors")["epoch"] == "average"

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import update_bn
 
 from nucleiseg.io.atomic import atomic_path
+from nucleiseg.training.checkpoint import weights_metadata
 
 __all__ = ["WeightAverage", "finish_average"]
 
@@ -53,13 +54,10 @@ class WeightAverage:
 
     def load(self, path: str | Path) -> WeightAverage:
         """Read a mean written by :meth:`save` (for ``--resume``); returns self."""
-        from safetensors import safe_open
-
         tensors = load_file(str(path))
         if set(tensors) != set(self.mean):
             raise ValueError(f"{path}: averaged weights do not fit this model")
-        with safe_open(str(path), framework="pt") as f:
-            self.count = int((f.metadata() or {}).get("count", "0"))
+        self.count = int(weights_metadata(path).get("count", "0"))
         self.mean = {k: tensors[k].float() for k in self.mean}
         return self
 

@@ -25,6 +25,14 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, s
         save_file(state, str(tmp), metadata=metadata)
 
 
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file (``{}`` when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load safetensors weights into ``model`` with a strict key check.
 

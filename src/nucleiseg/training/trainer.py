@@ -26,6 +26,7 @@ from nucleiseg.training.checkpoint import (
     load_training_state,
     save_training_state,
     save_weights,
+    weights_metadata,
 )
 from nucleiseg.training.data import (
     CropDataset,
@@ -162,14 +163,6 @@ def run_fraction(cfg: TrainConfig, epoch: int, seconds: float) -> float:
     return epoch / max(cfg.epochs, 1)
 
 
-def _weights_epoch(path: Path) -> str | None:
-    """The ``epoch`` metadata of a weights file written by :func:`save_weights`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("epoch")
-
-
 def _finish_average(
     cfg: TrainConfig, out: Path, average: WeightAverage, model: torch.nn.Module, loader: DataLoader,
     val_samples: list[Any], bundle: ModelBundleConfig, device: str, info: dict[str, Any],
@@ -178,7 +171,7 @@ def _finish_average(
     averaged = finish_average(average, model, loader, cfg.average_bn_batches, device)
     val = validate(averaged, val_samples, bundle.infer, bundle.postprocess, device)
     best = out / "weights.safetensors"
-    if best.exists() and _weights_epoch(best) != "average":  # a resumed finished run: the best epoch is already aside
+    if best.exists() and weights_metadata(best).get("epoch") != "average":  # a resumed finished run: the best epoch is already aside
         best.replace(out / "best.safetensors")
     save_weights(averaged, best, metadata={"epoch": "average", "averaged_epochs": str(average.count), "arch": bundle.model.arch})
     return {"epochs": average.count, "from": cfg.average_from, "val": val,
@@ -299,13 +292,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
             info["best_score"], info["best_epoch"] = val["val_score"], epoch
             save_weights(model, out / "weights.safetensors", metadata={"epoch": str(epoch), "arch": bundle.model.arch})
         info["epoch"], info["seconds"] = epoch, row["seconds"]
-        averaging = average is not None and run_fraction(cfg, epoch, row["seconds"]) >= float(cfg.average_from or 0.0)
-        if averaging:
-            average.update(model)
-            info["averaged"] = average.count
+        late = run_fraction(cfg, epoch, row["seconds"]) >= float(cfg.average_from or 0.0)
+        averaging = average if late else None
+        if averaging is not None:
+            averaging.update(model)
+            info["averaged"] = averaging.count
         save_training_state(last, model, optimizer, scheduler, info)
-        if averaging:  # after last.safetensors: a crash in between leaves one epoch out of the mean, never in twice
-            average.save(out / AVERAGE_FILE)
+        if averaging is not None:  # after last.safetensors: a crash in between leaves one epoch out of the mean, never in twice
+            averaging.save(out / AVERAGE_FILE)
         write_metrics_csv(out / "metrics.csv", info["history"])
         if progress:
             tqdm.write(
