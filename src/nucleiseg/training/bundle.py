@@ -99,15 +99,13 @@ def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluat
             f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})` "
             f"(`split.json` of the run). Recipe: `configs/{name}.yaml` (`train.json` here)."
         )
-    if report.get("average"):  # TrainConfig.average_from: the weights are the mean of the last epochs
-        avg = report["average"]
-        training = (f"- Training: {report['epochs_run']} epochs, {report['train_seconds'] / 60:.1f} min on {report['device']} "
-                    f"({report['threads']} threads), torch {report['torch']}; the weights are the average of the last "
+    if report:
+        where = f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads), torch {report['torch']}"
+        avg = report.get("average")  # TrainConfig.average_from: the weights are the mean of the last epochs
+        training = (f"- Training: {report['epochs_run']} epochs, best at epoch {report['best_epoch']}, {where}." if not avg else
+                    f"- Training: {report['epochs_run']} epochs, {where}; the weights are the average of the last "
                     f"{avg['epochs']} epochs (validation {avg['val']['val_score']:.4f} on {report['n_val_per_epoch']} images; "
                     f"best single epoch {avg['best_epoch']}: {avg['best_val_score']:.4f}).")
-    elif report:
-        training = (f"- Training: {report['epochs_run']} epochs, best at epoch {report['best_epoch']}, "
-                    f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads), torch {report['torch']}.")
     else:
         training = "- Training was stopped before it wrote its report; the weights are those of the best epoch so far."
     validation = [
