@@ -310,6 +310,27 @@ def test_v2_recipes_parse_and_round_trip(name, tmp_path):
     assert TrainConfig(extra_data=["some/folder"]).extra_data == [ExtraDataConfig(path="some/folder")]
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_parses_and_never_trains_on_measuring_sets(path, tmp_path):
+    raw = yaml.safe_load(path.read_text())
+    cfg = from_dict(TrainConfig, raw)
+    assert "monuseg" not in json.dumps(raw).lower()  # MoNuSeg is for measuring only
+    for extra in cfg.extra_data:
+        if "bbbc039" in extra.path:
+            assert "bbbc039_heldout" in extra.exclude
+    save_json(cfg, tmp_path / "train.json")
+    assert load_json(TrainConfig, tmp_path / "train.json") == cfg
+
+
+def test_default_recipe_stages_chain():
+    """Each stage of the bundled default's recipe (and stage 4, measured, not bundled) starts from the previous one's run folder."""
+    stages = ["default", "default_v4", "default_v5", "default_v6"]
+    cfgs = [from_dict(TrainConfig, yaml.safe_load((REPO / "configs" / f"{s}.yaml").read_text())) for s in stages]
+    for before, after in zip(cfgs, cfgs[1:], strict=False):
+        assert after.init_weights == before.out
+        assert after.model == before.model and after.targets == before.targets
+
+
 def test_training_run_records_extra_images(tmp_path, dsb_root):
     from nucleiseg.training import train
 
