@@ -292,9 +292,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
             info["best_score"], info["best_epoch"] = val["val_score"], epoch
             save_weights(model, out / "weights.safetensors", metadata={"epoch": str(epoch), "arch": bundle.model.arch})
         info["epoch"], info["seconds"] = epoch, row["seconds"]
-        late = run_fraction(cfg, epoch, row["seconds"]) >= float(cfg.average_from or 0.0)
-        averaging = average if late else None
-        if averaging is not None:
+        averaging = None  # the mean, once the run is past cfg.average_from
+        if average is not None and cfg.average_from is not None and run_fraction(cfg, epoch, row["seconds"]) >= cfg.average_from:
+            averaging = average
             averaging.update(model)
             info["averaged"] = averaging.count
         save_training_state(last, model, optimizer, scheduler, info)
