@@ -80,6 +80,19 @@ def test_small_and_strip_images_are_padded_to_stride():
     assert np.allclose(out[0], 1.0 / (1.0 + np.exp(-1.0)), atol=1e-6)
 
 
+def test_one_window_returns_the_predictors_output_cropped():
+    """An image inside one tile: one call, the prediction of the padded image cropped back, bit for bit."""
+    image = np.random.default_rng(3).normal(size=(3, 250, 300)).astype(np.float32)
+    rec = Recorder(box_predictor)
+    out = predict_tiled(rec, image, tile=1024, stride=32)
+    assert rec.shapes == [(1, 3, 256, 320)]
+    padded = np.pad(image, ((0, 0), (0, 6), (0, 20)), mode="reflect")
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    assert np.array_equal(out, box_predictor(padded[None])[0, :, :250, :300])
+    with pytest.raises(ValueError, match="predictor returned shape"):
+        predict_tiled(lambda b: b[:, :1, :10], image, tile=1024, stride=32)
+
+
 def test_tiled_filter_matches_untiled_away_from_borders():
     rng = np.random.default_rng(2)
     image = ndi.gaussian_filter(rng.normal(size=(1, 300, 420)), (0, 2, 2)).astype(np.float32) * 5
@@ -185,6 +198,19 @@ def test_rescale_image_dtypes_and_shapes():
     assert rescale_image(img, 1.0) is not img and np.array_equal(rescale_image(img, 1.0), img)
     with pytest.raises(ValueError, match="factor"):
         rescale_image(img, 0.0)
+
+
+@pytest.mark.parametrize("factor", [0.37, 0.5, 1.6])
+def test_rescale_gray_in_colour_channels_equals_each_channel_alone(factor):
+    """Identical channels are resized once; the result equals resizing each channel on its own."""
+    gray = np.random.default_rng(7).random((41, 57)).astype(np.float32)
+    out = rescale_image(np.repeat(gray[..., None], 3, axis=2), factor)
+    alone = rescale_image(gray, factor)
+    assert out.shape == alone.shape + (3,)
+    assert all(np.array_equal(out[..., c], alone) for c in range(3))
+    colour = np.stack([gray, gray, gray[::-1]], axis=2)  # one channel differs: resized channel by channel
+    mixed = rescale_image(colour, factor)
+    assert np.array_equal(mixed[..., 0], alone) and np.array_equal(mixed[..., 2], rescale_image(gray[::-1].copy(), factor))
 
 
 def test_resize_labels_keeps_ids(make_disks):

@@ -23,6 +23,11 @@ def _resize_float32(planes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     out = np.empty(shape + planes.shape[2:], np.float32)
     size = (shape[1], shape[0])
     method = Image.LANCZOS if shape[0] * shape[1] > planes.shape[0] * planes.shape[1] else Image.BILINEAR
+    first = planes[..., 0]
+    if all(np.array_equal(first, planes[..., c]) for c in range(1, planes.shape[2])):
+        # A gray image fed to a colour network: one resize serves every (identical) channel.
+        out[...] = np.asarray(Image.fromarray(np.ascontiguousarray(first), mode="F").resize(size, method))[..., None]
+        return out
     for c in range(planes.shape[2]):
         out[..., c] = np.asarray(Image.fromarray(np.ascontiguousarray(planes[..., c]), mode="F").resize(size, method))
     return out

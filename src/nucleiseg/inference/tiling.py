@@ -158,6 +158,11 @@ def predict_tiled(
     windows = list(_windows(height, width, tile, step))
     th, tw = windows[0][2], windows[0][3]
     padded = (_round_up(th, stride), _round_up(tw, stride))
+    if len(windows) == 1:  # one window: its weights are all 1, so blending would only copy the output twice
+        pred = np.asarray(predictor(_pad_tile(image, padded)[None]))
+        if pred.ndim != 4 or pred.shape[0] != 1 or pred.shape[2:] != padded:
+            raise ValueError(f"predictor returned shape {pred.shape} for a batch of shape {(1, *image.shape[:1], *padded)}")
+        return np.ascontiguousarray(pred[0, :, :height, :width], dtype=np.float32)
     # Axes covered by a single window need no taper (it would only cost precision).
     wy = _window_1d(th, blend if height > th else "constant", tile - step)
     wx = _window_1d(tw, blend if width > tw else "constant", tile - step)
