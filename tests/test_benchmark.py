@@ -72,6 +72,28 @@ def test_prepare_images_writes_readable_files(two_images: Path, tmp_path: Path) 
             assert it["gt"].shape == (size, size) and it["gt"].max() > 0
 
 
+def test_commands_take_turns_and_pair_their_ratios(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Whole commands run round-robin; the speed-up is the median of same-round ratios."""
+    from nucleiseg.benchmark import core
+
+    order: list[str] = []
+    walls = iter([4.0, 2.0, 8.0, 2.0, 4.0, 1.0])  # the machine is twice as slow in round 2
+
+    def fake_run(cmd: list[str], out: Path, repeats: int, threads: int | None = None) -> dict:
+        assert repeats == 1
+        order.append(out.name)
+        wall = next(walls)
+        return {"seconds": wall, "runs": [wall]}
+
+    monkeypatch.setattr(core, "run_command", fake_run)
+    monkeypatch.setattr(core, "score_folder", lambda folder, out: 0.5)
+    res = core._commands(tmp_path, ["baseline", "auto"], "default", tmp_path, 3, None, 10)
+    assert order == ["baseline", "auto"] * 3
+    assert res["auto"]["speedup_runs"] == [2.0, 4.0, 4.0] and res["auto"]["speedup"] == 4.0
+    assert res["auto"]["seconds"] == 2.0 and res["auto"]["images_per_s"] == 5.0
+    assert res["baseline"]["speedup"] == 1.0 and res["baseline"]["runs"] == [4.0, 8.0, 4.0]
+
+
 def test_run_benchmark_times_what_users_run(tiny_model: Path, two_images: Path, tmp_path: Path) -> None:
     """In-process rows per stage and whole-command rows; the labels are those `nucleiseg segment` writes."""
     from nucleiseg.cli.main import main
@@ -95,6 +117,8 @@ def test_run_benchmark_times_what_users_run(tiny_model: Path, two_images: Path, 
     # the in-process step scores exactly what the whole command wrote
     assert rows["segment", "onnx"]["score"] == pytest.approx(rows["command", "onnx"]["score"], abs=1e-9)
     assert rows["command", "onnx"]["seconds"] > 0 and len(rows["command", "onnx"]["runs"]) == 1
+    base_wall, onnx_wall = rows["command", "baseline"]["runs"][0], rows["command", "onnx"]["runs"][0]
+    assert rows["command", "onnx"]["speedup_runs"] == [round(base_wall / onnx_wall, 3)]
     assert result["one_image"]["seconds"] > 0 and result["one_image"]["pipeline"] == "onnx"
     out = tmp_path / "seg"
     assert main(["segment", str(two_images), "-o", str(out), "--model", str(tiny_model), "--backend", "onnx", "--threads", "1", "--quiet"]) == 0

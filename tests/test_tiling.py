@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from nucleiseg.inference import (
+    axis_windows,
     DIHEDRAL,
     apply_dihedral,
     blend_window,
@@ -64,9 +65,28 @@ def test_large_image_is_tiled_in_bounded_batches():
     rec = Recorder(sigmoid_predictor)
     predict_tiled(rec, image, tile=256, overlap=0.25, batch_size=4, stride=32)
     n_tiles = sum(s[0] for s in rec.shapes)
-    # step 192: starts 0,192,384,444 down and 0,192,384,576,644 across.
+    # overlap >= 64: 4 windows of 224 down (starts 0,159,317,476), 5 of 256 across (0,161,322,483,644).
     assert n_tiles == 4 * 5
-    assert max(s[0] for s in rec.shapes) == 4 and all(s[2:] == (256, 256) for s in rec.shapes)
+    assert max(s[0] for s in rec.shapes) == 4 and all(s[2:] == (224, 256) for s in rec.shapes)
+
+
+@pytest.mark.parametrize("size", [33, 255, 256, 257, 300, 700, 1030, 1272, 2048, 5000])
+@pytest.mark.parametrize(("tile", "step"), [(256, 192), (1024, 768), (64, 32)])
+def test_axis_windows_cover_the_axis_with_the_overlap_and_few_pixels(size, tile, step):
+    length, starts = axis_windows(size, tile, step, stride=32)
+    if size <= tile:
+        assert (length, starts) == (size, [0])
+        return
+    assert length <= tile and length % 32 == 0 and starts[0] == 0 and starts[-1] == size - length
+    assert all(b - a <= length - (tile - step) for a, b in zip(starts, starts[1:], strict=False))  # the overlap holds
+    # never more windows than tile-long ones every step, and they cover fewer pixels
+    old = len(range(0, size - tile + 1, step)) + ((size - tile) % step != 0)
+    assert len(starts) <= old and len(starts) * length <= old * tile
+
+
+def test_axis_windows_examples():
+    assert axis_windows(2048, 1024, 768, 32) == (864, [0, 592, 1184])
+    assert axis_windows(1272, 1024, 768, 32) == (768, [0, 504])
 
 
 def test_small_and_strip_images_are_padded_to_stride():

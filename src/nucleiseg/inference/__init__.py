@@ -13,6 +13,7 @@ _EXPORTS = {
     "resize_probabilities": "scale",
     "scale_factor": "scale",
     "Predictor": "tiling",
+    "axis_windows": "tiling",
     "blend_window": "tiling",
     "predict_tiled": "tiling",
     "DIHEDRAL": "tta",
