@@ -16,9 +16,10 @@ Two measurements per image set and pipeline:
 
 The **baseline** (:mod:`nucleiseg.benchmark.baseline`) is the seed work's pipeline on the same
 weights: PyTorch eager fp32, the whole image at once, threshold + connected components, plain
-``regionprops``. Speedups are ratios against it, measured in the same run on the same images. Default image sets: the model's DSB validation split as it is (mixed sizes, 256² to
-1272x603) and the repository's ``examples/``; ``sizes`` adds square crops as extra rows. Scores
-are the competition score of each pipeline's labels against the ground truth.
+``regionprops``. Speedups are ratios against it, measured in the same run on the same images.
+Default image sets: the model's DSB validation split as it is (mixed sizes, 256² to 1272x603)
+and the repository's ``examples/``; ``sizes`` adds square crops as extra rows. Scores are the
+competition score of each pipeline's labels against the ground truth.
 """
 
 from __future__ import annotations
