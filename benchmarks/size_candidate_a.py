@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 
@@ -41,12 +40,11 @@ import torch
 
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
-from nucleiseg.inference.size import ZOOMS, design, estimate_size, probe_stats
+from nucleiseg.inference.size import ZOOMS, SizeModel, design, estimate_size
 from nucleiseg.inference.size_fit import (
-    CHECK_ZOOMS, bbbc039_images, dsb_images, fit_mlp, probe_function, random_zooms, training_samples, zoomed,
+    CHECK_ZOOMS, bbbc039_images, collect, dsb_images, estimate_summary, fit_mlp, probe_function, random_zooms, training_samples,
 )
 from nucleiseg.io.splits import bbbc039_heldout
-from nucleiseg.postprocess.watershed import estimate_diameter
 from nucleiseg.training.checkpoint import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,42 +66,31 @@ def pooled_features(net: torch.nn.Module, norm: np.ndarray, levels: int = 2) -> 
     return torch.cat(out).double().numpy()
 
 
-def collect(seg: Segmenter, net: torch.nn.Module, samples: Iterator[tuple[str, np.ndarray, np.ndarray]],
-            zooms_for: Callable[[str], list[float]], side: int, rng: np.random.Generator | None, shipped: bool) -> dict[str, np.ndarray]:
-    """Features, probe statistics, truth (and the shipped estimate) of every zoomed crop."""
+def measure(seg: Segmenter, net: torch.nn.Module, shipped: bool) -> Callable[[np.ndarray], dict[str, object]]:
+    """``collect``'s ``extra``: the pooled features (and the shipped estimate) of a normalised sample."""
     predict = probe_function(seg)
-    rows: dict[str, list] = {"features": [], "stats": [], "log_true": [], "log_shipped": []}
-    for _key, image, labels in samples:
-        for zoom in zooms_for(_key):
-            img, lab = zoomed(image, labels, zoom, side, rng)
-            true = estimate_diameter(lab)
-            if not math.isfinite(true):
-                continue
-            norm = seg.normalize(img)
-            rows["features"].append(pooled_features(net, norm))
-            rows["stats"].append(probe_stats(norm, predict)[0])
-            rows["log_true"].append(math.log(true))
-            if shipped:
-                assert seg.size_model is not None
-                rows["log_shipped"].append(math.log(estimate_size(norm, predict, seg.size_model).diameter))
-    return {k: np.asarray(v) for k, v in rows.items()}
+
+    def extra(norm: np.ndarray) -> dict[str, object]:
+        out: dict[str, object] = {"features": pooled_features(net, norm)}
+        if shipped:
+            assert seg.size_model is not None
+            out["shipped"] = estimate_size(norm, predict, seg.size_model).diameter
+        return out
+
+    return extra
+
+
+def gather(seg: Segmenter, net: torch.nn.Module, samples: Iterator[tuple[str, np.ndarray, np.ndarray]],
+           zooms_for: Callable[[str], Sequence[float]], side: int, rng: np.random.Generator | None, shipped: bool) -> dict[str, np.ndarray]:
+    """Probe statistics, truth, features (and the shipped estimate) of every zoomed crop (:func:`collect`)."""
+    data = collect(seg, samples, zooms_for, rng, max_side=side, log=False, extra=measure(seg, net, shipped))
+    return {k: np.asarray(v) for k, v in data.items() if k not in ("ids", "zoom")}
 
 
 def _design(stats: np.ndarray, zoom1_only: bool) -> np.ndarray:
-    rows = []
-    for st in stats:
-        st = st.copy()
-        if zoom1_only:
-            st[1:] = 0.0  # as if the coarse views were never computed
-        rows.append(design(st, ZOOMS, 18.0))
-    return np.asarray(rows)
-
-
-def score(log_pred: np.ndarray, log_true: np.ndarray) -> dict[str, float]:
-    """Share within +-30 % and median |log error|."""
-    ratio = np.exp(log_pred - log_true)
-    return {"within_30pct": round(float(np.mean((ratio >= 0.7) & (ratio <= 1.3))), 3),
-            "median_abs_log": round(float(np.median(np.abs(log_pred - log_true))), 3), "n": int(log_true.size)}
+    """Design rows of the shipped regression; ``zoom1_only`` as if the coarse views were never computed."""
+    return np.stack([design(np.where(np.arange(len(st))[:, None] == 0, st, 0.0) if zoom1_only else st, ZOOMS, 18.0)
+                     for st in stats])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,37 +107,35 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     dsb_train, bbbc_train = training_samples(folder)
     rng = np.random.default_rng(14)
-    train = collect(seg, net, chain(dsb_images(dsb_train), bbbc039_images(bbbc_train)),
-                    lambda key: random_zooms(rng, 2 if key.startswith("dsb") else 4), args.side, rng, False)
+    train = gather(seg, net, chain(dsb_images(dsb_train), bbbc039_images(bbbc_train)),
+                   lambda key: random_zooms(rng, 2 if key.startswith("dsb") else 4), args.side, rng, False)
     val_ids = json.loads((folder / "split.json").read_text())["val"]
     tests = {
-        "dsb_val": collect(seg, net, dsb_images(val_ids), lambda key: list(CHECK_ZOOMS), args.side, None, True),
-        "bbbc039_heldout": collect(seg, net, bbbc039_images(bbbc039_heldout()), lambda key: list(CHECK_ZOOMS), args.side, None, True),
+        "dsb_val": gather(seg, net, dsb_images(val_ids), lambda key: CHECK_ZOOMS, args.side, None, True),
+        "bbbc039_heldout": gather(seg, net, bbbc039_images(bbbc039_heldout()), lambda key: CHECK_ZOOMS, args.side, None, True),
     }
-    print(f"{len(train['log_true'])} training samples, probed in {time.time() - t0:.0f} s", file=sys.stderr)
+    print(f"{len(train['true'])} training samples, probed in {time.time() - t0:.0f} s", file=sys.stderr)
 
     def inputs(d: dict[str, np.ndarray], name: str) -> np.ndarray:
         parts = {"a": [d["features"]], "z1": [_design(d["stats"], True)], "c": [_design(d["stats"], False)]}
         return np.hstack([p for key in name.split("+") for p in parts[key]])
 
+    def scores(model: SizeModel, name: str) -> dict[str, dict[str, float | int]]:
+        return {k: estimate_summary(np.exp(model.predict_log(inputs(t, name))), t["true"]) for k, t in tests.items()}
+
     results: dict[str, object] = {
         "command": "python benchmarks/size_candidate_a.py" + (f" --side {args.side}" if args.side != 384 else ""),
-        "side": args.side, "training_samples": int(train["log_true"].size),
-        "shipped": {k: score(t["log_shipped"], t["log_true"]) for k, t in tests.items()},
+        "side": args.side, "training_samples": int(train["true"].size),
+        "shipped": {k: estimate_summary(t["shipped"], t["true"]) for k, t in tests.items()},
     }
+    log_true = np.log(train["true"])
     fits = {}
     for name in ("a", "z1", "a+z1", "c", "a+c"):
         for hidden in (16, 32):
             for seed in (14, 15):
-                model = fit_mlp(inputs(train, name), train["log_true"], hidden=hidden, seed=seed)
-                fits[f"{name} mlp{hidden} seed{seed}"] = {k: score(model.predict_log(inputs(t, name)), t["log_true"]) for k, t in tests.items()}
-    x = train["features"]
-    mean, scale = x.mean(0), x.std(0) + 1e-9
+                fits[f"{name} mlp{hidden} seed{seed}"] = scores(fit_mlp(inputs(train, name), log_true, hidden=hidden, seed=seed), name)
     for alpha in (1.0, 10.0):
-        z = (x - mean) / scale
-        coef = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (train["log_true"] - train["log_true"].mean()))
-        fits[f"a ridge{alpha:g}"] = {k: score(((t["features"] - mean) / scale) @ coef + train["log_true"].mean(), t["log_true"])
-                                     for k, t in tests.items()}
+        fits[f"a ridge{alpha:g}"] = scores(SizeModel.fit(inputs(train, "a"), log_true, alpha=alpha), "a")
     results["fits"] = fits
     results["seconds"] = round(time.time() - t0)
     args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")

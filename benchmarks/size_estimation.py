@@ -36,26 +36,13 @@ import numpy as np
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.scale import resize_labels
-from nucleiseg.inference.size_fit import CHECK_ZOOMS as ZOOMS, bbbc039_images, dsb_images, zoomed
+from nucleiseg.inference.size_fit import CHECK_ZOOMS as ZOOMS, bbbc039_images, dsb_images, zoomed, estimate_summary as summary
 from nucleiseg.io.splits import bbbc039_heldout
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms import normalize_image
 
 MAX_SIDE = 1024
 OUT = Path(__file__).resolve().parent / "results" / "size_estimation.json"
-TOL = 0.30
-
-
-def summary(est: list[float], true: list[float]) -> dict[str, float | int]:
-    """Share within +-30 % and median |log(est/true)| (a missing estimate counts as a miss)."""
-    e, t = np.asarray(est, np.float64), np.asarray(true, np.float64)
-    ok = np.isfinite(e) & (e > 0)
-    err = np.full(e.shape, np.inf)
-    err[ok] = np.abs(np.log(e[ok] / t[ok]))
-    within = np.zeros(e.shape, bool)
-    within[ok] = np.abs(e[ok] / t[ok] - 1.0) <= TOL
-    return {"n": int(e.size), "within_30pct": round(float(within.mean()), 4), "median_abs_log": round(float(np.median(err)), 4),
-            "missing": int((~ok).sum())}
 
 
 def accuracy(model: str, which: list[str], every: int = 1) -> dict:

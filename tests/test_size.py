@@ -310,3 +310,11 @@ def test_size_fit_tissue_images_render_fluorescence_with_the_same_labels(dsb_roo
         assert gray[labels > 0].mean() < gray[labels == 0].mean()  # dark nuclei
     again = list(tissue_images(REAL_IDS, np.random.default_rng(0), dsb_root))
     np.testing.assert_array_equal(again[0][1], rendered[0][1])
+
+
+def test_estimate_summary_counts_misses_and_missing():
+    from nucleiseg.inference.size_fit import estimate_summary
+
+    found = estimate_summary([10.0, 12.0, 5.0, float("nan"), 20.0], [10.0, 10.0, 10.0, 10.0, 10.0])
+    assert found == {"n": 5, "within_30pct": 0.4, "median_abs_log": round(float(np.log(2.0)), 4), "missing": 1}
+    assert estimate_summary([0.0], [4.0])["missing"] == 1

@@ -126,6 +126,7 @@ def random_zooms(rng: np.random.Generator, k: int, zoom_range: tuple[float, floa
 def collect(
     segmenter: Segmenter, samples: Iterator[Loaded], zooms_for: Callable[[str], Sequence[float]],
     rng: np.random.Generator | None = None, zooms: Sequence[float] = ZOOMS, max_side: int = MAX_SIDE, log: bool = True,
+    extra: Callable[[np.ndarray], dict[str, object]] | None = None,
 ) -> dict[str, list]:
     """Probe statistics and true diameters of zoomed samples.
 
@@ -133,10 +134,14 @@ def collect(
     then each zoomed copy draws its crop position from ``rng`` (central crops without one): the
     samples depend only on the seed and the order of the images.
 
+    ``extra(norm)``, when given, is called with each zoomed sample's normalised image; the values
+    of the dict it returns are kept under its keys (other measurements of the same samples).
+
     Returns
     -------
     dict
-        ``ids``, ``zoom``, ``true`` (median diameter of the zoomed ground truth), ``stats``.
+        ``ids``, ``zoom``, ``true`` (median diameter of the zoomed ground truth), ``stats``, and
+        the keys of ``extra``.
     """
     predict = probe_function(segmenter)
     out: dict[str, list] = {"ids": [], "zoom": [], "true": [], "stats": []}
@@ -146,11 +151,14 @@ def collect(
             true = estimate_diameter(lab)
             if not math.isfinite(true):
                 continue
-            stats, _ = probe_stats(normalize_image(img, segmenter.config.normalize), predict, zooms)
+            norm = normalize_image(img, segmenter.config.normalize)
+            stats, _ = probe_stats(norm, predict, zooms)
             out["ids"].append(key)
             out["zoom"].append(zoom)
             out["true"].append(float(true))
             out["stats"].append(stats)
+            for name, value in (extra(norm) if extra is not None else {}).items():
+                out.setdefault(name, []).append(value)
         if log and (n + 1) % 50 == 0:
             print(f"  {n + 1} images, {len(out['ids'])} samples", file=sys.stderr)
     return out
@@ -261,10 +269,28 @@ def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float
     return best
 
 
+#: An estimate counts as right within this relative error (issue 14's done-when figure).
+TOLERANCE = 0.30
+
+
+def estimate_summary(est: Sequence[float] | np.ndarray, true: Sequence[float] | np.ndarray) -> dict[str, float | int]:
+    """Share of estimates within :data:`TOLERANCE` of the truth and median ``|log(est/true)|``.
+
+    A missing estimate (NaN or not positive) counts as a miss and as an infinite error.
+    """
+    e, t = np.asarray(est, np.float64), np.asarray(true, np.float64)
+    ok = np.isfinite(e) & (e > 0)
+    err = np.full(e.shape, np.inf)
+    err[ok] = np.abs(np.log(e[ok] / t[ok]))
+    within = np.zeros(e.shape, bool)
+    within[ok] = np.abs(e[ok] / t[ok] - 1.0) <= TOLERANCE
+    return {"n": int(e.size), "within_30pct": round(float(within.mean()), 4), "median_abs_log": round(float(np.median(err)), 4),
+            "missing": int((~ok).sum())}
+
+
 def _errors(model: SizeModel, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    ratio = np.exp(model.predict_log(x) - y)
-    return {"median_abs_log_error": round(float(np.median(np.abs(np.log(ratio)))), 4),
-            "within_30pct": round(float(np.mean(np.abs(ratio - 1.0) <= 0.3)), 4)}
+    found = estimate_summary(np.exp(model.predict_log(x)), np.exp(y))
+    return {"median_abs_log_error": found["median_abs_log"], "within_30pct": found["within_30pct"]}
 
 
 def _without_paths(argv: list[str]) -> list[str]:

@@ -113,6 +113,14 @@ def _pad_tile(tile: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return tile
 
 
+def _predict(predictor: Predictor, batch: np.ndarray) -> np.ndarray:
+    """``predictor(batch)``, checked to be ``(B, K, h, w)`` for a ``(B, C, h, w)`` batch."""
+    pred = np.asarray(predictor(batch))
+    if pred.ndim != 4 or pred.shape[0] != batch.shape[0] or pred.shape[2:] != batch.shape[2:]:
+        raise ValueError(f"predictor returned shape {pred.shape} for a batch of shape {batch.shape}")
+    return pred
+
+
 def _windows(height: int, width: int, tile: int, step: int, stride: int) -> Iterator[tuple[int, int, int, int]]:
     """``(y0, x0, h, w)`` of every window, row by row (see :func:`axis_windows`)."""
     th, ys = axis_windows(height, tile, step, stride)
@@ -178,9 +186,7 @@ def predict_tiled(
     th, tw = windows[0][2], windows[0][3]
     padded = (_round_up(th, stride), _round_up(tw, stride))
     if len(windows) == 1:  # one window: its weights are all 1, so blending would only copy the output twice
-        pred = np.asarray(predictor(_pad_tile(image, padded)[None]))
-        if pred.ndim != 4 or pred.shape[0] != 1 or pred.shape[2:] != padded:
-            raise ValueError(f"predictor returned shape {pred.shape} for a batch of shape {(1, *image.shape[:1], *padded)}")
+        pred = _predict(predictor, _pad_tile(image, padded)[None])
         return np.ascontiguousarray(pred[0, :, :height, :width], dtype=np.float32)
     # Axes covered by a single window need no taper (it would only cost precision).
     wy = _window_1d(th, blend if height > th else "constant", tile - step)
@@ -192,9 +198,7 @@ def predict_tiled(
     for first in range(0, len(windows), batch_size):
         group = windows[first : first + batch_size]
         batch = np.stack([_pad_tile(image[:, y0 : y0 + th, x0 : x0 + tw], padded) for y0, x0, _, _ in group])
-        pred = np.asarray(predictor(batch))
-        if pred.ndim != 4 or pred.shape[0] != len(group) or pred.shape[2:] != padded:
-            raise ValueError(f"predictor returned shape {pred.shape} for a batch of shape {batch.shape}")
+        pred = _predict(predictor, batch)
         if out is None:
             out = np.zeros((pred.shape[1], height, width), np.float32)
         for (y0, x0, _, _), p in zip(group, pred, strict=True):
