@@ -163,3 +163,19 @@ def test_min_confidence_option_removes_faint_nuclei(small_inputs, tmp_path, caps
         records[value] = json.loads((out / "run.json").read_text())["postprocess"]["min_confidence"]
     assert records == {"0": 0.0, "0.93": 0.93}
     assert 0 < counts["0.93"] < counts["0"]
+
+
+def test_min_zoom_option_reaches_the_zoom_and_the_run_record(tmp_path, make_disks):
+    """``--min-zoom`` lowers the clamp on the zoom of very large nuclei (default model)."""
+    labels = make_disks((480, 480), [(120, 120), (120, 360), (360, 240)], 80)
+    image = tmp_path / "big.tif"
+    tifffile.imwrite(image, np.where(labels > 0, 200, 20).astype(np.uint8))
+    scales, records = {}, {}
+    for value in (None, "0.125"):
+        out = tmp_path / str(value)
+        extra = [] if value is None else ["--min-zoom", value]
+        assert main(["segment", str(image), "-o", str(out), "--quiet", "--diameter", "120", *extra]) == 0
+        run = json.loads((out / "run.json").read_text())
+        scales[value], records[value] = run["images"][0]["scale"], run["infer"]["min_zoom"]
+    assert records == {None: 0.25, "0.125": 0.125}
+    assert scales[None] == pytest.approx(0.25) and scales["0.125"] == pytest.approx(18 / 120, rel=1e-3)

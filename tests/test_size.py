@@ -19,8 +19,11 @@ from nucleiseg.inference.size import (
     WHOLE_PIXELS,
     ZOOMS,
     SizeModel,
+    busiest_centre,
     design,
+    estimate_size,
     load_size_model,
+    objects_seen,
     probe_stats,
     view_box,
     view_stats,
@@ -220,6 +223,37 @@ def test_empty_image_has_no_diameter():
     assert len([s for s in net.shapes if s[2:] == (64, 64)]) == 1
 
 
+def test_large_image_with_an_empty_centre_is_probed_where_the_nuclei_are(make_disks):
+    # 2400 px: the coarsest view (the central 1536 px at zoom 1/8) misses the nuclei in one corner.
+    side, diameter = 2400, 40
+    centres = [(80 + 90 * i, 80 + 90 * j) for i in range(3) for j in range(3)]
+    labels = make_disks((side, side), centres, diameter / 2)
+    image = np.where(labels > 0, 200, 10).astype(np.uint8)
+    seg = segmenter(fixed_model(diameter))
+    norm = seg.normalize(image)
+    cy, cx = busiest_centre(norm, 1536)
+    assert cy < side // 2 and cx < side // 2  # towards the corner with the nuclei
+    central, _ = probe_stats(norm, whole)
+    assert not objects_seen(central)
+    est = estimate_size(norm, whole, fixed_model(diameter))
+    assert est.centre is not None and objects_seen(est.stats) and est.diameter == pytest.approx(diameter)
+    result = seg.segment(image)
+    assert result.diameter == pytest.approx(diameter) and result.scale == pytest.approx(18 / diameter)
+    empty = estimate_size(np.zeros((1600, 1600, 3), np.float32), whole, fixed_model(diameter))
+    assert not objects_seen(empty.stats)  # nothing anywhere: no diameter, whatever the centre
+
+
+def test_zoom_is_clamped_to_the_configured_range(make_disks):
+    labels = make_disks((240, 240), [(120, 120)], 100)
+    image = np.where(labels > 0, 200, 10).astype(np.uint8)
+    seg = segmenter(fixed_model(200.0))
+    assert seg.segment(image).scale == pytest.approx(0.25)  # nuclei of 200 px: 18/200 -> clamped to 1/4
+    assert seg.segment(image, replace(InferConfig(), min_zoom=0.125)).scale == pytest.approx(0.125)
+    tiny = segmenter(fixed_model(2.0))
+    assert tiny.segment(image).scale == pytest.approx(4.0)
+    assert tiny.segment(image, replace(InferConfig(), max_zoom=3.0)).scale == pytest.approx(3.0)
+
+
 # Four DSB validation images (the model never trained on them), zoomed x0.5, x1 and x3.
 VAL_SAMPLE = 4
 REAL_ZOOMS = (0.5, 1.0, 3.0)
@@ -273,6 +307,23 @@ def test_blockwise_plan_estimates_once_on_a_view(make_disks, monkeypatch):
     assert plan.diameter == pytest.approx(30.0) and plan.infer is not None and plan.infer.diameter == pytest.approx(30.0)
     assert 1 <= len(net.shapes) <= len(ZOOMS) and all(max(s[2:]) <= 200 for s in net.shapes), net.shapes
 
+
+
+def test_blockwise_plan_looks_beyond_an_empty_centre(make_disks, monkeypatch):
+    import dask.array as da
+
+    from nucleiseg.distributed import blocks
+
+    net = Counting()
+    seg = segmenter(fixed_model(30.0), net)
+    monkeypatch.setattr(blocks, "cached_segmenter", lambda model, device="cpu": seg)
+    # 3000 px with nuclei only near one corner: the central 1024 x 1024 crop is empty.
+    labels = make_disks((3000, 3000), [(100 * i + 2500, 100 * j + 100) for i in range(4) for j in range(4)], 15)
+    image = da.from_array(np.where(labels > 0, 200, 10).astype(np.uint8), chunks=1024)
+    plan = blocks.plan_blocks(image, "pointwise", block=1024)
+    assert plan.diameter == pytest.approx(30.0) and plan.infer is not None and plan.infer.diameter == pytest.approx(30.0)
+    empty = blocks.plan_blocks(da.from_array(np.full((3000, 3000), 10, np.uint8), chunks=1024), "pointwise", block=1024)
+    assert empty.diameter is None and empty.infer is not None and not empty.infer.rescale
 
 def test_model_folder_loads_its_size_model(tmp_path):
     import torch

@@ -32,6 +32,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=float, help="tile overlap fraction (default 0.25)")
     p.add_argument("--diameter", type=float, help="typical nucleus diameter in pixels (skips the estimate)")
     p.add_argument("--no-rescale", action="store_true", help="segment at native scale only")
+    p.add_argument("--min-zoom", type=float, help="smallest zoom an image is shrunk to (default 0.25, nuclei up to ~150 px; "
+                   "0.125 for larger nuclei)")
     p.add_argument("--threshold", type=float, help="foreground probability threshold")
     p.add_argument("--min-size", type=int, help="remove nuclei smaller than this many pixels")
     p.add_argument("--min-confidence", type=float,
@@ -114,7 +116,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(spec)
     infer = segmenter.config.infer
     overrides = {"tta": args.tta or infer.tta, "rescale": infer.rescale and not args.no_rescale}
-    for name in ("tile", "overlap", "diameter"):
+    for name in ("tile", "overlap", "diameter", "min_zoom"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     infer = replace(infer, **overrides)

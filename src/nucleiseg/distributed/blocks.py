@@ -44,6 +44,7 @@ from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.distributed.arrays import compute, open_array
 from nucleiseg.bundle import ModelSpec
 from nucleiseg.distributed.workers import as_spec, cached_segmenter
+from nucleiseg.inference.size import busiest_centre, view_box
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms.normalize import IntensityRange, intensity_range
 
@@ -134,7 +135,9 @@ def plan_blocks(
     The diameter is ``infer.diameter`` when given, else estimated once for the whole image on a
     central ``1024 x 1024`` crop (on a worker): by the model's size estimator, which only looks
     at a few downsampled views of it (:mod:`nucleiseg.inference.size`), or, for models without
-    one, by segmenting the crop. The default overlap is ``max(64, 4 * diameter)``.
+    one, by segmenting the crop. When a network model finds no nucleus there, the crop around
+    the subsample's :func:`~nucleiseg.inference.size.busiest_centre` is tried once more. The
+    default overlap is ``max(64, 4 * diameter)``.
 
     Raises
     ------
@@ -145,22 +148,30 @@ def plan_blocks(
         raise ValueError(f"block {block} is too small: use at least {2 * MIN_OVERLAP} pixels")
     reference: ModelSpec | Callable[[np.ndarray], np.ndarray] = model if callable(model) else as_spec(model, device)
     intensity = None
+    h, w = image.shape[:2]
+    step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
+    sample: np.ndarray | None = None
     if not callable(reference):
         segmenter = cached_segmenter(reference, device)  # config only on this side; tiles load it on the workers
         infer = infer or segmenter.config.infer
         post = post or segmenter.config.postprocess
         if not segmenter.is_classical:
-            h, w = image.shape[:2]
-            step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
-            intensity = intensity_range(compute(image[::step, ::step], client), segmenter.config.normalize)
+            sample = compute(image[::step, ::step], client)
+            intensity = intensity_range(sample, segmenter.config.normalize)
     diameter = infer.diameter if infer is not None else None
     if diameter is None:
-        h, w = image.shape[:2]
-        ch, cw = min(CROP, h), min(CROP, w)
-        y0, x0 = (h - ch) // 2, (w - cw) // 2
-        crop = image[y0 : y0 + ch, x0 : x0 + cw]
-        task = dask.delayed(_estimate_region, pure=True)(crop, reference, device, infer, post, intensity)
-        diameter = compute(task, client)
+
+        def estimate(centre: tuple[int, int] | None) -> float | None:
+            y0, y1, x0, x1 = view_box((h, w), 1.0, CROP, 0, centre)
+            task = dask.delayed(_estimate_region, pure=True)(image[y0:y1, x0:x1], reference, device, infer, post, intensity)
+            return compute(task, client)
+
+        diameter = estimate(None)
+        if diameter is None and sample is not None and max(h, w) > CROP:
+            # No nucleus in the central crop (an empty centre): estimate once more where the
+            # subsample has the most structure, as the size probe does within an image.
+            cy, cx = busiest_centre(segmenter.normalize(sample, intensity), max(1, CROP // step))
+            diameter = estimate((cy * step, cx * step))
         if infer is not None:  # every tile uses this scale (or the native one when no nucleus was found)
             infer = replace(infer, diameter=diameter) if diameter else replace(infer, rescale=False)
     size = diameter if diameter else (infer.target_diameter if infer is not None else 18.0)

@@ -14,7 +14,7 @@ from nucleiseg.bundle import CLASSICAL, ModelBundle, ModelSpec
 from nucleiseg.config import InferConfig, ModelBundleConfig, PostprocessConfig, to_dict
 from nucleiseg.inference.predictors import AUTO, BACKENDS, Predictor, build_predictor
 from nucleiseg.inference.scale import rescale_image, resize_probabilities, scale_factor
-from nucleiseg.inference.size import SizeModel, estimate_size
+from nucleiseg.inference.size import SizeModel, estimate_size, objects_seen
 from nucleiseg.inference.tiling import predict_tiled
 from nucleiseg.inference.tta import multiscale_predictor, tta_predictor
 from nucleiseg.postprocess.watershed import estimate_diameter, probabilities_to_labels
@@ -235,8 +235,7 @@ class Segmenter:
             assert self.predictor is not None
             predictor = self.predictor
             est = estimate_size(norm, lambda chw: self._tiled(predictor, chw, infer), self.size_model)
-            seen = bool((est.stats[:, 1] + est.stats[:, 2]).sum() > 0)
-            return SizeFinding(est.diameter if seen else None, est.native if plain else None, None, "size_model", est.gated)
+            return SizeFinding(est.diameter if objects_seen(est.stats) else None, est.native if plain else None, None, "size_model", est.gated)
         probs = self.probabilities(norm, infer)
         labels = self.postprocess(probs, post)
         return SizeFinding(estimate_diameter(labels) if labels.any() else None, probs, labels, "first_pass")
@@ -249,7 +248,7 @@ class Segmenter:
         """
         if diameter is None or not infer.rescale or not math.isfinite(diameter) or diameter <= 0:
             return 1.0
-        factor = scale_factor(diameter, infer.target_diameter)
+        factor = scale_factor(diameter, infer.target_diameter, infer.min_zoom, infer.max_zoom)
         if source != "given" and max(factor, 1 / factor) < infer.rescale_tolerance:
             return 1.0
         return factor

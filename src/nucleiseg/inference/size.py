@@ -41,8 +41,10 @@ __all__ = [
     "ZOOMS",
     "SizeEstimate",
     "SizeModel",
+    "busiest_centre",
     "estimate_size",
     "load_size_model",
+    "objects_seen",
     "probe_stats",
     "view_box",
     "view_stats",
@@ -67,19 +69,45 @@ STAT_NAMES = (
 ProbFn = Callable[[np.ndarray], np.ndarray]
 
 
-def view_box(shape: tuple[int, int], zoom: float, view: int = VIEW, whole_pixels: int = WHOLE_PIXELS) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)``: the central region of an image of ``shape`` that zoom ``zoom`` looks at.
+def view_box(
+    shape: tuple[int, int], zoom: float, view: int = VIEW, whole_pixels: int = WHOLE_PIXELS,
+    centre: tuple[int, int] | None = None,
+) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the region of an image of ``shape`` that zoom ``zoom`` looks at.
 
     At zoom 1 an image of at most ``whole_pixels`` pixels is taken whole; otherwise the region's
-    sides are at most ``view / zoom`` pixels.
+    sides are at most ``view / zoom`` pixels, centred on ``centre`` (default: the image's centre)
+    and shifted inside the image where needed.
     """
     h, w = int(shape[0]), int(shape[1])
     if zoom == 1.0 and h * w <= whole_pixels:
         return 0, h, 0, w
     side = int(round(view / zoom))
     ch, cw = min(h, side), min(w, side)
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    cy, cx = (h // 2, w // 2) if centre is None else (int(centre[0]), int(centre[1]))
+    y0 = min(max(cy - ch // 2, 0), h - ch) if centre is not None else (h - ch) // 2
+    x0 = min(max(cx - cw // 2, 0), w - cw) if centre is not None else (w - cw) // 2
     return y0, y0 + ch, x0, x0 + cw
+
+
+def busiest_centre(norm: np.ndarray, side: int) -> tuple[int, int]:
+    """Centre ``(y, x)`` of the ``side x side`` region of an ``(H, W, C)`` image with the most structure.
+
+    Structure is the mean absolute difference from the image's median intensity (per channel),
+    on a subsampled copy: flat background (empty glass, an empty well centre, white space around
+    tissue) scores low, nuclei high, bright or dark. The size probe looks there when its central
+    views showed no object at all.
+    """
+    h, w = norm.shape[:2]
+    step = max(1, side // 32)
+    thumb = np.asarray(norm[::step, ::step], np.float32)
+    thumb = thumb if thumb.ndim == 3 else thumb[:, :, None]
+    median = np.median(thumb.reshape(-1, thumb.shape[2]), axis=0)
+    activity = np.abs(thumb - median).mean(axis=2)
+    box = max(1, min(side // step, *activity.shape))
+    smooth = ndi.uniform_filter(activity, size=box, mode="constant")
+    y, x = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    return min(int(y) * step + step // 2, h - 1), min(int(x) * step + step // 2, w - 1)
 
 
 def _diameters(mask: np.ndarray) -> tuple[int, float]:
@@ -137,6 +165,7 @@ def view_stats(probs: np.ndarray) -> np.ndarray:
 
 def probe_stats(
     norm: np.ndarray, predict: ProbFn, zooms: Sequence[float] = ZOOMS, view: int = VIEW, whole_pixels: int = WHOLE_PIXELS,
+    centre: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Run the network on the views of a normalised ``(H, W, C)`` image.
 
@@ -146,7 +175,7 @@ def probe_stats(
         Normalised image, as the segmenter feeds the network.
     predict : callable
         ``(C, h, w) -> (K, h, w)`` probabilities of a whole (small) image.
-    zooms, view, whole_pixels
+    zooms, view, whole_pixels, centre
         Probe settings (see :func:`view_box`).
 
     Returns
@@ -159,7 +188,7 @@ def probe_stats(
     stats = np.zeros((len(zooms), len(STAT_NAMES)), np.float64)
     native = None
     for i, zoom in enumerate(zooms):
-        y0, y1, x0, x1 = view_box(norm.shape[:2], zoom, view, whole_pixels)
+        y0, y1, x0, x1 = view_box(norm.shape[:2], zoom, view, whole_pixels, centre)
         if min(y1 - y0, x1 - x0) * zoom < MIN_VIEW:
             continue
         region = norm[y0:y1, x0:x1]
@@ -309,12 +338,16 @@ class SizeEstimate:
         Per-zoom statistics (:func:`probe_stats`); rows of views not computed are zero.
     gated : bool
         True when the gate ended the probe after the zoom-1 view (:meth:`SizeModel.gate_diameter`).
+    centre : tuple of int or None
+        ``(y, x)`` the views were centred on when the central views saw nothing and the probe
+        looked again elsewhere (:func:`busiest_centre`); None for the image's centre.
     """
 
     diameter: float
     native: np.ndarray | None
     stats: np.ndarray
     gated: bool = False
+    centre: tuple[int, int] | None = None
 
 
 def estimate_size(norm: np.ndarray, predict: ProbFn, model: SizeModel) -> SizeEstimate:
@@ -332,17 +365,38 @@ def estimate_size(norm: np.ndarray, predict: ProbFn, model: SizeModel) -> SizeEs
     Returns
     -------
     SizeEstimate
-        The diameter is clipped to 1 .. 4 times the image's longer side.
+        The diameter is clipped to 1 .. 4 times the image's longer side. When no view of an
+        image larger than the coarsest view's region shows any object, the views are taken once
+        more around :func:`busiest_centre` (kept when they see something).
     """
+    est = _probe(norm, predict, model)
+    side = int(round(model.view / min(model.zooms)))  # what the coarsest view covers
+    if not objects_seen(est.stats) and max(norm.shape[:2]) > side:
+        # The central views missed every nucleus (an empty centre of a large image): look once
+        # more where the image has the most structure.
+        moved = _probe(norm, predict, model, busiest_centre(norm, side))
+        if objects_seen(moved.stats):
+            return moved
+    return est
+
+
+def objects_seen(stats: np.ndarray) -> bool:
+    """Whether any view of a probe (:func:`probe_stats` rows) found an object."""
+    names = STAT_NAMES.index("n_markers"), STAT_NAMES.index("n_fg")
+    return bool(np.asarray(stats)[:, names].sum() > 0)
+
+
+def _probe(norm: np.ndarray, predict: ProbFn, model: SizeModel, centre: tuple[int, int] | None = None) -> SizeEstimate:
+    """:func:`estimate_size` with the views centred on ``centre`` (default: the image's centre)."""
     zooms = list(model.zooms)
-    first, native = probe_stats(norm, predict, zooms[:1], model.view, model.whole_pixels)  # views are independent
+    first, native = probe_stats(norm, predict, zooms[:1], model.view, model.whole_pixels, centre)  # views are independent
     gated = model.gate_diameter(first[0]) if zooms[0] == 1.0 else None  # the gate may end the probe here
     if gated is not None:
         stats = np.zeros((len(zooms), len(STAT_NAMES)), np.float64)
         stats[0] = first[0]
-        return SizeEstimate(gated, native, stats, gated=True)
-    rest, more = probe_stats(norm, predict, zooms[1:], model.view, model.whole_pixels)
+        return SizeEstimate(gated, native, stats, gated=True, centre=centre)
+    rest, more = probe_stats(norm, predict, zooms[1:], model.view, model.whole_pixels, centre)
     stats, native = np.concatenate([first, rest]), native if native is not None else more
     log_d = float(model.predict_log(design(stats, model.zooms, model.target)))
     diameter = float(np.clip(math.exp(log_d), 1.0, 4.0 * max(norm.shape[:2])))
-    return SizeEstimate(diameter, native, stats)
+    return SizeEstimate(diameter, native, stats, centre=centre)
