@@ -292,7 +292,8 @@ def test_rescaled_labels_helpers_agree():
     assert estimate_diameter(small) == pytest.approx(estimate_diameter(labels) / 2, rel=0.05)
 
 
-def test_blockwise_plan_estimates_once_on_a_view(make_disks, monkeypatch):
+def plan_of(monkeypatch, labels: np.ndarray, block: int):
+    """The block-wise plan of a bright-disk image with a 30 px size model, and the predictor's calls."""
     import dask.array as da
 
     from nucleiseg.distributed import blocks
@@ -300,30 +301,26 @@ def test_blockwise_plan_estimates_once_on_a_view(make_disks, monkeypatch):
     net = Counting()
     seg = segmenter(fixed_model(30.0), net)
     monkeypatch.setattr(blocks, "cached_segmenter", lambda model, device="cpu": seg)
+    image = da.from_array(np.where(labels > 0, 200, 10).astype(np.uint8), chunks=block)
+    return blocks.plan_blocks(image, "pointwise", block=block), net
+
+
+def test_blockwise_plan_estimates_once_on_a_view(make_disks, monkeypatch):
     labels = make_disks((1500, 1500), [(200 * i + 100, 200 * j + 100) for i in range(7) for j in range(7)], 15)
-    image = da.from_array(np.where(labels > 0, 200, 10).astype(np.uint8), chunks=512)
-    plan = blocks.plan_blocks(image, "pointwise", block=512)
+    plan, net = plan_of(monkeypatch, labels, 512)
     # One estimate for the whole image, on small views; every tile then uses that fixed scale.
     assert plan.diameter == pytest.approx(30.0) and plan.infer is not None and plan.infer.diameter == pytest.approx(30.0)
     assert 1 <= len(net.shapes) <= len(ZOOMS) and all(max(s[2:]) <= 200 for s in net.shapes), net.shapes
 
 
-
 def test_blockwise_plan_looks_beyond_an_empty_centre(make_disks, monkeypatch):
-    import dask.array as da
-
-    from nucleiseg.distributed import blocks
-
-    net = Counting()
-    seg = segmenter(fixed_model(30.0), net)
-    monkeypatch.setattr(blocks, "cached_segmenter", lambda model, device="cpu": seg)
     # 3000 px with nuclei only near one corner: the central 1024 x 1024 crop is empty.
     labels = make_disks((3000, 3000), [(100 * i + 2500, 100 * j + 100) for i in range(4) for j in range(4)], 15)
-    image = da.from_array(np.where(labels > 0, 200, 10).astype(np.uint8), chunks=1024)
-    plan = blocks.plan_blocks(image, "pointwise", block=1024)
+    plan, _ = plan_of(monkeypatch, labels, 1024)
     assert plan.diameter == pytest.approx(30.0) and plan.infer is not None and plan.infer.diameter == pytest.approx(30.0)
-    empty = blocks.plan_blocks(da.from_array(np.full((3000, 3000), 10, np.uint8), chunks=1024), "pointwise", block=1024)
+    empty, _ = plan_of(monkeypatch, np.zeros((3000, 3000), np.int32), 1024)
     assert empty.diameter is None and empty.infer is not None and not empty.infer.rescale
+
 
 def test_model_folder_loads_its_size_model(tmp_path):
     import torch
