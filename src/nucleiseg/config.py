@@ -296,8 +296,9 @@ class InferConfig:
     The zoom is clamped to ``min_zoom .. max_zoom``. ``min_zoom`` 1/8 instead of 1/4 brings
     nuclei of up to ~300 px within twice the training size and scored higher on validation
     images enlarged x6 .. x12 (``benchmarks/large_nuclei.py``), but lower on the accuracy
-    suite (over-estimated nuclei of 60-70 px shrunk too far; a false nucleus on an empty
-    image), so 1/4 stays the default (docs/size_estimation.md, "Large nuclei").
+    suite (a few images of 80-100 px nuclei scored lower shrunk to 18 px than to 21-24 px; a
+    false nucleus on an empty image), so 1/4 stays the default (docs/size_estimation.md,
+    "Large nuclei").
     """
 
     tile: int = 1024

@@ -84,9 +84,11 @@ def view_box(
         return 0, h, 0, w
     side = int(round(view / zoom))
     ch, cw = min(h, side), min(w, side)
-    cy, cx = (h // 2, w // 2) if centre is None else (int(centre[0]), int(centre[1]))
-    y0 = min(max(cy - ch // 2, 0), h - ch) if centre is not None else (h - ch) // 2
-    x0 = min(max(cx - cw // 2, 0), w - cw) if centre is not None else (w - cw) // 2
+    if centre is None:
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+    else:
+        y0 = min(max(int(centre[0]) - ch // 2, 0), h - ch)
+        x0 = min(max(int(centre[1]) - cw // 2, 0), w - cw)
     return y0, y0 + ch, x0, x0 + cw
 
 
