@@ -96,18 +96,18 @@ def busiest_centre(norm: np.ndarray, side: int) -> tuple[int, int]:
     """Centre ``(y, x)`` of the ``side x side`` region of an ``(H, W, C)`` image with the most structure.
 
     Structure is the mean absolute difference from the image's median intensity (per channel),
-    on a subsampled copy: flat background (empty glass, an empty well centre, white space around
-    tissue) scores low, nuclei high, bright or dark. The size probe looks there when its central
-    views showed no object at all.
+    on a copy subsampled to at most ~512 px a side: flat background (empty glass, an empty well
+    centre, dark space around cells) scores low, nuclei high. The size probe centres its views
+    there when its central views showed no object at all; ``side`` is its smallest view's region,
+    so the point lies among the nuclei and the larger views around it hold them too.
     """
     h, w = norm.shape[:2]
-    step = max(1, side // 32)
+    step = max(1, min(side // 4, -(-max(h, w) // 512)))
     thumb = np.asarray(norm[::step, ::step], np.float32)
     thumb = thumb if thumb.ndim == 3 else thumb[:, :, None]
     median = np.median(thumb.reshape(-1, thumb.shape[2]), axis=0)
     activity = np.abs(thumb - median).mean(axis=2)
-    box = max(1, min(side // step, *activity.shape))
-    smooth = ndi.uniform_filter(activity, size=box, mode="constant")
+    smooth = ndi.uniform_filter(activity, size=max(1, side // step), mode="nearest")
     y, x = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
     return min(int(y) * step + step // 2, h - 1), min(int(x) * step + step // 2, w - 1)
 
@@ -367,19 +367,26 @@ def estimate_size(norm: np.ndarray, predict: ProbFn, model: SizeModel) -> SizeEs
     Returns
     -------
     SizeEstimate
-        The diameter is clipped to 1 .. 4 times the image's longer side. When no view of an
-        image larger than the coarsest view's region shows any object, the views are taken once
-        more around :func:`busiest_centre` (kept when they see something).
+        The diameter is clipped to 1 .. 4 times the image's longer side. When the views at zoom
+        1 and 1/2 of an image larger than the coarsest view's region show no object, the views
+        are taken once more around :func:`busiest_centre`, and kept when more of them see
+        objects (or the gate opens).
     """
     est = _probe(norm, predict, model)
     side = int(round(model.view / min(model.zooms)))  # what the coarsest view covers
-    if not objects_seen(est.stats) and max(norm.shape[:2]) > side:
-        # The central views missed every nucleus (an empty centre of a large image): look once
-        # more where the image has the most structure.
-        moved = _probe(norm, predict, model, busiest_centre(norm, side))
-        if objects_seen(moved.stats):
+    if not objects_seen(est.stats[:2]) and max(norm.shape[:2]) > side:
+        # The two finest central views show nothing (an empty centre of a large image; the
+        # coarse views catch at most an edge of the nuclei): look once more where the image has
+        # the most structure, and keep that probe when more of its views see objects.
+        moved = _probe(norm, predict, model, busiest_centre(norm, model.view))
+        if moved.gated or _views_seeing(moved.stats) > _views_seeing(est.stats):
             return moved
     return est
+
+
+def _views_seeing(stats: np.ndarray) -> int:
+    """How many views of a probe found an object."""
+    return sum(objects_seen(row[None]) for row in np.asarray(stats))
 
 
 def objects_seen(stats: np.ndarray) -> bool:
