@@ -223,7 +223,7 @@ def test_empty_image_has_no_diameter():
     assert len([s for s in net.shapes if s[2:] == (64, 64)]) == 1
 
 
-def test_large_image_with_an_empty_centre_is_probed_where_the_nuclei_are(make_disks):
+def test_large_image_with_an_empty_centre_is_probed_where_the_nuclei_are(make_disks, tmp_path):
     # 2400 px: the coarsest view (the central 1536 px at zoom 1/8) misses the nuclei in one corner.
     side, diameter = 2400, 40
     centres = [(80 + 90 * i, 80 + 90 * j) for i in range(3) for j in range(3)]
@@ -239,6 +239,20 @@ def test_large_image_with_an_empty_centre_is_probed_where_the_nuclei_are(make_di
     assert est.centre is not None and objects_seen(est.stats) and est.diameter == pytest.approx(diameter)
     result = seg.segment(image)
     assert result.diameter == pytest.approx(diameter) and result.scale == pytest.approx(18 / diameter)
+    assert result.probe_centre == est.centre
+    # run.json says where the probe looked.
+    import tifffile
+
+    from nucleiseg.inference.item import ItemStep
+    from nucleiseg.io.labels import InputItem
+    from nucleiseg.io.layout import OutputOptions
+
+    tifffile.imwrite(tmp_path / "corner.tif", image)
+    step = ItemStep(tmp_path / "out", OutputOptions(), seg.config.infer, seg.config.postprocess)
+    record = step(InputItem("corner", tmp_path / "corner.tif"), seg)["record"]
+    assert record["probe_centre"] == list(est.centre) and record["diameter"] == pytest.approx(diameter)
+    tifffile.imwrite(tmp_path / "small.tif", image[:300, :300])  # probed where it is: no key
+    assert "probe_centre" not in step(InputItem("small", tmp_path / "small.tif"), seg)["record"]
     empty = estimate_size(np.zeros((1600, 1600, 3), np.float32), whole, fixed_model(diameter))
     assert not objects_seen(empty.stats)  # nothing anywhere: no diameter, whatever the centre
 

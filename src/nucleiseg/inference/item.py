@@ -83,7 +83,7 @@ def write_outputs(item: InputItem, image: np.ndarray, result: Result, out_dir: P
 
 
 def _image_record(item: InputItem, result: Result, seconds: float, files: list[str]) -> dict[str, Any]:
-    return {
+    record = {
         "id": item.id,
         "file": str(item.image_path),
         "count": result.count,
@@ -93,6 +93,9 @@ def _image_record(item: InputItem, result: Result, seconds: float, files: list[s
         "seconds": round(seconds, 4),
         "outputs": files,
     }
+    if result.probe_centre is not None:  # the size estimate looked off-centre (an empty middle)
+        record["probe_centre"] = [int(v) for v in result.probe_centre]
+    return record
 
 
 def segment_one(

@@ -44,6 +44,10 @@ class Result:
         model's size estimator, :mod:`nucleiseg.inference.size`), ``"first_pass"`` (objects of a
         native pass, for models without a size estimator), ``"labels"`` (classical model), or
         None when there is no diameter.
+    probe_centre : tuple of int or None
+        ``(y, x)`` the size estimator's views were centred on when the image's centre showed no
+        nucleus and it looked elsewhere (:func:`~nucleiseg.inference.size.busiest_centre`); None
+        otherwise.
     """
 
     labels: np.ndarray
@@ -52,6 +56,7 @@ class Result:
     scale: float
     timings: dict[str, float] = field(default_factory=dict)
     diameter_source: str | None = None
+    probe_centre: tuple[int, int] | None = None
 
     @property
     def count(self) -> int:
@@ -75,6 +80,8 @@ class SizeFinding(NamedTuple):
         ``"size_model"`` or ``"first_pass"``.
     gated : bool
         True when the size model's gate read the diameter off the zoom-1 view alone.
+    centre : tuple of int or None
+        Where the size model's views were centred when not on the image's centre.
     """
 
     diameter: float | None
@@ -82,6 +89,7 @@ class SizeFinding(NamedTuple):
     labels: np.ndarray | None
     source: str | None
     gated: bool = False
+    centre: tuple[int, int] | None = None
 
 
 class Segmenter:
@@ -235,7 +243,7 @@ class Segmenter:
             assert self.predictor is not None
             predictor = self.predictor
             est = estimate_size(norm, lambda chw: self._tiled(predictor, chw, infer), self.size_model)
-            return SizeFinding(est.diameter if objects_seen(est.stats) else None, est.native if plain else None, None, "size_model", est.gated)
+            return SizeFinding(est.diameter if objects_seen(est.stats) else None, est.native if plain else None, None, "size_model", est.gated, est.centre)
         probs = self.probabilities(norm, infer)
         labels = self.postprocess(probs, post)
         return SizeFinding(estimate_diameter(labels) if labels.any() else None, probs, labels, "first_pass")
@@ -315,4 +323,4 @@ class Segmenter:
             labels = self.postprocess(probs, post)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings, source)
+        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings, source, found.centre)
