@@ -9,10 +9,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import tifffile
 
 from nucleiseg.config import InferConfig, ModelBundleConfig
 from nucleiseg.inference.scale import rescale_image, resize_labels
 from nucleiseg.bundle import ModelBundle
+from nucleiseg.inference.item import ItemStep
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import (
     STAT_NAMES,
@@ -28,6 +30,8 @@ from nucleiseg.inference.size import (
     view_box,
     view_stats,
 )
+from nucleiseg.io.labels import InputItem
+from nucleiseg.io.layout import OutputOptions
 from nucleiseg.postprocess import estimate_diameter
 
 DIAMETERS = (5, 8, 14, 25, 45, 80, 140, 200)
@@ -241,12 +245,6 @@ def test_large_image_with_an_empty_centre_is_probed_where_the_nuclei_are(make_di
     assert result.diameter == pytest.approx(diameter) and result.scale == pytest.approx(18 / diameter)
     assert result.probe_centre == est.centre
     # run.json says where the probe looked.
-    import tifffile
-
-    from nucleiseg.inference.item import ItemStep
-    from nucleiseg.io.labels import InputItem
-    from nucleiseg.io.layout import OutputOptions
-
     tifffile.imwrite(tmp_path / "corner.tif", image)
     step = ItemStep(tmp_path / "out", OutputOptions(), seg.config.infer, seg.config.postprocess)
     record = step(InputItem("corner", tmp_path / "corner.tif"), seg)["record"]

@@ -385,14 +385,14 @@ def estimate_size(norm: np.ndarray, predict: ProbFn, model: SizeModel) -> SizeEs
 
 
 def _views_seeing(stats: np.ndarray) -> int:
-    """How many views of a probe found an object."""
-    return sum(objects_seen(row[None]) for row in np.asarray(stats))
+    """How many views of a probe (:func:`probe_stats` rows) found an object."""
+    counts = np.asarray(stats)[:, [STAT_NAMES.index("n_markers"), STAT_NAMES.index("n_fg")]]
+    return int((counts.sum(axis=1) > 0).sum())
 
 
 def objects_seen(stats: np.ndarray) -> bool:
     """Whether any view of a probe (:func:`probe_stats` rows) found an object."""
-    names = STAT_NAMES.index("n_markers"), STAT_NAMES.index("n_fg")
-    return bool(np.asarray(stats)[:, names].sum() > 0)
+    return _views_seeing(stats) > 0
 
 
 def _probe(norm: np.ndarray, predict: ProbFn, model: SizeModel, centre: tuple[int, int] | None = None) -> SizeEstimate:
