@@ -15,7 +15,10 @@ statistics of the zoomed image. Reproducible::
 The gate that lets ordinary images skip the coarse views (:meth:`SizeModel.gate_diameter`) is
 then chosen on the model's DSB validation images zoomed x1/3 .. x6, as post-processing thresholds
 are chosen on the validation split (:func:`choose_gate`; ``--no-gate`` leaves it off;
-``--gate-only`` keeps the folder's fitted regression and chooses only its gate).
+``--gate-only`` keeps the folder's fitted regression and chooses only its gate). Before the
+gate, the regression's log offset is calibrated out of fold on the training samples
+(:func:`nucleiseg.inference.size_calibration.calibrate_offset`; ``--no-calibrate`` leaves it at 0,
+``--calibrate-only`` keeps the folder's regression and sets only the offset, then the gate).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from nucleiseg.inference.scale import rescale_image, resize_labels
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import SIZE_MODEL_FILE, VIEW, WHOLE_PIXELS, ZOOMS, SizeModel, design, probe_stats
+from nucleiseg.inference.size_calibration import calibrate_offset
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms import normalize_image
 
@@ -325,6 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-side", type=int, default=MAX_SIDE)
     ap.add_argument("--no-gate", action="store_true", help="always probe every zoom (no early stop after the zoom-1 view)")
     ap.add_argument("--gate-only", action="store_true", help="keep the folder's fitted size_model.json and choose only its gate")
+    ap.add_argument("--no-calibrate", action="store_true", help="leave the log offset at 0 (no out-of-fold calibration)")
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="keep the folder's fitted regression and choose only its log offset (then its gate)")
     ap.add_argument("--cache", type=Path, default=None, help="npz of probe statistics (read if present, else written)")
     ap.add_argument("--out", type=Path, default=None, help=f"output file (default <model>/{SIZE_MODEL_FILE})")
     args = ap.parse_args(argv)
@@ -334,11 +341,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     segmenter = Segmenter.from_pretrained(folder)
     cached = dict(np.load(args.cache, allow_pickle=False)) if args.cache is not None and args.cache.is_file() else {}
     out = args.out or folder / SIZE_MODEL_FILE
-    if args.gate_only:
+    if args.gate_only or args.calibrate_only:
         model = SizeModel.load(folder / SIZE_MODEL_FILE)
     else:
         data = _training_data(args, folder, segmenter, cached)
         model = _fit(args, data, segmenter.config.infer.target_diameter, argv)
+    if args.calibrate_only or not (args.gate_only or args.no_calibrate):
+        _calibrate(args, model, _training_data(args, folder, segmenter, cached), argv)
     if not args.no_gate:
         if "val_stats" not in cached:
             print("probing the validation images for the gate", file=sys.stderr)
@@ -393,6 +402,20 @@ def _fit(args: argparse.Namespace, data: dict[str, list], target: float, argv: S
         "train": _errors(model, x, y),
     }
     return model
+
+
+def _calibrate(args: argparse.Namespace, model: SizeModel, data: dict[str, list], argv: Sequence[str] | None) -> None:
+    """Set ``model.log_offset`` from out-of-fold errors on the training samples (:func:`calibrate_offset`)."""
+    x = np.stack([design(np.asarray(s), model.zooms, model.target) for s in data["stats"]])
+    y = np.log(np.asarray(data["true"]))
+
+    def refit(xs: np.ndarray, ys: np.ndarray) -> SizeModel:
+        return SizeModel.fit(xs, ys, args.alpha) if args.kind == "ridge" else fit_mlp(xs, ys, args.hidden, seed=args.seed)
+
+    print(f"calibrating the log offset out of fold on {len(y)} training samples", file=sys.stderr)
+    found = calibrate_offset(x, y, data["ids"], refit, seed=args.seed)
+    model.log_offset = float(found["log_offset"])
+    model.meta["calibration"] = {**found, "data": "the training samples above, folds grouped by image", "command": _command(argv)}
 
 
 if __name__ == "__main__":
