@@ -175,7 +175,7 @@ def test_gate_skips_the_coarse_views_for_ordinary_nuclei(make_disks, diameter, g
 
 
 def test_size_fit_chooses_a_gate_that_keeps_accuracy():
-    from nucleiseg.inference.size_fit import choose_gate
+    from nucleiseg.inference.size_calibration import choose_gate
 
     rng = np.random.default_rng(1)
     true = np.exp(rng.uniform(math.log(5), math.log(200), 200))
@@ -389,7 +389,7 @@ def test_size_fit_tissue_images_render_fluorescence_with_the_same_labels(dsb_roo
 
 
 def test_estimate_summary_counts_misses_and_missing():
-    from nucleiseg.inference.size_fit import estimate_summary
+    from nucleiseg.inference.size_calibration import estimate_summary
 
     found = estimate_summary([10.0, 12.0, 5.0, float("nan"), 20.0], [10.0, 10.0, 10.0, 10.0, 10.0])
     assert found == {"n": 5, "within_30pct": 0.4, "median_abs_log": round(float(np.log(2.0)), 4), "missing": 1}

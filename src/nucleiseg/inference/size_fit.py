@@ -36,7 +36,7 @@ from nucleiseg.inference.scale import rescale_image, resize_labels
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import SIZE_MODEL_FILE, VIEW, WHOLE_PIXELS, ZOOMS, SizeModel, design, probe_stats
-from nucleiseg.inference.size_calibration import calibrate_offset
+from nucleiseg.inference.size_calibration import calibrate_offset, choose_gate, estimate_summary
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms import normalize_image
 
@@ -212,84 +212,6 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int = 32, weight_decay: float 
     w1, b1 = net[0].weight.detach().double().numpy(), net[0].bias.detach().double().numpy()
     w2, b2 = net[2].weight.detach().double().numpy()[0], float(net[2].bias.detach()[0])
     return SizeModel(mean.tolist(), scale.tolist(), w2.tolist(), b2, hidden_weight=w1.T.tolist(), hidden_bias=b1.tolist())
-
-
-#: Gate settings :func:`choose_gate` tries: minimum marker objects x minimum confidence x band.
-GATE_OBJECTS = (5, 8, 12, 20)
-GATE_CONFIDENCE = (0.85, 0.9, 0.93, 0.95)
-GATE_BANDS = (1.3, 1.5, 2.0)
-
-
-def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float = 0.0, inside: float = 0.95,
-                max_band: float = 1.5) -> dict[str, float]:
-    """Pick the gate (:meth:`SizeModel.gate_diameter`) that skips the coarse views most often
-    without costing accuracy on the given samples (the validation images, :func:`validation_samples`).
-
-    Every combination of :data:`GATE_OBJECTS` x :data:`GATE_CONFIDENCE` x the
-    :data:`GATE_BANDS` up to ``max_band`` (the segmenter's ``rescale_tolerance``, so that a
-    gated image is always segmented at native scale) is tried. A gate qualifies when the samples
-    it lets through are within +-30 % of the truth at least ``inside`` of the time and the
-    combined estimator (the gate's diameter where it opens, the regression elsewhere) loses at
-    most ``slack`` of the regression's share within +-30 %. Of the qualifying gates the one that
-    opens most often is taken (ties: the first tried, bands, objects and confidences ascending).
-
-    Parameters
-    ----------
-    model : SizeModel
-        The fitted regression (its gate fields are set in place to the choice).
-    stats : np.ndarray
-        ``(n, zooms, stats)`` probe statistics.
-    y : np.ndarray
-        ``(n,)`` true log diameters.
-
-    Returns
-    -------
-    dict
-        The chosen ``gate_objects``, ``gate_confidence``, ``gate_band``, the share of samples it opens for, and
-        the within-30 % shares of the regression alone and combined (``gate_objects`` 0: none
-        qualified, the gate stays off).
-    """
-    x = np.stack([design(s, model.zooms, model.target) for s in stats])
-    reg = np.exp(model.predict_log(x))
-    true = np.exp(y)
-    base = float(np.mean(np.abs(reg / true - 1.0) <= 0.3))
-    best: dict[str, float] = {"gate_objects": 0, "gate_confidence": 1.0, "gate_band": model.gate_band, "opened": 0.0,
-                              "within_30pct_regression": round(base, 4)}
-    settings = [(o, c, b) for b in GATE_BANDS if b <= max_band + 1e-9 for o in GATE_OBJECTS for c in GATE_CONFIDENCE]
-    for objects, conf, band in settings:
-        model.gate_objects, model.gate_confidence, model.gate_band = objects, conf, band
-        gated = np.array([np.nan if (d := model.gate_diameter(s[0])) is None else d for s in stats])
-        opened = np.isfinite(gated)
-        if not opened.any():
-            continue
-        ok_inside = float(np.mean(np.abs(gated[opened] / true[opened] - 1.0) <= 0.3))
-        combined = float(np.mean(np.abs(np.where(opened, gated, reg) / true - 1.0) <= 0.3))
-        share = float(opened.mean())
-        if ok_inside >= inside and combined >= base - slack and share > best["opened"]:
-            best = {"gate_objects": objects, "gate_confidence": conf, "gate_band": band, "opened": round(share, 4),
-                    "within_30pct_regression": round(base, 4), "within_30pct_combined": round(combined, 4),
-                    "within_30pct_inside": round(ok_inside, 4)}
-    model.gate_objects, model.gate_confidence, model.gate_band = int(best["gate_objects"]), float(best["gate_confidence"]), float(best["gate_band"])
-    return best
-
-
-#: An estimate counts as right within this relative error (issue 14's done-when figure).
-TOLERANCE = 0.30
-
-
-def estimate_summary(est: Sequence[float] | np.ndarray, true: Sequence[float] | np.ndarray) -> dict[str, float | int]:
-    """Share of estimates within :data:`TOLERANCE` of the truth and median ``|log(est/true)|``.
-
-    A missing estimate (NaN or not positive) counts as a miss and as an infinite error.
-    """
-    e, t = np.asarray(est, np.float64), np.asarray(true, np.float64)
-    ok = np.isfinite(e) & (e > 0)
-    err = np.full(e.shape, np.inf)
-    err[ok] = np.abs(np.log(e[ok] / t[ok]))
-    within = np.zeros(e.shape, bool)
-    within[ok] = np.abs(e[ok] / t[ok] - 1.0) <= TOLERANCE
-    return {"n": int(e.size), "within_30pct": round(float(within.mean()), 4), "median_abs_log": round(float(np.median(err)), 4),
-            "missing": int((~ok).sum())}
 
 
 def _errors(model: SizeModel, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
