@@ -259,7 +259,7 @@ class SizeModel:
         ... and their diameter (``area_d``) is within this factor of ``target`` (exclusive).
     log_offset : float
         Added to every log-diameter the model gives (regression and gate): the calibration
-        :func:`nucleiseg.inference.size_fit.calibrate_offset` chooses out of fold on the training
+        :func:`nucleiseg.inference.size_calibration.calibrate_offset` chooses out of fold on the training
         samples. A diameter counts as right within +-30 %, a band that is lopsided in log space
         (``log 0.7 .. log 1.3``), so the estimate that is right most often sits a little below
         the median of the regression's errors. 0 in files without it.

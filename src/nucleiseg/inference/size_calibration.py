@@ -135,7 +135,7 @@ def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float
     x = np.stack([design(s, model.zooms, model.target) for s in stats])
     reg = np.exp(model.predict_log(x))
     true = np.exp(y)
-    base = float(np.mean(np.abs(reg / true - 1.0) <= 0.3))
+    base = float(np.mean(np.abs(reg / true - 1.0) <= TOLERANCE))
     best: dict[str, float] = {"gate_objects": 0, "gate_confidence": 1.0, "gate_band": model.gate_band, "opened": 0.0,
                               "within_30pct_regression": round(base, 4)}
     settings = [(o, c, b) for b in GATE_BANDS if b <= max_band + 1e-9 for o in GATE_OBJECTS for c in GATE_CONFIDENCE]
@@ -145,8 +145,8 @@ def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float
         opened = np.isfinite(gated)
         if not opened.any():
             continue
-        ok_inside = float(np.mean(np.abs(gated[opened] / true[opened] - 1.0) <= 0.3))
-        combined = float(np.mean(np.abs(np.where(opened, gated, reg) / true - 1.0) <= 0.3))
+        ok_inside = float(np.mean(np.abs(gated[opened] / true[opened] - 1.0) <= TOLERANCE))
+        combined = float(np.mean(np.abs(np.where(opened, gated, reg) / true - 1.0) <= TOLERANCE))
         share = float(opened.mean())
         if ok_inside >= inside and combined >= base - slack and share > best["opened"]:
             best = {"gate_objects": objects, "gate_confidence": conf, "gate_band": band, "opened": round(share, 4),
