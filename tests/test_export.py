@@ -13,7 +13,7 @@ import torch
 
 from nucleiseg.config import InferConfig, NormalizeConfig
 from nucleiseg.export.onnx import check_parity, export_onnx, format_parity, load_torch_model
-from nucleiseg.export.quantize import calibration_crops, convert_fp16
+from nucleiseg.export.quantize import calibration_crops, convert_fp16, pad_input_channels
 from nucleiseg.bundle import ModelBundle, ModelSpec
 from nucleiseg.export.runtime import META, onnx_predictor, read_metadata
 from nucleiseg.inference.predictors import torch_predictor
@@ -92,6 +92,34 @@ def test_int8_static_is_small_and_correlated(tiny_run: Path, tmp_path: Path) -> 
     full, quant = onnx_predictor(tiny_run / "model.onnx")(crops), onnx_predictor(out)(crops)
     assert np.abs(full - quant).mean() < 0.1
     assert np.corrcoef(full.ravel(), quant.ravel())[0, 1] > 0.9
+
+
+def test_padding_the_input_channels_changes_nothing_but_the_first_convolution(tiny_run: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(tiny_run / "model.onnx"))
+    padded = pad_input_channels(onnx.load(str(tiny_run / "model.onnx")))
+    onnx.checker.check_model(padded)
+    first = next(n for n in padded.graph.node if n.op_type == "Conv")
+    weights = {i.name: numpy_helper.to_array(i) for i in padded.graph.initializer}
+    assert padded.graph.node[0].op_type == "Pad" and first.input[0] == padded.graph.node[0].output[0]
+    assert weights[first.input[1]].shape[1] == 4 and not weights[first.input[1]][:, 3:].any()
+    onnx.save(padded, str(tmp_path / "padded.onnx"))
+    x = np.random.default_rng(4).random((2, 3, 64, 96), dtype=np.float32)  # the input stays 3 channels
+    np.testing.assert_allclose(onnx_predictor(tmp_path / "padded.onnx")(x), onnx_predictor(tiny_run / "model.onnx")(x), atol=1e-5)
+    again = pad_input_channels(padded)  # already a multiple of 4: unchanged
+    assert sum(n.op_type == "Pad" for n in again.graph.node) == 1
+    assert len(model.graph.node) + 1 == len(padded.graph.node)
+
+
+def test_int8_export_pads_the_input_channels(tiny_run: Path, tmp_path: Path) -> None:
+    import onnx
+
+    out = export_onnx(tiny_run, tmp_path / "q4.onnx", int8=True, calib_images=2, calib_source=EXAMPLES)
+    nodes = onnx.load(str(out)).graph.node
+    assert any(n.op_type == "Pad" and n.name == "pad_input_channels" for n in nodes)
+    assert onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[1].dim_value == 3
 
 
 def test_int8_dynamic_needs_no_data(tiny_run: Path, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@
 * :func:`quantize_int8` quantizes weights to int8 (per channel) and, in ``"static"`` mode,
   activations to uint8 in QDQ format, calibrated on normalised crops of real training images
   (:func:`calibration_crops`); ``"dynamic"`` mode quantizes weights only and needs no data.
+  Before quantizing, :func:`pad_input_channels` gives the first convolution a multiple of 4
+  input channels (a zero channel for RGB), which int8 kernels handle far faster.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ __all__ = [
     "calibration_crops",
     "calibration_images",
     "convert_fp16",
+    "pad_input_channels",
     "quantize_int8",
 ]
 
 INT8_MODES = ("static", "dynamic")
+#: Input channels of the first convolution are padded to a multiple of this for int8.
+INT8_CHANNEL_MULTIPLE = 4
 # Initializers smaller than this stay float32 (shapes, scalars): halving them saves nothing.
 FP16_MIN_ELEMENTS = 16
 
@@ -145,6 +150,39 @@ class CropReader(CalibrationDataReader):
         self._iter = iter(self._crops)
 
 
+def pad_input_channels(model: onnx.ModelProto, multiple: int = INT8_CHANNEL_MULTIPLE) -> onnx.ModelProto:
+    """Give the convolution that reads the graph input a multiple of ``multiple`` input channels.
+
+    ONNX Runtime's int8 convolution packs input channels in groups of four. With three (RGB)
+    channels, the full-resolution first layer ran about twice as slowly as with four (42 vs 22
+    ms on a 512 x 704 input, one thread). A ``Pad`` node appends zero channels to the input,
+    and the weights get matching zero input channels. The result is the same (the extra
+    channels add zero), and the model's input is still ``C`` channels. A graph whose input does
+    not feed exactly one ``Conv`` is returned unchanged. ``model`` is changed in place and
+    returned.
+    """
+    graph = model.graph
+    name = graph.input[0].name
+    readers = [node for node in graph.node if name in node.input]
+    if len(readers) != 1 or readers[0].op_type != "Conv":
+        return model
+    conv = readers[0]
+    weights = {init.name: init for init in graph.initializer}
+    if conv.input[1] not in weights:
+        return model
+    w = numpy_helper.to_array(weights[conv.input[1]])
+    extra = (-w.shape[1]) % multiple
+    if extra == 0 or int(next((a.i for a in conv.attribute if a.name == "group"), 1)) != 1:
+        return model
+    padded = np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1)
+    weights[conv.input[1]].CopyFrom(numpy_helper.from_array(padded, conv.input[1]))
+    pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), f"{name}_channel_pads")
+    graph.initializer.append(pads)
+    graph.node.insert(0, helper.make_node("Pad", [name, pads.name], [f"{name}_padded"], mode="constant", name="pad_input_channels"))
+    conv.input[0] = f"{name}_padded"
+    return model
+
+
 def quantize_int8(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -152,7 +190,8 @@ def quantize_int8(
     mode: str = "static",
     input_name: str = "image",
 ) -> Path:
-    """Quantize an fp32 ONNX model to int8 weights (per channel).
+    """Quantize an fp32 ONNX model to int8 weights (per channel), its input channels padded first
+    (:func:`pad_input_channels`).
 
     Parameters
     ----------
@@ -176,8 +215,10 @@ def quantize_int8(
     # quantization; symbolic shape inference cannot resolve the dynamic spatial axes, and
     # ONNX's own shape inference is enough for these convolutional graphs.
     prepared = Path(out_path).with_name(Path(out_path).stem + ".prep.onnx")
-    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    padded = Path(out_path).with_name(Path(out_path).stem + ".pad.onnx")
     try:
+        onnx.save(pad_input_channels(onnx.load(str(fp32_path))), str(padded))
+        quant_pre_process(str(padded), str(prepared), skip_symbolic_shape=True)
         if mode == "dynamic":
             quantize_dynamic(str(prepared), str(out_path), per_channel=True, weight_type=QuantType.QInt8)
         else:
@@ -187,4 +228,5 @@ def quantize_int8(
             )
     finally:
         prepared.unlink(missing_ok=True)
+        padded.unlink(missing_ok=True)
     return Path(out_path)
