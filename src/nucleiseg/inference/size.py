@@ -98,7 +98,7 @@ def busiest_centre(norm: np.ndarray, side: int) -> tuple[int, int]:
     Structure is the mean absolute difference from the image's median intensity (per channel),
     on a copy subsampled to at most ~512 px a side: flat background (empty glass, an empty well
     centre, dark space around cells) scores low, nuclei high. The size probe centres its views
-    there when its central views showed no object at all; ``side`` is its smallest view's region,
+    there when its central zoom-1 and zoom-1/2 views showed no object; ``side`` is its smallest view's region,
     so the point lies among the nuclei and the larger views around it hold them too.
     """
     h, w = norm.shape[:2]

@@ -34,9 +34,14 @@ OFFSETS = np.round(np.arange(-0.10, 0.10 + 1e-9, 0.005), 3)
 TOLERANCE = 0.30
 
 
+def _within(ratio: np.ndarray, tolerance: float = TOLERANCE) -> np.ndarray:
+    """Whether each ``estimate / truth`` ratio is within ``tolerance`` of 1."""
+    return np.abs(np.asarray(ratio, np.float64) - 1.0) <= tolerance
+
+
 def share_within(log_errors: np.ndarray, offset: float = 0.0, tolerance: float = TOLERANCE) -> float:
     """Share of estimates within ``tolerance`` of the truth after adding ``offset`` to their log errors."""
-    return float(np.mean(np.abs(np.exp(np.asarray(log_errors, np.float64) + offset) - 1.0) <= tolerance))
+    return float(np.mean(_within(np.exp(np.asarray(log_errors, np.float64) + offset), tolerance)))
 
 
 def group_folds(groups: Sequence[str], folds: int, seed: int) -> np.ndarray:
@@ -135,7 +140,7 @@ def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float
     x = np.stack([design(s, model.zooms, model.target) for s in stats])
     reg = np.exp(model.predict_log(x))
     true = np.exp(y)
-    base = float(np.mean(np.abs(reg / true - 1.0) <= TOLERANCE))
+    base = float(np.mean(_within(reg / true)))
     best: dict[str, float] = {"gate_objects": 0, "gate_confidence": 1.0, "gate_band": model.gate_band, "opened": 0.0,
                               "within_30pct_regression": round(base, 4)}
     settings = [(o, c, b) for b in GATE_BANDS if b <= max_band + 1e-9 for o in GATE_OBJECTS for c in GATE_CONFIDENCE]
@@ -145,8 +150,8 @@ def choose_gate(model: SizeModel, stats: np.ndarray, y: np.ndarray, slack: float
         opened = np.isfinite(gated)
         if not opened.any():
             continue
-        ok_inside = float(np.mean(np.abs(gated[opened] / true[opened] - 1.0) <= TOLERANCE))
-        combined = float(np.mean(np.abs(np.where(opened, gated, reg) / true - 1.0) <= TOLERANCE))
+        ok_inside = float(np.mean(_within(gated[opened] / true[opened])))
+        combined = float(np.mean(_within(np.where(opened, gated, reg) / true)))
         share = float(opened.mean())
         if ok_inside >= inside and combined >= base - slack and share > best["opened"]:
             best = {"gate_objects": objects, "gate_confidence": conf, "gate_band": band, "opened": round(share, 4),
@@ -166,6 +171,6 @@ def estimate_summary(est: Sequence[float] | np.ndarray, true: Sequence[float] | 
     err = np.full(e.shape, np.inf)
     err[ok] = np.abs(np.log(e[ok] / t[ok]))
     within = np.zeros(e.shape, bool)
-    within[ok] = np.abs(e[ok] / t[ok] - 1.0) <= TOLERANCE
+    within[ok] = _within(e[ok] / t[ok])
     return {"n": int(e.size), "within_30pct": round(float(within.mean()), 4), "median_abs_log": round(float(np.median(err)), 4),
             "missing": int((~ok).sum())}

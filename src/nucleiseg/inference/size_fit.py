@@ -266,8 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gate_only or args.calibrate_only:
         model = SizeModel.load(folder / SIZE_MODEL_FILE)
     else:
-        data = _training_data(args, folder, segmenter, cached)
-        model = _fit(args, data, segmenter.config.infer.target_diameter, argv)
+        model = _fit(args, _training_data(args, folder, segmenter, cached), segmenter.config.infer.target_diameter, argv)
     if args.calibrate_only or not (args.gate_only or args.no_calibrate):
         _calibrate(args, model, _training_data(args, folder, segmenter, cached), argv)
     if not args.no_gate:
@@ -309,11 +308,23 @@ def _training_data(args: argparse.Namespace, folder: Path, segmenter: Segmenter,
     return data
 
 
+def _samples(data: dict[str, list], zooms: Sequence[float], target: float) -> tuple[np.ndarray, np.ndarray]:
+    """Design rows and true log diameters of the collected samples."""
+    x = np.stack([design(np.asarray(s), zooms, target) for s in data["stats"]])
+    return x, np.log(np.asarray(data["true"]))
+
+
+def _regression(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray], SizeModel]:
+    """``(x, y) -> SizeModel``: the regression the arguments ask for (ridge or MLP)."""
+    if args.kind == "ridge":
+        return lambda x, y: SizeModel.fit(x, y, args.alpha)
+    return lambda x, y: fit_mlp(x, y, args.hidden, seed=args.seed)
+
+
 def _fit(args: argparse.Namespace, data: dict[str, list], target: float, argv: Sequence[str] | None) -> SizeModel:
     """The regression fitted on the training samples, with its settings and provenance."""
-    x = np.stack([design(np.asarray(s), ZOOMS, target) for s in data["stats"]])
-    y = np.log(np.asarray(data["true"]))
-    model = SizeModel.fit(x, y, args.alpha) if args.kind == "ridge" else fit_mlp(x, y, args.hidden, seed=args.seed)
+    x, y = _samples(data, ZOOMS, target)
+    model = _regression(args)(x, y)
     model.zooms, model.target, model.view, model.whole_pixels = list(ZOOMS), target, VIEW, WHOLE_PIXELS
     model.meta = {
         "command": _command(argv),
@@ -328,14 +339,9 @@ def _fit(args: argparse.Namespace, data: dict[str, list], target: float, argv: S
 
 def _calibrate(args: argparse.Namespace, model: SizeModel, data: dict[str, list], argv: Sequence[str] | None) -> None:
     """Set ``model.log_offset`` from out-of-fold errors on the training samples (:func:`calibrate_offset`)."""
-    x = np.stack([design(np.asarray(s), model.zooms, model.target) for s in data["stats"]])
-    y = np.log(np.asarray(data["true"]))
-
-    def refit(xs: np.ndarray, ys: np.ndarray) -> SizeModel:
-        return SizeModel.fit(xs, ys, args.alpha) if args.kind == "ridge" else fit_mlp(xs, ys, args.hidden, seed=args.seed)
-
+    x, y = _samples(data, model.zooms, model.target)
     print(f"calibrating the log offset out of fold on {len(y)} training samples", file=sys.stderr)
-    found = calibrate_offset(x, y, data["ids"], refit, seed=args.seed)
+    found = calibrate_offset(x, y, data["ids"], _regression(args), seed=args.seed)
     model.log_offset = float(found["log_offset"])
     model.meta["calibration"] = {**found, "data": "the training samples above, folds grouped by image", "command": _command(argv)}
 
