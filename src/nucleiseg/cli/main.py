@@ -232,6 +232,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-max-images", type=int, help="validate on at most N images")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--workers", type=int, help="processes making augmented crops and threads loading images (0: none)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", choices=["auto", "bf16", "off"],
                    help="bfloat16 autocast: auto (default) uses it on CUDA and on CPUs with native bfloat16")
@@ -259,7 +260,7 @@ def load_recipe(args: argparse.Namespace):
         "scheduler": args.scheduler, "patience": args.patience, "max_minutes": args.max_minutes,
         "val_fraction": args.val_fraction, "limit_images": args.limit_images, "val_max_images": args.val_max_images,
         "threads": args.threads, "seed": args.seed, "train_diameter": args.train_diameter,
-        "amp": args.amp,
+        "amp": args.amp, "workers": args.workers,
     }
     data.update({k: v for k, v in flat.items() if v is not None})
     if isinstance(data.get("amp"), bool):  # YAML 1.1 reads a bare off/on as a boolean

@@ -9,7 +9,8 @@ are never loaded here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,26 @@ def _prepare(
     return TrainingSample(sample_id, image.astype(np.float16), labels)
 
 
+def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, on ``workers`` threads when ``workers > 1``.
+
+    Image decoding and the numpy work of normalisation release the GIL, so threads load a data
+    set several times faster on a many-core machine; the results are the same as in one thread.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(fn, items)
+
+
 def load_samples(
     root: str | Path,
     ids: Sequence[str],
     normalize: NormalizeConfig,
     progress: bool = True,
     diameter: float | None = None,
+    workers: int = 0,
 ) -> list[TrainingSample]:
     """Load and normalise DSB samples into memory (optionally at one canonical nucleus scale).
 
@@ -111,13 +126,17 @@ def load_samples(
     diameter : float, optional
         Rescale each image (bilinear) and its labels (nearest) so that the median diameter of
         its ground-truth nuclei becomes this many pixels (zoom clamped to 0.25-4).
+    workers : int
+        Threads that read and normalise images (0 or 1: this thread); the result is the same.
     """
     root = Path(root)
-    out = []
-    for sample_id in tqdm(ids, desc="loading", disable=not progress, leave=False):
+
+    def one(sample_id: str) -> TrainingSample:
         sample = load_sample(root / sample_id)
-        out.append(_prepare(sample_id, sample.image, sample.labels, normalize, diameter))
-    return out
+        return _prepare(sample_id, sample.image, sample.labels, normalize, diameter)
+
+    loaded = _ordered_map(one, ids, workers)
+    return list(tqdm(loaded, total=len(ids), desc="loading", disable=not progress, leave=False))
 
 
 #: Committed held-out lists by name. Every one is excluded from every extra training folder.
@@ -171,6 +190,7 @@ def load_extra_samples(
     normalize: NormalizeConfig,
     progress: bool = True,
     diameter: float | None = None,
+    workers: int = 0,
 ) -> tuple[list[TrainingSample], dict[str, Any]]:
     """Load the training images of an extra label-image folder.
 
@@ -178,7 +198,7 @@ def load_extra_samples(
     :func:`~nucleiseg.io.read_image` / :func:`~nucleiseg.io.load_item_gt`. Images named on a
     held-out list (:func:`excluded_names`, matched by file stem or id) and images without
     ground truth are dropped *before* anything is read; then the first ``extra.limit_images``
-    are kept. Normalisation and ``diameter`` are as in :func:`load_samples`.
+    are kept. Normalisation, ``diameter`` and ``workers`` are as in :func:`load_samples`.
 
     Returns
     -------
@@ -209,11 +229,14 @@ def load_extra_samples(
         used = used[: extra.limit_images]
     if not used:
         raise ValueError(f"{root}: no images with ground truth left to train on")
-    samples = []
-    for item in tqdm(used, desc=f"loading {name}", disable=not progress, leave=False):
+
+    def one(item: Any) -> TrainingSample:
         labels = load_item_gt(item)
         assert labels is not None  # gt_kind was checked above
-        samples.append(_prepare(f"{name}/{item.id}", read_image(item.image_path), labels, normalize, diameter))
+        return _prepare(f"{name}/{item.id}", read_image(item.image_path), labels, normalize, diameter)
+
+    loaded = _ordered_map(one, used, workers)
+    samples = list(tqdm(loaded, total=len(used), desc=f"loading {name}", disable=not progress, leave=False))
     record = {
         "name": name,
         "path": extra.path,

@@ -48,6 +48,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _one_thread(_worker_id: int) -> None:
+    """Keep each crop-making process to one OpenCV thread (the workers are the parallelism)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
     """Adam, AdamW, SGD (momentum 0.9, Nesterov) or RMSprop from the recipe."""
     name = cfg.optimizer.lower()
@@ -218,7 +225,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         train_ids = train_ids[: cfg.limit_images]
     extra_samples, extra_records = [], []
     for extra in cfg.extra_data:  # checked and loaded first: a bad folder fails before any output
-        samples, record = load_extra_samples(extra, cfg.normalize, progress, cfg.train_diameter)
+        samples, record = load_extra_samples(extra, cfg.normalize, progress, cfg.train_diameter, cfg.workers)
         extra_samples += samples
         extra_records.append(record)
     save_json(cfg, out / "train.json")
@@ -230,14 +237,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     atomic_write_text(out / "split.json", json.dumps(split, indent=1))
     val_ids = val_ids[: cfg.val_max_images] if cfg.val_max_images else val_ids  # per-epoch subset
 
-    train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress, cfg.train_diameter) + extra_samples
-    val_samples = load_samples(cfg.data, val_ids, cfg.normalize, progress, cfg.train_diameter)  # selection only
+    train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers) + extra_samples
+    val_samples = load_samples(cfg.data, val_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers)  # selection only
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_samples) / cfg.batch_size))
     dataset = CropDataset(
         train_samples, cfg.crop_size, cfg.targets, cfg.augment, steps * cfg.batch_size,
         gap_weight=cfg.loss.gap_weight, oversample=cfg.oversample, seed=cfg.seed,
     )
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=0, drop_last=True)
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers, drop_last=True,
+        worker_init_fn=_one_thread if cfg.workers else None, pin_memory=device.startswith("cuda"),
+    )
 
     model = create_model(bundle.model.arch, bundle.model.in_channels, bundle.model.out_channels, **bundle.model.params)
     model.to(device=device, memory_format=torch.channels_last)  # 10-40 % faster on CPU and GPU
