@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nucleiseg import __version__
 from nucleiseg.cli import benchmark as _bench
+from nucleiseg.cli import ensemble as _ensemble
 from nucleiseg.cli import export as _export
 from nucleiseg.cli.serve import add_parser as _add_serve
 
@@ -346,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nucleiseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = (_add_segment, _add_evaluate, _add_inspect, _add_train, _add_validate, _add_serve,
-                _export.add_parser, _bench.add_parser)
+                _export.add_parser, _ensemble.add_parser, _bench.add_parser)
     for add in commands:
         add(sub)
     return parser

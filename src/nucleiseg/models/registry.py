@@ -13,33 +13,52 @@ True
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
 
-from nucleiseg.models.blocks import SegmentationModel, check_int
+from nucleiseg.models.blocks import check_int
+from nucleiseg.models.ensemble import Ensemble
 from nucleiseg.models.hrnet import HRNet
 from nucleiseg.models.linknet import LinkNet
 from nucleiseg.models.resunet import ResUNet
 from nucleiseg.models.unet import UNet
 from nucleiseg.models.unetpp import UNetPlusPlus
 
-MODELS: dict[str, Callable[..., SegmentationModel]] = {
+
+
+def ensemble(in_channels: int = 3, out_channels: int = 3, *, members: Sequence[dict[str, Any]] = ()) -> Ensemble:
+    """An :class:`~nucleiseg.models.ensemble.Ensemble` of ``members``, each ``{"arch", "params"}``."""
+    if not members:
+        raise ValueError("ensemble: members must list at least 2 models ({'arch': ..., 'params': {...}})")
+    built = []
+    for member in members:
+        if not isinstance(member, dict) or member.get("arch") == "ensemble":
+            raise ValueError(f"ensemble: each member must be {{'arch': ..., 'params': {{...}}}} of a plain model, got {member!r}")
+        built.append(create_model(member["arch"], in_channels, out_channels, **dict(member.get("params") or {})))
+    return Ensemble(built)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
     "unetpp": UNetPlusPlus,
     "linknet": LinkNet,
     "hrnet": HRNet,
     "resunet": ResUNet,
+    "ensemble": ensemble,
 }
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`: ``unet, unetpp, linknet, hrnet, resunet``."""
-    return list(MODELS)
+    """The trainable architectures: ``unet, unetpp, linknet, hrnet, resunet``.
+
+    :func:`create_model` also builds ``"ensemble"`` (of trained members; it is not trained).
+    """
+    return [name for name in MODELS if name != "ensemble"]
 
 
-def _builder(name: str) -> Callable[..., SegmentationModel]:
+def _builder(name: str) -> Callable[..., nn.Module]:
     """The builder registered under ``name``; ValueError listing the names otherwise."""
     if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")

@@ -1,0 +1,78 @@
+"""Build an ensemble run folder from trained run folders (``nucleiseg ensemble``).
+
+The ensemble (:class:`~nucleiseg.models.ensemble.Ensemble`) averages its members'
+probabilities; its folder is an ordinary run folder, so ``nucleiseg validate --tune --suite``,
+``nucleiseg export`` and bundling treat it like any trained model. Its members must have been
+trained for the same task: the same input normalisation, targets, channels and validation
+split (so that tuning on the split never sees a member's training images).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nucleiseg.config import ModelBundleConfig, ModelConfig, load_json, save_json, to_dict
+from nucleiseg.io.atomic import atomic_write_text
+from nucleiseg.training.checkpoint import file_hash, load_model, save_weights
+
+#: Settings every member must share (fields of ModelBundleConfig).
+_SAME = ("normalize", "targets")
+
+
+def make_ensemble(runs: Sequence[str | Path], out: str | Path) -> Path:
+    """Write a run folder whose model is the mean of the models in ``runs``.
+
+    The folder holds ``config.json`` (model ``ensemble`` with the members' architectures; the
+    first member's inference and post-processing settings, to be re-tuned with
+    ``nucleiseg validate --tune``), ``weights.safetensors`` (every member's weights under
+    ``members.<i>.``), the common ``split.json``, the first member's ``train.json`` and
+    ``size_model.json`` (if any), and ``ensemble.json`` naming each member with the hash of
+    its weights.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two runs, or runs that differ in normalisation, targets, channels or
+        validation split.
+    """
+    from nucleiseg.models.ensemble import Ensemble
+
+    runs = [Path(r) for r in runs]
+    if len(runs) < 2:
+        raise ValueError(f"an ensemble needs at least 2 run folders, got {len(runs)}")
+    configs = [load_json(ModelBundleConfig, r / "config.json") for r in runs]
+    first = configs[0]
+    for run, cfg in zip(runs[1:], configs[1:], strict=True):
+        for key in _SAME:
+            if to_dict(getattr(cfg, key)) != to_dict(getattr(first, key)):
+                raise ValueError(f"{run}: {key} differs from {runs[0]}'s; members must be trained for the same input and targets")
+        if (cfg.model.in_channels, cfg.model.out_channels) != (first.model.in_channels, first.model.out_channels):
+            raise ValueError(f"{run}: channels differ from {runs[0]}'s")
+    splits = [json.loads((r / "split.json").read_text()) for r in runs]
+    if any(s["val"] != splits[0]["val"] for s in splits[1:]):
+        raise ValueError("the runs were validated on different splits; tuning the ensemble would see training images")
+
+    members = [load_model(cfg.model, r / "weights.safetensors") for r, cfg in zip(runs, configs, strict=True)]
+    model = Ensemble(members)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    params: dict[str, Any] = {"members": [{"arch": c.model.arch, "params": dict(c.model.params)} for c in configs]}
+    config = ModelBundleConfig(
+        name=out.name,
+        model=ModelConfig(arch="ensemble", in_channels=first.model.in_channels,
+                          out_channels=first.model.out_channels, params=params),
+        normalize=first.normalize, targets=first.targets, postprocess=first.postprocess, infer=first.infer,
+        version=first.version,
+    )
+    save_weights(model, out / "weights.safetensors", metadata={"arch": "ensemble", "members": str(len(runs))})
+    save_json(config, out / "config.json")
+    for name in ("split.json", "train.json", "size_model.json"):
+        if (runs[0] / name).exists():
+            shutil.copyfile(runs[0] / name, out / name)
+    record = {"members": [{"run": str(r), "weights_sha256": file_hash(r / "weights.safetensors")} for r in runs]}
+    atomic_write_text(out / "ensemble.json", json.dumps(record, indent=1))
+    return out
