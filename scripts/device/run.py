@@ -4,7 +4,7 @@
 machine's image lacks), unpacks whatever ``pack.py`` folders travelled (``unpack.py``) and runs
 every recipe for a few steps; ``python3 scripts/device/run.py train`` runs them for real, side
 by side on the one GPU (each with ``WORKERS`` crop processes, default 7, for ``MINUTES``,
-default the recipe's), and leaves one ``<run>.tar`` per run in ``$OUT`` (weights, configs,
+default the recipe's; ``RECIPES``, comma-separated, names other recipes), and leaves one ``<run>.tar`` per run in ``$OUT`` (weights, configs,
 split, report, metrics, log). BBBC039 joins the training data when its part was unpacked on
 this machine (by this call or an earlier one that the machine kept).
 """
@@ -20,7 +20,7 @@ import tarfile
 import time
 from pathlib import Path
 
-RECIPES = ["configs/default_gpu.yaml", "configs/unet32_gpu.yaml"]
+RECIPES = os.environ.get("RECIPES", "configs/default_gpu.yaml,configs/unet32_gpu.yaml").split(",")
 DATA = Path(".devdata")
 SITE = Path("/tmp/site")
 
