@@ -1,4 +1,5 @@
-"""The bundled default model: loads, is the documented file, reproduces its reference output."""
+"""The bundled models (``default``, and ``accurate``, an ensemble): each loads, is the documented
+file, reproduces its reference output, and its shipped ONNX forms come from its weights."""
 
 from __future__ import annotations
 
@@ -13,57 +14,78 @@ from nucleiseg.io import read_image, read_labels
 from nucleiseg.metrics import match_labels
 from nucleiseg.training.checkpoint import file_hash
 
-DEFAULT = WEIGHTS_DIR / "default"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+BUNDLED = ["default", "accurate"]
 
 
-@pytest.fixture(scope="module")
-def reference() -> dict:
-    return json.loads((DEFAULT / "reference.json").read_text())
+def reference(model: str) -> dict:
+    return json.loads((WEIGHTS_DIR / model / "reference.json").read_text())
 
 
-def test_bundle_is_complete_and_small():
-    for name in ("config.json", "weights.safetensors", "thresholds.json", "MODEL_CARD.md", "reference.json"):
-        assert (DEFAULT / name).is_file(), name
-    assert (DEFAULT / "weights.safetensors").stat().st_size < 20 * 2**20
+@pytest.mark.parametrize("model", BUNDLED)
+def test_bundle_is_complete_and_small(model):
+    folder = WEIGHTS_DIR / model
+    for name in ("config.json", "weights.safetensors", "thresholds.json", "MODEL_CARD.md", "reference.json",
+                 "model.int8.onnx", "size_model.json"):
+        assert (folder / name).is_file(), name
+    assert (folder / "weights.safetensors").stat().st_size < 20 * 2**20
 
 
-def test_hash_is_the_documented_one(reference):
-    sha = file_hash(DEFAULT / "weights.safetensors")
-    assert sha == reference["sha256"]
-    assert sha in (DEFAULT / "MODEL_CARD.md").read_text()
-    assert Segmenter.from_pretrained("default", backend="torch").model_hash == sha
+def test_accurate_is_an_ensemble_holding_the_default():
+    """``accurate`` averages a larger U-Net with the default model (the same weights)."""
+    from nucleiseg.bundle import ModelBundle
+    from safetensors.numpy import load_file
+
+    config = ModelBundle.open("accurate").config
+    assert config.model.arch == "ensemble" and len(config.model.params["members"]) == 2
+    default = load_file(WEIGHTS_DIR / "default" / "weights.safetensors")
+    accurate = load_file(WEIGHTS_DIR / "accurate" / "weights.safetensors")
+    for key, value in default.items():
+        assert (accurate[f"members.1.{key}"] == value).all(), key
+
+
+@pytest.mark.parametrize("model", BUNDLED)
+def test_hash_is_the_documented_one(model):
+    folder = WEIGHTS_DIR / model
+    sha = file_hash(folder / "weights.safetensors")
+    assert sha == reference(model)["sha256"]
+    assert sha in (folder / "MODEL_CARD.md").read_text()
+    assert Segmenter.from_pretrained(model, backend="torch").model_hash == sha
     # the default backend runs the int8 ONNX form; its sidecars name that file's hash
-    assert Segmenter.from_pretrained("default").model_hash == file_hash(DEFAULT / "model.int8.onnx")
+    assert Segmenter.from_pretrained(model).model_hash == file_hash(folder / "model.int8.onnx")
 
 
+@pytest.mark.parametrize("model", BUNDLED)
 @pytest.mark.parametrize("name", ["fluo_small", "tissue_he"])
-def test_example_matches_reference_output(name, reference):
-    seg = Segmenter.from_pretrained("default")
+def test_example_matches_reference_output(model, name):
+    seg = Segmenter.from_pretrained(model)
     labels = seg.segment(read_image(EXAMPLES / f"{name}.png")).labels
-    ref = reference["examples"][name]
+    ref = reference(model)["examples"][name]
     assert abs(int(labels.max()) - ref["count"]) <= max(2, round(0.05 * ref["count"]))
     score = match_labels(read_labels(EXAMPLES / f"{name}_masks.tif"), labels).competition_score
     assert score == pytest.approx(ref["score"], abs=0.02)
 
 
-@pytest.mark.parametrize("backend,file", [("onnx", "model.onnx"), ("onnx-int8", "model.int8.onnx")])
-def test_shipped_onnx_forms_are_this_model(backend, file, reference):
-    """The bundled ONNX files come from these weights and find the example's nuclei like PyTorch."""
+@pytest.mark.parametrize("model,backend,file", [("default", "onnx", "model.onnx"), ("default", "onnx-int8", "model.int8.onnx"),
+                                                ("accurate", "onnx-int8", "model.int8.onnx")])
+def test_shipped_onnx_forms_are_this_model(model, backend, file):
+    """The bundled ONNX files come from these weights and find the example's nuclei like PyTorch.
+
+    ``accurate`` ships its int8 form only (``nucleiseg export accurate`` writes the fp32 one)."""
     from nucleiseg.export.runtime import META, read_metadata
 
-    meta = read_metadata(DEFAULT / file)
-    assert meta[META["weights_hash"]] == reference["sha256"]
-    fp32 = (DEFAULT / "model.onnx").stat().st_size
+    folder = WEIGHTS_DIR / model
+    meta = read_metadata(folder / file)
+    assert meta[META["weights_hash"]] == reference(model)["sha256"]
     if backend == "onnx-int8":
         import onnx
 
-        assert (DEFAULT / file).stat().st_size < 0.35 * fp32
+        assert (folder / file).stat().st_size < 0.35 * (folder / "weights.safetensors").stat().st_size
         # exported as int8 exports are now: RGB input padded to 4 channels (export.quantize.pad_input_channels)
-        assert any(n.name == "pad_input_channels" for n in onnx.load(str(DEFAULT / file)).graph.node)
-    seg = Segmenter.from_pretrained("default", backend=backend)
+        assert any(n.name == "pad_input_channels" for n in onnx.load(str(folder / file)).graph.node)
+    seg = Segmenter.from_pretrained(model, backend=backend)
     labels = seg.segment(read_image(EXAMPLES / "fluo_small.png")).labels
-    ref = reference["examples"]["fluo_small"]
+    ref = reference(model)["examples"]["fluo_small"]
     assert abs(int(labels.max()) - ref["count"]) <= max(2, round(0.05 * ref["count"]))
     score = match_labels(read_labels(EXAMPLES / "fluo_small_masks.tif"), labels).competition_score
     assert score == pytest.approx(ref["score"], abs=0.02)

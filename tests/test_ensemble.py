@@ -58,8 +58,9 @@ def test_make_ensemble_segments_exports_and_checks_members(tmp_path, make_tiny_r
     b = _run(tmp_path / "b", make_tiny_run, 1)
     out = tmp_path / "ens"
     assert cli_main(["ensemble", str(a), str(b), "-o", str(out)]) == 0
-    record = json.loads((out / "ensemble.json").read_text())
+    record = json.loads((out / "report.json").read_text())
     assert [m["run"] for m in record["members"]] == [str(a), str(b)]
+    assert record["members"][0]["model"]["arch"] == "unet"
     assert json.loads((out / "split.json").read_text())["val"] == ["b", "c"]
 
     image = read_image(REPO / "examples" / "fluo_small.png")

@@ -113,6 +113,29 @@ def test_padding_the_input_channels_changes_nothing_but_the_first_convolution(ti
     assert len(model.graph.node) + 1 == len(padded.graph.node)
 
 
+def test_padding_reaches_every_convolution_that_reads_the_input(tmp_path: Path) -> None:
+    """An ensemble's members each read the image: one Pad feeds them all, the output is unchanged."""
+    import onnx
+    import torch
+
+    from nucleiseg.config import ModelBundleConfig, ModelConfig, save_json
+    from nucleiseg.models import create_model
+    from nucleiseg.training.checkpoint import save_weights
+
+    members = [{"arch": "unet", "params": {"depth": 3, "base_channels": 8}}] * 2
+    torch.manual_seed(0)
+    save_weights(create_model("ensemble", 3, 3, members=members), tmp_path / "weights.safetensors")
+    save_json(ModelBundleConfig(model=ModelConfig(arch="ensemble", params={"members": members})), tmp_path / "config.json")
+    export_onnx(tmp_path, tmp_path / "model.onnx")
+    padded = pad_input_channels(onnx.load(str(tmp_path / "model.onnx")))
+    name = padded.graph.input[0].name
+    assert [n.name for n in padded.graph.node if name in n.input] == ["pad_input_channels"]
+    assert sum(n.input[0] == f"{name}_padded" for n in padded.graph.node if n.op_type == "Conv") == 2
+    onnx.save(padded, str(tmp_path / "padded.onnx"))
+    x = np.random.default_rng(5).random((1, 3, 32, 40), dtype=np.float32)
+    np.testing.assert_allclose(onnx_predictor(tmp_path / "padded.onnx")(x), onnx_predictor(tmp_path / "model.onnx")(x), atol=1e-5)
+
+
 def test_int8_export_pads_the_input_channels(tiny_run: Path, tmp_path: Path) -> None:
     import onnx
 

@@ -31,6 +31,6 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         if folder is None:
             raise ValueError(f"{name}: not a trained model folder (the classical model and lone .onnx files cannot join)")
         folders.append(folder)
-    out = make_ensemble(folders, args.out)
+    out = make_ensemble(folders, args.out, names=args.runs)
     print(f"ensemble of {len(folders)} models written to {out}; tune it with: nucleiseg validate {out} --tune")
     return 0

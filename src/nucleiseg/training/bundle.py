@@ -93,13 +93,22 @@ def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluat
             r = evaluation[key]
             rows.append(f"| {label} | {r['val_score']:.4f} | {r['val_ap50']:.4f} | {r['val_f1']:.4f} | {r['val_mean_iou_seed']:.4f} |")
     model = train.get("model", {})
-    if trained_on is None:
+    if report.get("members"):  # an ensemble (nucleiseg ensemble): one line per member
+        model = {"arch": "ensemble", "params": {"members": len(report["members"])}}
+        trained_on = trained_on or (
+            f"The mean of the probabilities of {len(report['members'])} models, each listed below; validation split of "
+            f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})`, "
+            "the same for every member (`split.json`)."
+        )
+    elif trained_on is None:
         trained_on = (
             f"Trained on DSB 2018 stage1_train (CC0), {report['n_train']} images{_extra_data(train, report)}; validation split of "
             f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})` "
             f"(`split.json` of the run). Recipe: `configs/{name}.yaml` (`train.json` here)."
         )
-    if report:
+    if report.get("members"):
+        training = "\n".join(_member_line(i, m) for i, m in enumerate(report["members"]))
+    elif report:
         where = f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads), torch {report['torch']}"
         avg = report.get("average")  # TrainConfig.average_from: the weights are the mean of the last epochs
         training = (f"- Training: {report['epochs_run']} epochs, best at epoch {report['best_epoch']}, {where}." if not avg else
@@ -134,6 +143,18 @@ def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluat
         limits,
         "",
     ])
+
+
+def _member_line(index: int, member: dict[str, Any]) -> str:
+    """One ensemble member on a model card: architecture, weights hash, data and training time."""
+    train, report, model = member.get("train", {}), member.get("report", {}), member["model"]
+    where = (f"{report['train_seconds'] / 60:.1f} min on {report['device']}, {report['epochs_run']} epochs"
+             if report else "training report missing")
+    if train.get("init_weights"):
+        where += f", fine-tuned from `{train['init_weights']}`"
+    data = f"{report['n_train']} DSB images{_extra_data(train, report)}" if report else "see its train.json"
+    return (f"- Member {index}: `{member['run']}`, `{model['arch']}` {json.dumps(model.get('params', {}))}, "
+            f"SHA-256 `{member['weights_sha256'][:16]}...`; trained on {data}; {where}.")
 
 
 #: Files a run may hold besides its weights that belong to those weights alone.

@@ -23,15 +23,16 @@ from nucleiseg.training.checkpoint import file_hash, load_model, save_weights
 _SAME = ("normalize", "targets")
 
 
-def make_ensemble(runs: Sequence[str | Path], out: str | Path) -> Path:
+def make_ensemble(runs: Sequence[str | Path], out: str | Path, names: Sequence[str] | None = None) -> Path:
     """Write a run folder whose model is the mean of the models in ``runs``.
 
     The folder holds ``config.json`` (model ``ensemble`` with the members' architectures; the
     first member's inference and post-processing settings, to be re-tuned with
     ``nucleiseg validate --tune``), ``weights.safetensors`` (every member's weights under
     ``members.<i>.``), the common ``split.json``, the first member's ``train.json`` and
-    ``size_model.json`` (if any), and ``ensemble.json`` naming each member with the hash of
-    its weights.
+    ``size_model.json`` (if any), and ``report.json`` whose ``members`` name each member with
+    the hash of its weights, its architecture, its recipe (``train.json``) and its training
+    report (for the model card).
 
     Raises
     ------
@@ -73,6 +74,20 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path) -> Path:
     for name in ("split.json", "train.json", "size_model.json"):
         if (runs[0] / name).exists():
             shutil.copyfile(runs[0] / name, out / name)
-    record = {"members": [{"run": str(r), "weights_sha256": file_hash(r / "weights.safetensors")} for r in runs]}
-    atomic_write_text(out / "ensemble.json", json.dumps(record, indent=1))
+    names = [str(r) for r in runs] if names is None else [str(n) for n in names]
+    if len(names) != len(runs):
+        raise ValueError(f"{len(names)} names for {len(runs)} runs")
+    record = {"members": [_member(r, c, n) for r, c, n in zip(runs, configs, names, strict=True)]}
+    atomic_write_text(out / "report.json", json.dumps(record, indent=1))
     return out
+
+
+def _member(run: Path, config: ModelBundleConfig, name: str) -> dict[str, Any]:
+    """What the ensemble's ``report.json`` records of one member."""
+    def read(name: str) -> dict[str, Any]:
+        return json.loads((run / name).read_text()) if (run / name).is_file() else {}
+
+    return {
+        "run": name, "weights_sha256": file_hash(run / "weights.safetensors"),
+        "model": to_dict(config.model), "train": read("train.json"), "report": read("report.json"),
+    }
