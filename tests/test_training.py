@@ -175,11 +175,10 @@ def test_init_weights_fine_tunes_from_a_bundled_model(tmp_path, dsb_root):
 def test_workers_change_speed_not_data(real_sample_dirs, dsb_root):
     """``workers`` loads images on threads and makes crops in worker processes; both give exactly
     what one thread gives (crops come from streams keyed on seed, epoch and index)."""
-    from torch.utils.data import DataLoader
+    import cv2
 
     from nucleiseg.config import AugmentConfig, NormalizeConfig, TargetConfig
-    from nucleiseg.training.data import CropDataset, load_samples
-    from nucleiseg.training.trainer import _one_thread
+    from nucleiseg.training.data import CropDataset, crop_loader, load_samples
 
     ids = [d.name for d in real_sample_dirs]
     one = load_samples(dsb_root, ids, NormalizeConfig(), progress=False)
@@ -189,12 +188,10 @@ def test_workers_change_speed_not_data(real_sample_dirs, dsb_root):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
     dataset = CropDataset(one, 64, TargetConfig(), AugmentConfig(), length=8, gap_weight=5.0, oversample=False, seed=3)
     dataset.set_epoch(2)
-    batches = [
-        [t.clone() for t in next(iter(DataLoader(dataset, batch_size=4, num_workers=n,
-                                                  worker_init_fn=_one_thread if n else None)))]
-        for n in (0, 2)
-    ]
+    cv2.setNumThreads(2)
+    cv2.warpAffine(np.zeros((512, 512), np.float32), np.eye(2, 3), (512, 512))  # OpenCV's pool running before the fork
+    batches = [[t.clone() for t in next(iter(crop_loader(dataset, 4, workers=n, timeout=60)))] for n in (0, 2)]
     for a, b in zip(*batches, strict=True):
         assert torch.equal(a, b)
     dataset.set_epoch(3)
-    assert not torch.equal(next(iter(DataLoader(dataset, batch_size=4)))[0], batches[0][0])
+    assert not torch.equal(next(iter(crop_loader(dataset, 4)))[0], batches[0][0])

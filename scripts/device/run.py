@@ -108,10 +108,10 @@ def main() -> int:
     device = os.environ.get("DEVICE", "cuda")
     limit = float(os.environ.get("LIMIT_S", 520))
     procs = []
+    import yaml  # after install_wheels: the machine's own PyYAML
+
     for path in RECIPES:
         cfg = recipe(path, smoke=(mode == "smoke"))
-        import yaml
-
         run = Path(yaml.safe_load(cfg.read_text())["out"])
         log = Path("/tmp") / f"{run.name}.log"
         cmd = [sys.executable, "-m", "nucleiseg.cli.main", "train", "--config", str(cfg), "--device", device, "--quiet"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from nucleiseg.config import AugmentConfig, ExtraDataConfig, NormalizeConfig, TargetConfig
@@ -330,6 +330,27 @@ class CropDataset(Dataset):
             torch.from_numpy(target),
             torch.from_numpy(weight),
         )
+
+
+def crop_loader(
+    dataset: CropDataset, batch_size: int, workers: int = 0, pin_memory: bool = False, timeout: float = 0
+) -> DataLoader:
+    """Batches of ``dataset`` in index order, made by ``workers`` forked processes (0: in this one).
+
+    ``timeout`` (seconds, workers only; 0: none) turns a stuck worker into an error.
+
+    With workers, OpenCV is first set to one thread in this process: its thread pool does not
+    survive a fork, and a worker forked while the pool was running hangs at its first OpenCV call
+    (seen in the test suite after other tests had used OpenCV). The workers are the parallelism.
+    """
+    if workers:
+        import cv2
+
+        cv2.setNumThreads(1)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=True, pin_memory=pin_memory,
+        timeout=timeout if workers else 0,
+    )
 
 
 def sample_style_clusters(samples: list[TrainingSample], n_clusters: int = 4) -> np.ndarray:

@@ -31,6 +31,7 @@ from nucleiseg.training.checkpoint import (
 from nucleiseg.training.data import (
     CropDataset,
     available_ids,
+    crop_loader,
     load_extra_samples,
     load_samples,
     sampling_summary,
@@ -46,13 +47,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _one_thread(_worker_id: int) -> None:
-    """Keep each crop-making process to one OpenCV thread (the workers are the parallelism)."""
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -244,10 +238,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         train_samples, cfg.crop_size, cfg.targets, cfg.augment, steps * cfg.batch_size,
         gap_weight=cfg.loss.gap_weight, oversample=cfg.oversample, seed=cfg.seed,
     )
-    loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers, drop_last=True,
-        worker_init_fn=_one_thread if cfg.workers else None, pin_memory=device.startswith("cuda"),
-    )
+    loader = crop_loader(dataset, cfg.batch_size, cfg.workers, pin_memory=device.startswith("cuda"))
 
     model = create_model(bundle.model.arch, bundle.model.in_channels, bundle.model.out_channels, **bundle.model.params)
     model.to(device=device, memory_format=torch.channels_last)  # 10-40 % faster on CPU and GPU
