@@ -27,7 +27,6 @@ from nucleiseg.models.unet import UNet
 from nucleiseg.models.unetpp import UNetPlusPlus
 
 
-
 def ensemble(in_channels: int = 3, out_channels: int = 3, *, members: Sequence[dict[str, Any]] = ()) -> Ensemble:
     """An :class:`~nucleiseg.models.ensemble.Ensemble` of ``members``, each ``{"arch", "params"}``."""
     if not members:

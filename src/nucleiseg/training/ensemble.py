@@ -30,7 +30,8 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, names: Sequence[s
     first member's inference and post-processing settings, to be re-tuned with
     ``nucleiseg validate --tune``), ``weights.safetensors`` (every member's weights under
     ``members.<i>.``), the common ``split.json``, the first member's ``train.json`` and
-    ``size_model.json`` (if any), and ``report.json`` whose ``members`` name each member with
+    ``size_model.json`` (if any: fitted on that member's probes, not the ensemble's; refit it with
+    ``python -m nucleiseg.inference.size_fit --model OUT`` where that matters), and ``report.json`` whose ``members`` name each member with
     the hash of its weights, its architecture, its recipe (``train.json``) and its training
     report (for the model card).
 
