@@ -6,7 +6,8 @@ every recipe for a few steps; ``python3 scripts/device/run.py train`` runs them 
 by side on the one GPU (each with ``WORKERS`` crop processes, default 7, for ``MINUTES``,
 default the recipe's; ``RECIPES``, comma-separated, names other recipes), and leaves one ``<run>.tar`` per run in ``$OUT`` (weights, configs,
 split, report, metrics, log). BBBC039 joins the training data when its part was unpacked on
-this machine (by this call or an earlier one that the machine kept).
+this machine (by this call or an earlier one, into ``DATA`` under /tmp, which a warm machine
+keeps).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import time
 from pathlib import Path
 
 RECIPES = os.environ.get("RECIPES", "configs/default_gpu.yaml,configs/unet32_gpu.yaml").split(",")
-DATA = Path(".devdata")
+#: Outside the repository: a warm machine kept /tmp between calls (the carried wheels' install was
+#: found again) but not the repository's ignored folders (data unpacked there in one call was gone
+#: in the next), so each part unpacked here survives for the next call while the machine is warm.
+DATA = Path(os.environ.get("DEVDATA", "/tmp/devdata"))
 SITE = Path("/tmp/site")
 
 

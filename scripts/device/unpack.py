@@ -1,8 +1,8 @@
 """Turn a ``pack.py`` folder back into the usual layouts (on the GPU machine).
 
-``python scripts/device/unpack.py .devpack_dsb .devdata`` writes
-``.devdata/dsb2018/stage1_train/<id>/images/<id>.png`` and one binary mask PNG per nucleus
-under ``<id>/masks/``; ``.devpack_bbbc039`` becomes ``.devdata/bbbc039/{images,masks}/<name>.tif``.
+``python scripts/device/unpack.py .devpack_dsb DEST`` writes
+``DEST/dsb2018/stage1_train/<id>/images/<id>.png`` and one binary mask PNG per nucleus
+under ``<id>/masks/``; ``.devpack_bbbc039`` becomes ``DEST/bbbc039/{images,masks}/<name>.tif``.
 ``--check ROOT`` compares every unpacked image and label image with the originals under ROOT
 (run here, where the originals are).
 """
