@@ -13,7 +13,10 @@ are over the limit), the BBBC039 part first.
   of 2**N ADU first; default 0, lossless), its labels exactly. Its held-out images are left out.
 
 Usage: ``python scripts/device/pack.py dsb`` and ``python scripts/device/pack.py bbbc039``
-(a few minutes on 2 cores), then carry the folder.
+(a few minutes on 2 cores), then carry the folder. ``--shard K/N`` writes every N-th image
+from the K-th into ``.devpack_<part>_KofN`` (a part too large for one call travels as N shards,
+one per call, all unpacked into the same place; ``run.py`` trains only when every DSB image is
+there, since a partial set would change the validation split).
 """
 
 from __future__ import annotations
@@ -82,17 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bbbc", default="../shared/data/external/bbbc039")
     p.add_argument("--bbbc-shift", type=int, default=0)
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--shard", default="1/1", help="K/N: the K-th of N interleaved shards (default 1/1: all)")
     args = p.parse_args(argv)
-    out = Path(f".devpack_{args.part}")
+    k, n = (int(v) for v in args.shard.split("/"))
+    if not 1 <= k <= n:
+        p.error(f"--shard {args.shard}: need 1 <= K <= N")
+    out = Path(f".devpack_{args.part}" if n == 1 else f".devpack_{args.part}_{k}of{n}")
     out.mkdir(parents=True, exist_ok=True)
     with Pool(args.processes) as pool:
         if args.part == "dsb":
-            entries = pool.map(_dsb_one, [(d, out) for d in list_samples(args.dsb)], chunksize=4)
+            items = list_samples(args.dsb)
+            entries = pool.map(_dsb_one, [(d, out) for d in items[k - 1::n]], chunksize=4)
         else:
             held = set(bbbc039_heldout())
             items = [it for it in discover_inputs(args.bbbc) if it.image_path.stem not in held and it.id not in held]
-            entries = pool.map(_bbbc_one, [(it, out, args.bbbc_shift) for it in items], chunksize=4)
-    (out / "manifest.json").write_text(json.dumps({"part": args.part, "entries": entries}, indent=0))
+            entries = pool.map(_bbbc_one, [(it, out, args.bbbc_shift) for it in items[k - 1::n]], chunksize=4)
+    manifest = {"part": args.part, "total": len(items), "entries": entries}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=0))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {len(entries)} images, {size / 2**20:.1f} MiB")
     return 0

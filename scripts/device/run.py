@@ -49,12 +49,21 @@ def install_wheels() -> None:
 
 
 def unpack_parts() -> None:
-    """Unpack each travelled part once (a marker file records it)."""
-    for pack, dest in ((".devpack_bbbc039", DATA), (".devpack_dsb", DATA), (".devpack_smoke", DATA / "smoke")):
-        marker = DATA / f"{pack}.done"
-        if Path(pack, "manifest.json").exists() and not marker.exists():
-            sh([sys.executable, "scripts/device/unpack.py", pack, str(dest)])
-            marker.touch()
+    """Unpack each travelled part or shard once (a marker file records it)."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    for pack in sorted(Path(".").glob(".devpack_*")):
+        marker = DATA / f"{pack.name}.done"
+        if (pack / "manifest.json").exists() and not marker.exists():
+            dest = DATA / "smoke" if pack.name == ".devpack_smoke" else DATA
+            sh([sys.executable, "scripts/device/unpack.py", str(pack), str(dest)])
+            marker.write_text((pack / "manifest.json").read_text())
+
+
+def unpacked(part: str) -> tuple[int, int]:
+    """Images of ``part`` unpacked on this machine so far, and how many the whole part has."""
+    manifests = [json.loads(m.read_text()) for m in DATA.glob(".devpack_*.done") if m.read_text().strip()]
+    mine = [m for m in manifests if m["part"] == part and "total" in m]
+    return sum(len(m["entries"]) for m in mine), max((m["total"] for m in mine), default=0)
 
 
 def recipe(path: str, smoke: bool) -> Path:
@@ -65,7 +74,9 @@ def recipe(path: str, smoke: bool) -> Path:
     root = DATA / "smoke" if smoke else DATA
     cfg["data"] = str(root / "dsb2018" / "stage1_train")
     bbbc = DATA / "bbbc039"
-    if (DATA / ".devpack_bbbc039.done").exists():
+    if not smoke and unpacked("dsb")[0] < unpacked("dsb")[1]:
+        raise SystemExit(f"only {unpacked('dsb')[0]} of {unpacked('dsb')[1]} DSB images unpacked here: carry the other shards first")
+    if (bbbc / "images").is_dir():
         for extra in cfg.get("extra_data", []):
             extra["path"] = str(bbbc)
     else:
