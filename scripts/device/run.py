@@ -74,8 +74,9 @@ def recipe(path: str, smoke: bool) -> Path:
     root = DATA / "smoke" if smoke else DATA
     cfg["data"] = str(root / "dsb2018" / "stage1_train")
     bbbc = DATA / "bbbc039"
-    if not smoke and unpacked("dsb")[0] < unpacked("dsb")[1]:
-        raise SystemExit(f"only {unpacked('dsb')[0]} of {unpacked('dsb')[1]} DSB images unpacked here: carry the other shards first")
+    have, total = unpacked("dsb")
+    if not smoke and have < total:
+        raise SystemExit(f"only {have} of {total} DSB images unpacked here: carry the other shards first")
     if (bbbc / "images").is_dir():
         for extra in cfg.get("extra_data", []):
             extra["path"] = str(bbbc)

@@ -29,8 +29,6 @@ from nucleiseg.models.unetpp import UNetPlusPlus
 
 def ensemble(in_channels: int = 3, out_channels: int = 3, *, members: Sequence[dict[str, Any]] = ()) -> Ensemble:
     """An :class:`~nucleiseg.models.ensemble.Ensemble` of ``members``, each ``{"arch", "params"}``."""
-    if not members:
-        raise ValueError("ensemble: members must list at least 2 models ({'arch': ..., 'params': {...}})")
     built = []
     for member in members:
         if not isinstance(member, dict) or member.get("arch") == "ensemble":

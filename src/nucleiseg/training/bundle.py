@@ -93,30 +93,22 @@ def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluat
             r = evaluation[key]
             rows.append(f"| {label} | {r['val_score']:.4f} | {r['val_ap50']:.4f} | {r['val_f1']:.4f} | {r['val_mean_iou_seed']:.4f} |")
     model = train.get("model", {})
-    if report.get("members"):  # an ensemble (nucleiseg ensemble): one line per member
-        model = {"arch": "ensemble", "params": {"members": len(report["members"])}}
-        trained_on = trained_on or (
-            f"The mean of the probabilities of {len(report['members'])} models, each listed below; validation split of "
+    members = report.get("members")  # an ensemble (nucleiseg ensemble): one line per member
+    if members:
+        model = {"arch": "ensemble", "params": {"members": len(members)}}
+        trained_on = trained_on if trained_on is not None else (
+            f"The mean of the probabilities of {len(members)} models, each listed below; validation split of "
             f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})`, "
             "the same for every member (`split.json`)."
         )
-    elif trained_on is None:
-        trained_on = (
+        training = "\n".join(_member_line(i, m) for i, m in enumerate(members))
+    else:
+        trained_on = trained_on if trained_on is not None else (
             f"Trained on DSB 2018 stage1_train (CC0), {report['n_train']} images{_extra_data(train, report)}; validation split of "
             f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})` "
             f"(`split.json` of the run). Recipe: `configs/{name}.yaml` (`train.json` here)."
         )
-    if report.get("members"):
-        training = "\n".join(_member_line(i, m) for i, m in enumerate(report["members"]))
-    elif report:
-        where = f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads), torch {report['torch']}"
-        avg = report.get("average")  # TrainConfig.average_from: the weights are the mean of the last epochs
-        training = (f"- Training: {report['epochs_run']} epochs, best at epoch {report['best_epoch']}, {where}." if not avg else
-                    f"- Training: {report['epochs_run']} epochs, {where}; the weights are the average of the last "
-                    f"{avg['epochs']} epochs (validation {avg['val']['val_score']:.4f} on {report['n_val_per_epoch']} images; "
-                    f"best single epoch {avg['best_epoch']}: {avg['best_val_score']:.4f}).")
-    else:
-        training = "- Training was stopped before it wrote its report; the weights are those of the best epoch so far."
+        training = _training_line(report)
     validation = [
         "| setting | competition score | AP@0.5 | F1@0.5 | mean IoU (seed) |",
         "|---|---|---|---|---|",
@@ -143,6 +135,19 @@ def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluat
         limits,
         "",
     ])
+
+
+def _training_line(report: dict[str, Any]) -> str:
+    """The training line of a trained run's model card (its ``report.json``; empty: stopped early)."""
+    if not report:
+        return "- Training was stopped before it wrote its report; the weights are those of the best epoch so far."
+    where = f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads), torch {report['torch']}"
+    avg = report.get("average")  # TrainConfig.average_from: the weights are the mean of the last epochs
+    if not avg:
+        return f"- Training: {report['epochs_run']} epochs, best at epoch {report['best_epoch']}, {where}."
+    return (f"- Training: {report['epochs_run']} epochs, {where}; the weights are the average of the last "
+            f"{avg['epochs']} epochs (validation {avg['val']['val_score']:.4f} on {report['n_val_per_epoch']} images; "
+            f"best single epoch {avg['best_epoch']}: {avg['best_val_score']:.4f}).")
 
 
 def _member_line(index: int, member: dict[str, Any]) -> str:

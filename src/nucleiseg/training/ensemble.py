@@ -17,6 +17,7 @@ from typing import Any
 
 from nucleiseg.config import ModelBundleConfig, ModelConfig, load_json, save_json, to_dict
 from nucleiseg.io.atomic import atomic_write_text
+from nucleiseg.models.ensemble import Ensemble
 from nucleiseg.training.checkpoint import file_hash, load_model, save_weights
 
 #: Settings every member must share (fields of ModelBundleConfig).
@@ -30,10 +31,10 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, names: Sequence[s
     first member's inference and post-processing settings, to be re-tuned with
     ``nucleiseg validate --tune``), ``weights.safetensors`` (every member's weights under
     ``members.<i>.``), the common ``split.json``, the first member's ``train.json`` and
-    ``size_model.json`` (if any: fitted on that member's probes, not the ensemble's; refit it with
-    ``python -m nucleiseg.inference.size_fit --model OUT`` where that matters), and ``report.json`` whose ``members`` name each member with
-    the hash of its weights, its architecture, its recipe (``train.json``) and its training
-    report (for the model card).
+    ``size_model.json`` (if any: fitted on that member's probes, not the ensemble's; refit it
+    with ``python -m nucleiseg.inference.size_fit --model OUT`` where that matters), and
+    ``report.json`` whose ``members`` name each member with the hash of its weights, its
+    architecture, its recipe (``train.json``) and its training report (for the model card).
 
     Raises
     ------
@@ -41,25 +42,24 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, names: Sequence[s
         Fewer than two runs, or runs that differ in normalisation, targets, channels or
         validation split.
     """
-    from nucleiseg.models.ensemble import Ensemble
-
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
         raise ValueError(f"an ensemble needs at least 2 run folders, got {len(runs)}")
+    names = [str(r) for r in runs] if names is None else [str(n) for n in names]
+    if len(names) != len(runs):
+        raise ValueError(f"{len(names)} names for {len(runs)} runs")
     configs = [load_json(ModelBundleConfig, r / "config.json") for r in runs]
     first = configs[0]
     for run, cfg in zip(runs[1:], configs[1:], strict=True):
         for key in _SAME:
             if to_dict(getattr(cfg, key)) != to_dict(getattr(first, key)):
                 raise ValueError(f"{run}: {key} differs from {runs[0]}'s; members must be trained for the same input and targets")
-        if (cfg.model.in_channels, cfg.model.out_channels) != (first.model.in_channels, first.model.out_channels):
-            raise ValueError(f"{run}: channels differ from {runs[0]}'s")
     splits = [json.loads((r / "split.json").read_text()) for r in runs]
     if any(s["val"] != splits[0]["val"] for s in splits[1:]):
         raise ValueError("the runs were validated on different splits; tuning the ensemble would see training images")
 
     members = [load_model(cfg.model, r / "weights.safetensors") for r, cfg in zip(runs, configs, strict=True)]
-    model = Ensemble(members)
+    model = Ensemble(members)  # refuses members of other channel counts, before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     params: dict[str, Any] = {"members": [{"arch": c.model.arch, "params": dict(c.model.params)} for c in configs]}
@@ -75,9 +75,6 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, names: Sequence[s
     for name in ("split.json", "train.json", "size_model.json"):
         if (runs[0] / name).exists():
             shutil.copyfile(runs[0] / name, out / name)
-    names = [str(r) for r in runs] if names is None else [str(n) for n in names]
-    if len(names) != len(runs):
-        raise ValueError(f"{len(names)} names for {len(runs)} runs")
     record = {"members": [_member(r, c, n) for r, c, n in zip(runs, configs, names, strict=True)]}
     atomic_write_text(out / "report.json", json.dumps(record, indent=1))
     return out
