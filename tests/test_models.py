@@ -64,6 +64,7 @@ def test_forward_backward_any_size(name: str, shape: tuple[int, int, int, int], 
     ("name", "extra"),
     [
         ("unet", {"upsample": "bilinear", "batch_norm": False}),
+        ("unet", {"stem": 2}),
         ("unetpp", {"deep_supervision": True, "batch_norm": False}),
         ("linknet", {"encoder_depth": 34}),
         ("hrnet", {"stem_stride": 4, "num_blocks": 2}),
@@ -139,6 +140,7 @@ def test_unknown_parameter_is_rejected(name: str) -> None:
         ("unet", {"depth": 1}, "depth must be in"),
         ("unet", {"upsample": "nearest"}, "upsample must be one of"),
         ("unet", {"dropout": 1.5}, "dropout must be in"),
+        ("unet", {"stem": 0}, "stem must be in"),
         ("unetpp", {"head": 0}, "deep_supervision=True"),
         ("unetpp", {"deep_supervision": True, "head": 5}, "head must be in"),
         ("linknet", {"encoder_depth": 50}, "encoder_depth must be one of"),
@@ -159,6 +161,26 @@ def test_invalid_channels_and_input() -> None:
     model = small("unet", in_channels=1).eval()
     with pytest.raises(ValueError, match=r"expected input of shape \(B, 1, H, W\)"):
         model(torch.zeros(1, 3, 16, 16))
+
+
+def test_unet_stem_runs_at_reduced_resolution() -> None:
+    """``stem=2``: no layer sees the full resolution, the logits are put back pixel for pixel."""
+    plain, stem = create_model("unet", depth=3, base_channels=4), create_model("unet", depth=3, base_channels=4, stem=2)
+    assert (plain.stride, stem.stride) == (4, 8)
+    assert "unshuffle" not in "".join(plain.state_dict())  # a stem of 1 keeps the old state dict
+    seen: list[tuple[int, int]] = []
+    for conv in (m for m in stem.modules() if isinstance(m, torch.nn.Conv2d)):
+        conv.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[-2:])))
+    y = stem.eval()(torch.randn(1, 3, 32, 48))
+    assert y.shape == (1, 3, 32, 48)
+    assert max(seen) == (16, 24)
+    head = stem.head
+    with torch.no_grad():  # a head that outputs channel c*4 + k at every half-res pixel
+        head.weight.zero_()
+        head.bias.copy_(torch.arange(12, dtype=torch.float32))
+        y = stem(torch.randn(1, 3, 32, 48))
+    assert y[0, 1, 0, 0] == 4 and y[0, 1, 0, 1] == 5 and y[0, 1, 1, 0] == 6 and y[0, 1, 1, 1] == 7
+    assert torch.equal(y[0, 1, 2:4, 2:4], y[0, 1, 0:2, 0:2])
 
 
 def test_unetpp_deep_supervision_train_and_eval() -> None:

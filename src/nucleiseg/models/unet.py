@@ -29,6 +29,12 @@ class UNet(SegmentationModel):
         ``Dropout2d`` probability at the end of the contracting path (0 disables).
     upsample : {"transpose", "bilinear"}
         2x2 transposed convolutions (original) or bilinear resize + 1x1 convolution.
+    stem : int
+        Space-to-depth factor before the encoder (1: none). With ``stem=2`` every 2x2 block of
+        pixels becomes one pixel of ``4 * in_channels`` channels, the U-Net runs at half
+        resolution and the head's ``4 * out_channels`` logits are put back in place
+        (``PixelShuffle``): no layer runs at full resolution, where a U-Net spends much of its
+        CPU time. ``stride`` becomes ``stem * 2**(depth-1)``.
     weights_path : str, optional
         Local safetensors file with the encoder's weights (see ``load_encoder_weights``).
     """
@@ -43,6 +49,7 @@ class UNet(SegmentationModel):
         batch_norm: bool = True,
         dropout: float = 0.0,
         upsample: str = "transpose",
+        stem: int = 1,
         weights_path: str | Path | None = None,
     ) -> None:
         super().__init__()
@@ -50,15 +57,19 @@ class UNet(SegmentationModel):
         check_int("base_channels", base_channels, 1)
         check_float("dropout", dropout, 0.0, 1.0)
         check_choice("upsample", upsample, UPSAMPLE_MODES)
+        check_int("stem", stem, 1, 4)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.stride = 2 ** (depth - 1)
-        self.encoder = PlainEncoder(in_channels, depth, base_channels, bool(batch_norm), dropout)
+        self.stride = stem * 2 ** (depth - 1)
+        # Parameter-free, so a stem of 1 leaves the state dict as it always was.
+        self.unshuffle = nn.PixelUnshuffle(stem) if stem > 1 else nn.Identity()
+        self.shuffle = nn.PixelShuffle(stem) if stem > 1 else nn.Identity()
+        self.encoder = PlainEncoder(in_channels * stem**2, depth, base_channels, bool(batch_norm), dropout)
         skips = self.encoder.out_channels
         self.decoder = UNetDecoder(skips, skips[-2::-1], upsample, bool(batch_norm))
-        self.head = nn.Conv2d(self.decoder.out_channels, out_channels, 1)
+        self.head = nn.Conv2d(self.decoder.out_channels, out_channels * stem**2, 1)
         if weights_path is not None:
             load_encoder_weights(self.encoder, weights_path)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for an input whose sides divide by ``stride``."""
-        return self.head(self.decoder(self.encoder(x)))
+        return self.shuffle(self.head(self.decoder(self.encoder(self.unshuffle(x)))))
