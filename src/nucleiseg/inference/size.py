@@ -3,7 +3,8 @@
 The network was trained on nuclei of about ``infer.target_diameter`` pixels; far from that size
 it shatters big nuclei into pieces and merges tiny ones, so measuring the objects of one native
 pass says little about their true size. Instead the estimator *probes* the image at the zooms
-:data:`ZOOMS` (1, 1/2, 1/4, 1/8): at zoom ``z`` it takes the central region of side
+the size model's zooms (:data:`ZOOMS` for new fits: 1, 1/4, 1/8; files fitted before carry their own,
+such as 1, 1/2, 1/4, 1/8): at zoom ``z`` it takes the central region of side
 ``view / z`` pixels (the whole image when smaller), shrinks it by ``z`` so the network sees at
 most ``view x view`` pixels, and summarises the probabilities with cheap statistics
 (:func:`view_stats`: connected components of the foreground and of the marker map, mean
@@ -12,11 +13,11 @@ one-hidden-layer MLP or a linear ridge, fitted by :mod:`nucleiseg.inference.size
 as ``size_model.json`` beside the weights, evaluated with numpy) maps those statistics to the
 logarithm of the median nucleus diameter in input pixels.
 
-The probe costs a bounded number of network pixels (at most three ``view x view`` views plus
-the zoom-1 view), whatever the image size. A *gate* (:meth:`SizeModel.gate_diameter`) ends the
+The probe costs a bounded number of network pixels (at most one ``view x view`` view per
+coarse zoom plus the zoom-1 view), whatever the image size. A *gate* (:meth:`SizeModel.gate_diameter`) ends the
 probe after the zoom-1 view when that view already shows enough confident objects of about the
 training size (most ordinary images): the image is then segmented at native scale and the
-three coarser views are never computed. When the image has at most :data:`WHOLE_PIXELS`
+coarser views are never computed. When the image has at most :data:`WHOLE_PIXELS`
 pixels, the zoom-1 view is the whole image, so when the estimate says "native scale" the
 segmenter reuses those probabilities instead of predicting them twice. Measured accuracy and
 cost: ``docs/size_estimation.md``.
@@ -52,8 +53,11 @@ __all__ = [
 
 #: File name of a fitted size model inside a model folder.
 SIZE_MODEL_FILE = "size_model.json"
-#: Zooms the image is probed at, largest first.
-ZOOMS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+#: Zooms a newly fitted size model probes the image at, largest first (zoom 1 must come first:
+#: the gate reads it, and its whole-image view is reused). Chosen with ``benchmarks/size_zooms.py``:
+#: dropping the 1/2 view of (1, 1/2, 1/4, 1/8) was as accurate on the validation zooms and cuts
+#: the coarse views of a 256 x 256 image from 0.33 to 0.08 of its pixels.
+ZOOMS: tuple[float, ...] = (1.0, 0.25, 0.125)
 #: Largest side of a view the network sees.
 VIEW = 192
 #: Images with at most this many pixels are probed whole at zoom 1 (the pass can be reused).
@@ -98,7 +102,7 @@ def busiest_centre(norm: np.ndarray, side: int) -> tuple[int, int]:
     Structure is the mean absolute difference from the image's median intensity (per channel),
     on a copy subsampled to at most ~512 px a side: flat background (empty glass, an empty well
     centre, dark space around cells) scores low, nuclei high. The size probe centres its views
-    there when its central zoom-1 and zoom-1/2 views showed no object; ``side`` is its smallest view's region,
+    there when its two finest central views (zoom 1 and the next) showed no object; ``side`` is its smallest view's region,
     so the point lies among the nuclei and the larger views around it hold them too.
     """
     h, w = norm.shape[:2]
@@ -375,8 +379,8 @@ def estimate_size(norm: np.ndarray, predict: ProbFn, model: SizeModel) -> SizeEs
     Returns
     -------
     SizeEstimate
-        The diameter is clipped to 1 .. 4 times the image's longer side. When the views at zoom
-        1 and 1/2 of an image larger than the coarsest view's region show no object, the views
+        The diameter is clipped to 1 .. 4 times the image's longer side. When the two finest views
+        (zoom 1 and the next) of an image larger than the coarsest view's region show no object, the views
         are taken once more around :func:`busiest_centre`, and kept when more of them see
         objects (or the gate opens).
     """

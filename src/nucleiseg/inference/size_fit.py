@@ -11,7 +11,9 @@ statistics of the zoomed image. Reproducible::
 
     python -m nucleiseg.inference.size_fit --model default
 
-(fixed seed; a few CPU minutes). ``--cache`` keeps the probe statistics so refits are instant.
+(fixed seed; a few CPU minutes). ``--zooms`` sets the probe's zooms (default
+:data:`~nucleiseg.inference.size.ZOOMS`; ``benchmarks/size_zooms.py`` compares sets).
+``--cache`` keeps the probe statistics so refits are instant.
 The gate that lets ordinary images skip the coarse views (:meth:`SizeModel.gate_diameter`) is
 then chosen on the model's DSB validation images zoomed x1/3 .. x6, as post-processing thresholds
 are chosen on the validation split (:func:`choose_gate`; ``--no-gate`` leaves it off;
@@ -28,6 +30,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +124,17 @@ def probe_function(segmenter: Segmenter) -> Callable[[np.ndarray], np.ndarray]:
     )
 
 
+def parse_zooms(text: str) -> tuple[float, ...]:
+    """``"1,1/4,1/8"`` -> ``(1.0, 0.25, 0.125)``: comma-separated decimals or fractions, zoom 1 first, then decreasing."""
+    try:
+        zooms = tuple(float(Fraction(part.strip())) for part in text.split(","))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"zooms must be numbers like 1,1/4,1/8, got {text!r}") from exc
+    if zooms[0] != 1.0 or any(not 0 < b < a for a, b in zip(zooms, zooms[1:], strict=False)):
+        raise argparse.ArgumentTypeError(f"zooms must start with 1 and decrease, all above 0, got {text!r}")
+    return zooms
+
+
 def random_zooms(rng: np.random.Generator, k: int, zoom_range: tuple[float, float] = ZOOM_RANGE) -> list[float]:
     """``k`` zooms drawn log-uniformly from ``zoom_range``."""
     lo, hi = math.log(zoom_range[0]), math.log(zoom_range[1])
@@ -168,14 +182,14 @@ def collect(
     return out
 
 
-def validation_samples(segmenter: Segmenter, model_dir: Path, max_side: int = MAX_SIDE) -> dict[str, list]:
+def validation_samples(segmenter: Segmenter, model_dir: Path, max_side: int = MAX_SIDE, zooms: Sequence[float] = ZOOMS) -> dict[str, list]:
     """Probe statistics of the model's DSB validation images at :data:`CHECK_ZOOMS` (central crops).
 
     The protocol of ``benchmarks/size_estimation.py``; the gate is chosen on these, as the
     post-processing thresholds are chosen on the validation split.
     """
     val = json.loads((model_dir / "split.json").read_text())["val"]
-    return collect(segmenter, dsb_images(val), lambda key: CHECK_ZOOMS, None, max_side=max_side)
+    return collect(segmenter, dsb_images(val), lambda key: CHECK_ZOOMS, None, zooms=zooms, max_side=max_side)
 
 
 def training_samples(model_dir: Path) -> tuple[list[str], list[str]]:
@@ -249,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=1.0, help="ridge penalty (standardised inputs)")
     ap.add_argument("--hidden", type=int, default=32, help="hidden units of the mlp")
     ap.add_argument("--max-side", type=int, default=MAX_SIDE)
+    ap.add_argument("--zooms", type=parse_zooms, default=ZOOMS,
+                    help="zooms the probe looks at, zoom 1 first, e.g. 1,1/4,1/8 (default: %(default)s; "
+                         "ignored with --gate-only and --calibrate-only, which keep the folder's)")
     ap.add_argument("--no-gate", action="store_true", help="always probe every zoom (no early stop after the zoom-1 view)")
     ap.add_argument("--gate-only", action="store_true", help="keep the folder's fitted size_model.json and choose only its gate")
     ap.add_argument("--no-calibrate", action="store_true", help="leave the log offset at 0 (no out-of-fold calibration)")
@@ -266,13 +283,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gate_only or args.calibrate_only:
         model = SizeModel.load(folder / SIZE_MODEL_FILE)
     else:
-        model = _fit(args, _training_data(args, folder, segmenter, cached), segmenter.config.infer.target_diameter, argv)
+        model = _fit(args, _training_data(args, folder, segmenter, cached, args.zooms), segmenter.config.infer.target_diameter, argv)
     if args.calibrate_only or not (args.gate_only or args.no_calibrate):
-        _calibrate(args, model, _training_data(args, folder, segmenter, cached), argv)
+        _calibrate(args, model, _training_data(args, folder, segmenter, cached, model.zooms), argv)
     if not args.no_gate:
+        _check_cache(cached, "val_stats", model.zooms)
         if "val_stats" not in cached:
             print("probing the validation images for the gate", file=sys.stderr)
-            val = validation_samples(segmenter, folder, args.max_side)
+            val = validation_samples(segmenter, folder, args.max_side, model.zooms)
             cached.update(val_stats=np.stack(val["stats"]), val_true=np.array(val["true"]))
         tolerance = segmenter.config.infer.rescale_tolerance  # a gated image is segmented at native scale
         model.meta["gate"] = choose_gate(model, cached["val_stats"], np.log(cached["val_true"]), max_band=tolerance)
@@ -286,8 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _training_data(args: argparse.Namespace, folder: Path, segmenter: Segmenter, cached: dict[str, np.ndarray]) -> dict[str, list]:
-    """Probe statistics of the randomly zoomed training images (read from, and added to, ``cached``)."""
+def _training_data(
+    args: argparse.Namespace, folder: Path, segmenter: Segmenter, cached: dict[str, np.ndarray], zooms: Sequence[float],
+) -> dict[str, list]:
+    """Probe statistics at ``zooms`` of the randomly zoomed training images (read from, and added to, ``cached``)."""
+    _check_cache(cached, "stats", zooms)
     if "stats" in cached:
         return {"ids": list(cached["ids"]), "zoom": list(cached["zoom"]), "true": list(cached["true"]), "stats": list(cached["stats"])}
     dsb, bbbc = training_samples(folder)
@@ -298,14 +319,21 @@ def _training_data(args: argparse.Namespace, folder: Path, segmenter: Segmenter,
         k = {"dsb": args.dsb_zooms, "tissue": args.tissue_zooms}.get(key.split("/")[0], args.bbbc_zooms)
         return random_zooms(rng, k)
 
-    data = collect(segmenter, dsb_images(dsb), zooms_for, rng, max_side=args.max_side)
-    more = collect(segmenter, bbbc039_images(bbbc), zooms_for, rng, max_side=args.max_side)
+    data = collect(segmenter, dsb_images(dsb), zooms_for, rng, zooms, args.max_side)
+    more = collect(segmenter, bbbc039_images(bbbc), zooms_for, rng, zooms, args.max_side)
     data = {k: data[k] + more[k] for k in data}
     if args.tissue_zooms > 0:
-        more = collect(segmenter, tissue_images(dsb, rng), zooms_for, rng, max_side=args.max_side)
+        more = collect(segmenter, tissue_images(dsb, rng), zooms_for, rng, zooms, args.max_side)
         data = {k: data[k] + more[k] for k in data}
     cached.update(ids=np.array(data["ids"]), zoom=np.array(data["zoom"]), true=np.array(data["true"]), stats=np.stack(data["stats"]))
     return data
+
+
+def _check_cache(cached: dict[str, np.ndarray], key: str, zooms: Sequence[float]) -> None:
+    """Stop with a clear message when cached probe statistics were taken at a different number of zooms."""
+    if key in cached and cached[key].shape[1] != len(zooms):
+        raise SystemExit(f"error: the --cache file holds {key} of {cached[key].shape[1]} zooms, this fit probes "
+                         f"{len(zooms)}; use another cache file")
 
 
 def _samples(data: dict[str, list], zooms: Sequence[float], target: float) -> tuple[np.ndarray, np.ndarray]:
@@ -323,9 +351,9 @@ def _regression(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray], 
 
 def _fit(args: argparse.Namespace, data: dict[str, list], target: float, argv: Sequence[str] | None) -> SizeModel:
     """The regression fitted on the training samples, with its settings and provenance."""
-    x, y = _samples(data, ZOOMS, target)
+    x, y = _samples(data, args.zooms, target)
     model = _regression(args)(x, y)
-    model.zooms, model.target, model.view, model.whole_pixels = list(ZOOMS), target, VIEW, WHOLE_PIXELS
+    model.zooms, model.target, model.view, model.whole_pixels = list(args.zooms), target, VIEW, WHOLE_PIXELS
     model.meta = {
         "command": _command(argv),
         "kind": args.kind, "seed": args.seed, "samples": len(y),
