@@ -74,7 +74,8 @@ def main() -> int:
     ap.add_argument("--cache", default=str(ROOT / "out" / "accuracy_suite"), help="zoomed copies (shared with the accuracy suite)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "large_nuclei.json"))
     args = ap.parse_args()
-    result = {"command": "python benchmarks/large_nuclei.py " + " ".join(sys.argv[1:]),
+    shown = [a for a, prev in zip(sys.argv[1:], [""] + sys.argv[1:]) if a != "--out" and prev != "--out"]  # no local paths
+    result = {"command": " ".join(["python benchmarks/large_nuclei.py", *shown]),
               **run(args.model, args.zooms, args.min_zooms, Path(args.shared), Path(args.cache))}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for row in result["rows"]:
