@@ -96,3 +96,13 @@ def test_no_seams_in_a_large_mosaic_with_the_default_model():
     assert match.n_true > 200
     assert abs(match.n_true - match.n_pred) <= 0.02 * match.n_true
     assert match.ap50 > 0.97 and match.competition_score > 0.9
+
+
+def test_result_count_is_the_number_of_distinct_nonzero_labels():
+    from nucleiseg.inference.segmenter import Result
+
+    labels = np.array([[0, 3, 3], [7, 7, 0], [0, 0, 12]], np.int32)  # ids need not be consecutive
+    assert Result(labels, None, None, 1.0).count == 3
+    assert Result(np.zeros((4, 4), np.int32), None, None, 1.0).count == 0
+    assert Result(np.zeros((0, 0), np.int32), None, None, 1.0).count == 0
+    assert Result(np.full((2, 2), 5, np.int32), None, None, 1.0).count == 1

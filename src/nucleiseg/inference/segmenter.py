@@ -60,8 +60,10 @@ class Result:
 
     @property
     def count(self) -> int:
-        """Number of nuclei found."""
-        return int(len(np.unique(self.labels)) - (1 if (self.labels == 0).any() else 0))
+        """Number of nuclei found (distinct labels other than 0; counted in linear time, labels are >= 0)."""
+        if self.labels.size == 0:
+            return 0
+        return int(np.count_nonzero(np.bincount(self.labels.ravel())[1:]))
 
 
 class SizeFinding(NamedTuple):
