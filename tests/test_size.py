@@ -427,3 +427,31 @@ def test_estimate_summary_counts_misses_and_missing():
     found = estimate_summary([10.0, 12.0, 5.0, float("nan"), 20.0], [10.0, 10.0, 10.0, 10.0, 10.0])
     assert found == {"n": 5, "within_30pct": 0.4, "median_abs_log": round(float(np.log(2.0)), 4), "missing": 1}
     assert estimate_summary([0.0], [4.0])["missing"] == 1
+
+
+def test_size_fit_also_probe_pools_the_same_samples_from_every_network(make_disks, monkeypatch):
+    """``size_fit --also-probe``: every network probes the same images, zooms and crops."""
+    import argparse
+
+    from nucleiseg.inference import size_fit
+
+    def fake_images(ids, root=None):
+        for i in ids:
+            d = 10.0 + 5 * int(i)
+            image, labels = disks(make_disks, d, n=3)
+            yield f"dsb/{i}" if int(i) < 3 else f"bbbc039/{i}", (image[:, :, 0] * 255).astype(np.uint8), labels
+
+    half = lambda batch: pointwise(batch) * 0.5  # noqa: E731  (a second "network" that sees the same images darker)
+    nets = {"a": segmenter(None, pointwise), "b": segmenter(None, half)}
+    monkeypatch.setattr(size_fit, "training_samples", lambda folder: (["0", "1", "2"], ["3", "4"]))
+    monkeypatch.setattr(size_fit, "dsb_images", fake_images)
+    monkeypatch.setattr(size_fit, "bbbc039_images", fake_images)
+    monkeypatch.setattr(size_fit.Segmenter, "from_pretrained", staticmethod(lambda name: nets[name]))
+    args = argparse.Namespace(seed=3, dsb_zooms=1, bbbc_zooms=2, tissue_zooms=0, max_side=256, also_probe=["b"])
+    data = size_fit._training_data(args, None, nets["a"], {}, ZOOMS)
+    n = 3 * 1 + 2 * 2
+    assert len(data["ids"]) == 2 * n
+    assert data["ids"][:n] == data["ids"][n:] and data["zoom"][:n] == data["zoom"][n:] and data["true"][:n] == data["true"][n:]
+    first, second = np.stack(data["stats"][:n]), np.stack(data["stats"][n:])
+    confidence = STAT_NAMES.index("confidence")
+    assert (first[:, 0, confidence] > second[:, 0, confidence]).all()  # the second network's own statistics

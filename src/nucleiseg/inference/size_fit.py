@@ -13,7 +13,10 @@ statistics of the zoomed image. Reproducible::
 
 (fixed seed; a few CPU minutes). ``--zooms`` sets the probe's zooms (default
 :data:`~nucleiseg.inference.size.ZOOMS`; ``benchmarks/size_zooms.py`` compares sets).
-``--cache`` keeps the probe statistics so refits are instant.
+``--also-probe RUN ...`` lets other networks probe the same training samples too, and the
+regression is fitted on all their statistics: it then carries over better to a network it was
+not fitted on (docs/size_estimation.md, "Which zooms"). ``--cache`` keeps the probe statistics
+so refits are instant.
 The gate that lets ordinary images skip the coarse views (:meth:`SizeModel.gate_diameter`) is
 then chosen on the model's DSB validation images zoomed x1/3 .. x6, as post-processing thresholds
 are chosen on the validation split (:func:`choose_gate`; ``--no-gate`` leaves it off;
@@ -266,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--zooms", type=parse_zooms, default=ZOOMS,
                     help="zooms the probe looks at, zoom 1 first, e.g. 1,1/4,1/8 (default: %(default)s; "
                          "ignored with --gate-only and --calibrate-only, which keep the folder's)")
+    ap.add_argument("--also-probe", nargs="+", default=[], metavar="MODEL",
+                    help="other networks (run folders or bundled names) that probe the same training samples too: "
+                         "the regression is fitted on every network's statistics, which makes it carry over "
+                         "better to a network it was not fitted on (the gate is still chosen on --model's)")
     ap.add_argument("--no-gate", action="store_true", help="always probe every zoom (no early stop after the zoom-1 view)")
     ap.add_argument("--gate-only", action="store_true", help="keep the folder's fitted size_model.json and choose only its gate")
     ap.add_argument("--no-calibrate", action="store_true", help="leave the log offset at 0 (no out-of-fold calibration)")
@@ -312,19 +319,21 @@ def _training_data(
     if "stats" in cached:
         return {"ids": list(cached["ids"]), "zoom": list(cached["zoom"]), "true": list(cached["true"]), "stats": list(cached["stats"])}
     dsb, bbbc = training_samples(folder)
-    print(f"probing {len(dsb)} DSB + {len(bbbc)} BBBC039 training images", file=sys.stderr)
-    rng = np.random.default_rng(args.seed)
+    data: dict[str, list] = {"ids": [], "zoom": [], "true": [], "stats": []}
+    for seg in [segmenter, *(Segmenter.from_pretrained(m) for m in args.also_probe)]:
+        print(f"probing {len(dsb)} DSB + {len(bbbc)} BBBC039 training images with {seg.name}", file=sys.stderr)
+        # The same seed for every network: the same images, zooms and crops, probed by each.
+        rng = np.random.default_rng(args.seed)
 
-    def zooms_for(key: str) -> list[float]:
-        k = {"dsb": args.dsb_zooms, "tissue": args.tissue_zooms}.get(key.split("/")[0], args.bbbc_zooms)
-        return random_zooms(rng, k)
+        def zooms_for(key: str, rng: np.random.Generator = rng) -> list[float]:
+            k = {"dsb": args.dsb_zooms, "tissue": args.tissue_zooms}.get(key.split("/")[0], args.bbbc_zooms)
+            return random_zooms(rng, k)
 
-    data = collect(segmenter, dsb_images(dsb), zooms_for, rng, zooms, args.max_side)
-    more = collect(segmenter, bbbc039_images(bbbc), zooms_for, rng, zooms, args.max_side)
-    data = {k: data[k] + more[k] for k in data}
-    if args.tissue_zooms > 0:
-        more = collect(segmenter, tissue_images(dsb, rng), zooms_for, rng, zooms, args.max_side)
-        data = {k: data[k] + more[k] for k in data}
+        parts = [collect(seg, dsb_images(dsb), zooms_for, rng, zooms, args.max_side),
+                 collect(seg, bbbc039_images(bbbc), zooms_for, rng, zooms, args.max_side)]
+        if args.tissue_zooms > 0:
+            parts.append(collect(seg, tissue_images(dsb, rng), zooms_for, rng, zooms, args.max_side))
+        data = {k: data[k] + [v for part in parts for v in part[k]] for k in data}
     cached.update(ids=np.array(data["ids"]), zoom=np.array(data["zoom"]), true=np.array(data["true"]), stats=np.stack(data["stats"]))
     return data
 
@@ -359,7 +368,8 @@ def _fit(args: argparse.Namespace, data: dict[str, list], target: float, argv: S
         "kind": args.kind, "seed": args.seed, "samples": len(y),
         "data": f"DSB split.json train ids x{args.dsb_zooms} + BBBC039 training ids x{args.bbbc_zooms}"
                 f" + DSB fluorescence training ids rendered as synthetic H&E x{args.tissue_zooms}, "
-                f"random zoom x{ZOOM_RANGE[0]}..x{ZOOM_RANGE[1]} (log-uniform), zoomed sides <= {args.max_side}",
+                f"random zoom x{ZOOM_RANGE[0]}..x{ZOOM_RANGE[1]} (log-uniform), zoomed sides <= {args.max_side}"
+                + (f"; probed by the model and by {', '.join(args.also_probe)}" if args.also_probe else ""),
         "train": _errors(model, x, y),
     }
     return model
