@@ -39,9 +39,7 @@ from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import MIN_VIEW, SizeModel, design, view_box
 from nucleiseg.inference.size_calibration import calibrate_offset, choose_gate, estimate_summary
-from nucleiseg.inference.size_fit import (
-    CHECK_ZOOMS, SEED, bbbc039_images, collect, dsb_images, fit_mlp, random_zooms, training_samples,
-)
+from nucleiseg.inference.size_fit import CHECK_ZOOMS, collect, dsb_images, fit_mlp, training_probes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Candidate zoom sets (zoom 1 first: the gate and the reuse of the native pass need it).
@@ -105,15 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         val = {k: data["val_" + k] for k in ("ids", "true", "stats", "zoom")}
     else:
         t0 = time.time()
-        dsb, bbbc = training_samples(folder)
-        rng = np.random.default_rng(SEED)  # size_fit's samples: same seed, same draws
-
-        def zooms_for(key: str) -> list[float]:
-            return random_zooms(rng, 1 if key.startswith("dsb/") else 3)
-
-        got = collect(seg, dsb_images(dsb), zooms_for, rng, zooms=union)
-        more = collect(seg, bbbc039_images(bbbc), zooms_for, rng, zooms=union)
-        train = {k: np.array(got[k] + more[k]) for k in ("ids", "true", "stats", "zoom")}
+        got = training_probes(seg, folder, union)  # size_fit's samples: same seed, same draws
+        train = {k: np.array(got[k]) for k in ("ids", "true", "stats", "zoom")}
         val_ids = json.loads((folder / "split.json").read_text())["val"]
         v = collect(seg, dsb_images(val_ids), lambda key: CHECK_ZOOMS, None, zooms=union)
         val = {k: np.array(v[k]) for k in ("ids", "true", "stats", "zoom")}

@@ -185,6 +185,31 @@ def collect(
     return out
 
 
+def training_probes(
+    segmenter: Segmenter, model_dir: Path, zooms: Sequence[float] = ZOOMS, seed: int = SEED, dsb_zooms: int = 1,
+    bbbc_zooms: int = 3, tissue_zooms: int = 0, max_side: int = MAX_SIDE,
+) -> dict[str, list]:
+    """Probe statistics at ``zooms`` of the randomly zoomed training samples (:func:`training_samples`).
+
+    Each DSB training image gets ``dsb_zooms`` random zooms, each BBBC039 one ``bbbc_zooms``
+    (and with ``tissue_zooms`` the DSB images rendered as synthetic H&E), drawn from ``seed``: the
+    samples depend only on the seed, so every network probes the same images, zooms and crops.
+    """
+    dsb, bbbc = training_samples(model_dir)
+    print(f"probing {len(dsb)} DSB + {len(bbbc)} BBBC039 training images with {segmenter.name}", file=sys.stderr)
+    rng = np.random.default_rng(seed)
+
+    def zooms_for(key: str) -> list[float]:
+        k = {"dsb": dsb_zooms, "tissue": tissue_zooms}.get(key.split("/")[0], bbbc_zooms)
+        return random_zooms(rng, k)
+
+    parts = [collect(segmenter, dsb_images(dsb), zooms_for, rng, zooms, max_side),
+             collect(segmenter, bbbc039_images(bbbc), zooms_for, rng, zooms, max_side)]
+    if tissue_zooms > 0:
+        parts.append(collect(segmenter, tissue_images(dsb, rng), zooms_for, rng, zooms, max_side))
+    return {k: [v for part in parts for v in part[k]] for k in parts[0]}
+
+
 def validation_samples(segmenter: Segmenter, model_dir: Path, max_side: int = MAX_SIDE, zooms: Sequence[float] = ZOOMS) -> dict[str, list]:
     """Probe statistics of the model's DSB validation images at :data:`CHECK_ZOOMS` (central crops).
 
@@ -318,22 +343,10 @@ def _training_data(
     _check_cache(cached, "stats", zooms)
     if "stats" in cached:
         return {"ids": list(cached["ids"]), "zoom": list(cached["zoom"]), "true": list(cached["true"]), "stats": list(cached["stats"])}
-    dsb, bbbc = training_samples(folder)
     data: dict[str, list] = {"ids": [], "zoom": [], "true": [], "stats": []}
     for seg in [segmenter, *(Segmenter.from_pretrained(m) for m in args.also_probe)]:
-        print(f"probing {len(dsb)} DSB + {len(bbbc)} BBBC039 training images with {seg.name}", file=sys.stderr)
-        # The same seed for every network: the same images, zooms and crops, probed by each.
-        rng = np.random.default_rng(args.seed)
-
-        def zooms_for(key: str, rng: np.random.Generator = rng) -> list[float]:
-            k = {"dsb": args.dsb_zooms, "tissue": args.tissue_zooms}.get(key.split("/")[0], args.bbbc_zooms)
-            return random_zooms(rng, k)
-
-        parts = [collect(seg, dsb_images(dsb), zooms_for, rng, zooms, args.max_side),
-                 collect(seg, bbbc039_images(bbbc), zooms_for, rng, zooms, args.max_side)]
-        if args.tissue_zooms > 0:
-            parts.append(collect(seg, tissue_images(dsb, rng), zooms_for, rng, zooms, args.max_side))
-        data = {k: data[k] + [v for part in parts for v in part[k]] for k in data}
+        part = training_probes(seg, folder, zooms, args.seed, args.dsb_zooms, args.bbbc_zooms, args.tissue_zooms, args.max_side)
+        data = {k: data[k] + part[k] for k in data}
     cached.update(ids=np.array(data["ids"]), zoom=np.array(data["zoom"]), true=np.array(data["true"]), stats=np.stack(data["stats"]))
     return data
 
