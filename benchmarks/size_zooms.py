@@ -39,7 +39,7 @@ from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import MIN_VIEW, SizeModel, design, view_box
 from nucleiseg.inference.size_calibration import calibrate_offset, choose_gate, estimate_summary
-from nucleiseg.inference.size_fit import CHECK_ZOOMS, collect, dsb_images, fit_mlp, training_probes
+from nucleiseg.inference.size_fit import CHECK_ZOOMS, fit_mlp, training_probes, validation_samples
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Candidate zoom sets (zoom 1 first: the gate and the reuse of the native pass need it).
@@ -105,8 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.time()
         got = training_probes(seg, folder, union)  # size_fit's samples: same seed, same draws
         train = {k: np.array(got[k]) for k in ("ids", "true", "stats", "zoom")}
-        val_ids = json.loads((folder / "split.json").read_text())["val"]
-        v = collect(seg, dsb_images(val_ids), lambda key: CHECK_ZOOMS, None, zooms=union)
+        v = validation_samples(seg, folder, zooms=union)  # the gate's samples: DSB validation at CHECK_ZOOMS
         val = {k: np.array(v[k]) for k in ("ids", "true", "stats", "zoom")}
         print(f"{len(train['true'])} training and {len(val['true'])} validation samples probed in {time.time() - t0:.0f} s",
               file=sys.stderr)
