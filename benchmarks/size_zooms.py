@@ -18,6 +18,9 @@ chosen on the validation samples):
   image (:func:`~nucleiseg.inference.size.view_box`; the timed cost is
   ``benchmarks/size_estimation.py --cost``).
 
+Coarse views are shrunk as new fits shrink them (``--shrink``, default ``box``); the committed
+``results/size_zooms.json`` was measured before that, with ``--shrink bilinear``.
+
 The held-out BBBC039 images are not used here: they are for measuring the chosen set
 (``benchmarks/size_estimation.py``), not for choosing it::
 
@@ -37,7 +40,7 @@ import numpy as np
 
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
-from nucleiseg.inference.size import MIN_VIEW, SizeModel, design, view_box
+from nucleiseg.inference.size import MIN_VIEW, SHRINK, SizeModel, design, view_box
 from nucleiseg.inference.size_calibration import calibrate_offset, choose_gate, estimate_summary
 from nucleiseg.inference.size_fit import CHECK_ZOOMS, fit_mlp, training_probes, validation_samples
 
@@ -91,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", default="14,1,2,3", help="MLP seeds (14: size_fit's default)")
     ap.add_argument("--cache", type=Path, default=None, help="npz of the collected statistics (read if present, else written)")
     ap.add_argument("--out", type=Path, default=RESULTS / "size_zooms.json")
+    ap.add_argument("--shrink", choices=("box", "bilinear"), default=SHRINK,
+                    help="how coarse views are shrunk (default %(default)s, as new fits; the committed results: bilinear)")
     args = ap.parse_args(argv)
 
     folder = ModelBundle.open(args.model).folder
@@ -103,9 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         val = {k: data["val_" + k] for k in ("ids", "true", "stats", "zoom")}
     else:
         t0 = time.time()
-        got = training_probes(seg, folder, union)  # size_fit's samples: same seed, same draws
+        got = training_probes(seg, folder, union, shrink=args.shrink)  # size_fit's samples: same seed, same draws
         train = {k: np.array(got[k]) for k in ("ids", "true", "stats", "zoom")}
-        v = validation_samples(seg, folder, zooms=union)  # the gate's samples: DSB validation at CHECK_ZOOMS
+        v = validation_samples(seg, folder, zooms=union, shrink=args.shrink)  # the gate's samples: DSB validation at CHECK_ZOOMS
         val = {k: np.array(v[k]) for k in ("ids", "true", "stats", "zoom")}
         print(f"{len(train['true'])} training and {len(val['true'])} validation samples probed in {time.time() - t0:.0f} s",
               file=sys.stderr)
@@ -137,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs": runs,
         })
     result = {
-        "command": "python benchmarks/size_zooms.py" + (f" --model {args.model}" if args.model != "default" else ""),
+        "command": "python benchmarks/size_zooms.py" + (f" --model {args.model}" if args.model != "default" else "")
+                   + f" --shrink {args.shrink}", "shrink": args.shrink,
         "model": args.model, "model_hash": seg.model_hash, "backend": seg.backend,
         "training_samples": int(train["true"].size), "validation_samples": int(val["true"].size),
         "check": "DSB validation images at x1/3, x0.5, x1, x2, x4, x6; within = |est/true - 1| <= 0.30",

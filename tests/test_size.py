@@ -12,11 +12,12 @@ import pytest
 import tifffile
 
 from nucleiseg.config import InferConfig, ModelBundleConfig
-from nucleiseg.inference.scale import rescale_image, resize_labels
+from nucleiseg.inference.scale import rescale_image, resize_labels, shrink_box
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.item import ItemStep
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import (
+    SHRINK,
     STAT_NAMES,
     WHOLE_PIXELS,
     ZOOMS,
@@ -27,6 +28,7 @@ from nucleiseg.inference.size import (
     load_size_model,
     objects_seen,
     probe_stats,
+    shrink_view,
     view_box,
     view_stats,
 )
@@ -199,6 +201,53 @@ def test_size_fit_parses_zooms():
     for bad in ("1/2,1/4", "1,1/8,1/4", "1,0", "1,x", "1,1/0"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_zooms(bad)
+
+
+def test_shrink_box_averages_whole_blocks():
+    rng = np.random.default_rng(0)
+    planes = rng.random((3, 37, 50), dtype=np.float32)
+    got = shrink_box(planes, 4)
+    assert got.shape == (3, 9, 12) and got.dtype == np.float32 and got.flags.c_contiguous
+    expected = planes[:, :36, :48].reshape(3, 9, 4, 12, 4).mean(axis=(2, 4))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(shrink_box(shrink_box(planes, 2), 4), shrink_box(planes, 8), atol=1e-6)  # nested = direct
+    assert np.array_equal(shrink_box(planes, 1), planes)
+    for bad in (0, 2.5, 40):
+        with pytest.raises(ValueError):
+            shrink_box(planes, bad)
+
+
+def test_probe_views_are_shrunk_the_size_models_way():
+    """New fits shrink coarse views by block means; files without ``shrink`` keep the bilinear views they were fitted on."""
+    rng = np.random.default_rng(1)
+    region = rng.random((96, 80, 3), dtype=np.float32)
+    box, bilinear = shrink_view(region, 0.25, "box"), shrink_view(region, 0.25, "bilinear")
+    np.testing.assert_allclose(box, region.reshape(24, 4, 20, 4, 3).mean(axis=(1, 3)).transpose(2, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(bilinear, rescale_image(region, 0.25).transpose(2, 0, 1))
+    assert not np.allclose(box, bilinear)
+    np.testing.assert_allclose(shrink_view(region, 0.3, "box"), rescale_image(region, 0.3).transpose(2, 0, 1))  # not a whole factor
+    assert SHRINK == "box" and SizeModel([0.0], [1.0], [0.0], 0.0).shrink == "bilinear"
+    with pytest.raises(ValueError):
+        shrink_view(region, 0.25, "nearest")
+    seen = []
+    image = rng.random((256, 256, 3), dtype=np.float32)
+    for shrink in ("box", "bilinear"):
+        probe_stats(image, lambda chw: seen.append(chw) or np.repeat(chw[:1], 3, axis=0), (1.0, 0.25, 0.125), shrink=shrink)
+    assert [v.shape for v in seen] == [(3, 256, 256), (3, 64, 64), (3, 32, 32)] * 2
+    np.testing.assert_allclose(seen[2], image.reshape(32, 8, 32, 8, 3).mean(axis=(1, 3)).transpose(2, 0, 1), atol=1e-6)
+    assert not np.allclose(seen[2], seen[5])
+
+
+def test_size_fit_refuses_a_cache_of_other_views():
+    from nucleiseg.inference.size_fit import _check_cache
+
+    cached = {"stats": np.zeros((4, 3, len(STAT_NAMES)))}  # a file from before: bilinear views
+    _check_cache(cached, "stats", ZOOMS, "bilinear")
+    with pytest.raises(SystemExit, match="shrunk bilinear"):
+        _check_cache(cached, "stats", ZOOMS, "box")
+    with pytest.raises(SystemExit, match="zooms"):
+        _check_cache(cached, "stats", (1.0, 0.5, 0.25, 0.125), "bilinear")
+    _check_cache({**cached, "shrink": np.array("box")}, "stats", ZOOMS, "box")
 
 
 def test_size_fit_chooses_a_gate_that_keeps_accuracy():
@@ -448,7 +497,7 @@ def test_size_fit_also_probe_pools_the_same_samples_from_every_network(make_disk
     monkeypatch.setattr(size_fit, "bbbc039_images", fake_images)
     monkeypatch.setattr(size_fit.Segmenter, "from_pretrained", staticmethod(lambda name: nets[name]))
     args = argparse.Namespace(seed=3, dsb_zooms=1, bbbc_zooms=2, tissue_zooms=0, max_side=256, also_probe=["b"])
-    data = size_fit._training_data(args, None, nets["a"], {}, ZOOMS)
+    data = size_fit._training_data(args, None, nets["a"], {}, ZOOMS, SHRINK)
     n = 3 * 1 + 2 * 2
     assert len(data["ids"]) == 2 * n
     assert data["ids"][:n] == data["ids"][n:] and data["zoom"][:n] == data["zoom"][n:] and data["true"][:n] == data["true"][n:]

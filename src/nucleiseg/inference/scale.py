@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["rescale_image", "resize_labels", "resize_probabilities", "scale_factor"]
+__all__ = ["rescale_image", "resize_labels", "resize_probabilities", "scale_factor", "shrink_box"]
 
 
 def _resize_float32(planes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -84,6 +84,29 @@ def rescale_image(image_hwc: np.ndarray, factor: float) -> np.ndarray:
         if info is not None:
             out = np.clip(out, info.min, info.max)
     return out.astype(image.dtype, copy=False)
+
+
+def shrink_box(planes: np.ndarray, k: int) -> np.ndarray:
+    """Shrink float32 ``(C, H, W)`` planes by the whole factor ``k`` into ``(C, H // k, W // k)``.
+
+    Each output pixel is the mean of a ``k x k`` block (Pillow's ``Image.reduce``); the last
+    ``H % k`` rows and ``W % k`` columns are dropped, so the zoom is exactly ``1 / k`` (and
+    shrinking by ``a`` then ``b`` equals shrinking by ``a * b``). About 3x cheaper than
+    :func:`rescale_image` at 256 x 256: the size probe's coarse views use it.
+    """
+    from PIL import Image
+
+    planes = np.asarray(planes, np.float32)
+    if planes.ndim != 3 or int(k) != k or k < 1 or min(planes.shape[1:]) < k:
+        raise ValueError(f"need (C, H, W) planes with sides >= k and a whole k >= 1, got shape {planes.shape}, k {k}")
+    k = int(k)
+    h, w = planes.shape[1] // k, planes.shape[2] // k
+    if k == 1:
+        return np.ascontiguousarray(planes)
+    out = np.empty((planes.shape[0], h, w), np.float32)
+    for c in range(planes.shape[0]):
+        out[c] = np.asarray(Image.fromarray(np.ascontiguousarray(planes[c, : h * k, : w * k])).reduce(k))
+    return out
 
 
 def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -41,7 +41,7 @@ import numpy as np
 from nucleiseg.inference.scale import rescale_image, resize_labels
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
-from nucleiseg.inference.size import SIZE_MODEL_FILE, VIEW, WHOLE_PIXELS, ZOOMS, SizeModel, design, probe_stats
+from nucleiseg.inference.size import SHRINK, SIZE_MODEL_FILE, VIEW, WHOLE_PIXELS, ZOOMS, SizeModel, design, probe_stats
 from nucleiseg.inference.size_calibration import calibrate_offset, choose_gate, estimate_summary
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms import normalize_image
@@ -147,9 +147,9 @@ def random_zooms(rng: np.random.Generator, k: int, zoom_range: tuple[float, floa
 def collect(
     segmenter: Segmenter, samples: Iterator[Loaded], zooms_for: Callable[[str], Sequence[float]],
     rng: np.random.Generator | None = None, zooms: Sequence[float] = ZOOMS, max_side: int = MAX_SIDE, log: bool = True,
-    extra: Callable[[np.ndarray], dict[str, object]] | None = None,
+    extra: Callable[[np.ndarray], dict[str, object]] | None = None, shrink: str = SHRINK,
 ) -> dict[str, list]:
-    """Probe statistics and true diameters of zoomed samples.
+    """Probe statistics and true diameters of zoomed samples (views shrunk by ``shrink``).
 
     For each image in turn, ``zooms_for(key)`` gives its zooms (it may draw them from ``rng``),
     then each zoomed copy draws its crop position from ``rng`` (central crops without one): the
@@ -173,7 +173,7 @@ def collect(
             if not math.isfinite(true):
                 continue
             norm = normalize_image(img, segmenter.config.normalize)
-            stats, _ = probe_stats(norm, predict, zooms)
+            stats, _ = probe_stats(norm, predict, zooms, shrink=shrink)
             out["ids"].append(key)
             out["zoom"].append(zoom)
             out["true"].append(float(true))
@@ -187,7 +187,7 @@ def collect(
 
 def training_probes(
     segmenter: Segmenter, model_dir: Path, zooms: Sequence[float] = ZOOMS, seed: int = SEED, dsb_zooms: int = 1,
-    bbbc_zooms: int = 3, tissue_zooms: int = 0, max_side: int = MAX_SIDE,
+    bbbc_zooms: int = 3, tissue_zooms: int = 0, max_side: int = MAX_SIDE, shrink: str = SHRINK,
 ) -> dict[str, list]:
     """Probe statistics at ``zooms`` of the randomly zoomed training samples (:func:`training_samples`).
 
@@ -203,21 +203,23 @@ def training_probes(
         k = {"dsb": dsb_zooms, "tissue": tissue_zooms}.get(key.split("/")[0], bbbc_zooms)
         return random_zooms(rng, k)
 
-    parts = [collect(segmenter, dsb_images(dsb), zooms_for, rng, zooms, max_side),
-             collect(segmenter, bbbc039_images(bbbc), zooms_for, rng, zooms, max_side)]
+    parts = [collect(segmenter, dsb_images(dsb), zooms_for, rng, zooms, max_side, shrink=shrink),
+             collect(segmenter, bbbc039_images(bbbc), zooms_for, rng, zooms, max_side, shrink=shrink)]
     if tissue_zooms > 0:
-        parts.append(collect(segmenter, tissue_images(dsb, rng), zooms_for, rng, zooms, max_side))
+        parts.append(collect(segmenter, tissue_images(dsb, rng), zooms_for, rng, zooms, max_side, shrink=shrink))
     return {k: [v for part in parts for v in part[k]] for k in parts[0]}
 
 
-def validation_samples(segmenter: Segmenter, model_dir: Path, max_side: int = MAX_SIDE, zooms: Sequence[float] = ZOOMS) -> dict[str, list]:
+def validation_samples(
+    segmenter: Segmenter, model_dir: Path, max_side: int = MAX_SIDE, zooms: Sequence[float] = ZOOMS, shrink: str = SHRINK,
+) -> dict[str, list]:
     """Probe statistics of the model's DSB validation images at :data:`CHECK_ZOOMS` (central crops).
 
     The protocol of ``benchmarks/size_estimation.py``; the gate is chosen on these, as the
     post-processing thresholds are chosen on the validation split.
     """
     val = json.loads((model_dir / "split.json").read_text())["val"]
-    return collect(segmenter, dsb_images(val), lambda key: CHECK_ZOOMS, None, zooms=zooms, max_side=max_side)
+    return collect(segmenter, dsb_images(val), lambda key: CHECK_ZOOMS, None, zooms=zooms, max_side=max_side, shrink=shrink)
 
 
 def training_samples(model_dir: Path) -> tuple[list[str], list[str]]:
@@ -315,15 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gate_only or args.calibrate_only:
         model = SizeModel.load(folder / SIZE_MODEL_FILE)
     else:
-        model = _fit(args, _training_data(args, folder, segmenter, cached, args.zooms), segmenter.config.infer.target_diameter, argv)
+        model = _fit(args, _training_data(args, folder, segmenter, cached, args.zooms, SHRINK), segmenter.config.infer.target_diameter, argv)
     if args.calibrate_only or not (args.gate_only or args.no_calibrate):
-        _calibrate(args, model, _training_data(args, folder, segmenter, cached, model.zooms), argv)
+        _calibrate(args, model, _training_data(args, folder, segmenter, cached, model.zooms, model.shrink), argv)
     if not args.no_gate:
-        _check_cache(cached, "val_stats", model.zooms)
+        _check_cache(cached, "val_stats", model.zooms, model.shrink)
         if "val_stats" not in cached:
             print("probing the validation images for the gate", file=sys.stderr)
-            val = validation_samples(segmenter, folder, args.max_side, model.zooms)
-            cached.update(val_stats=np.stack(val["stats"]), val_true=np.array(val["true"]))
+            val = validation_samples(segmenter, folder, args.max_side, model.zooms, model.shrink)
+            cached.update(val_stats=np.stack(val["stats"]), val_true=np.array(val["true"]), shrink=np.array(model.shrink))
         tolerance = segmenter.config.infer.rescale_tolerance  # a gated image is segmented at native scale
         model.meta["gate"] = choose_gate(model, cached["val_stats"], np.log(cached["val_true"]), max_band=tolerance)
         model.meta["gate"]["data"] = f"DSB validation split ({len(cached['val_true'])} samples: zooms x1/3, x0.5, x1, x2, x4, x6)"
@@ -338,24 +340,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _training_data(
     args: argparse.Namespace, folder: Path, segmenter: Segmenter, cached: dict[str, np.ndarray], zooms: Sequence[float],
+    shrink: str,
 ) -> dict[str, list]:
     """Probe statistics at ``zooms`` of the randomly zoomed training images (read from, and added to, ``cached``)."""
-    _check_cache(cached, "stats", zooms)
+    _check_cache(cached, "stats", zooms, shrink)
     if "stats" in cached:
         return {"ids": list(cached["ids"]), "zoom": list(cached["zoom"]), "true": list(cached["true"]), "stats": list(cached["stats"])}
     data: dict[str, list] = {"ids": [], "zoom": [], "true": [], "stats": []}
     for seg in [segmenter, *(Segmenter.from_pretrained(m) for m in args.also_probe)]:
-        part = training_probes(seg, folder, zooms, args.seed, args.dsb_zooms, args.bbbc_zooms, args.tissue_zooms, args.max_side)
+        part = training_probes(seg, folder, zooms, args.seed, args.dsb_zooms, args.bbbc_zooms, args.tissue_zooms, args.max_side, shrink)
         data = {k: data[k] + part[k] for k in data}
-    cached.update(ids=np.array(data["ids"]), zoom=np.array(data["zoom"]), true=np.array(data["true"]), stats=np.stack(data["stats"]))
+    cached.update(ids=np.array(data["ids"]), zoom=np.array(data["zoom"]), true=np.array(data["true"]), stats=np.stack(data["stats"]),
+                  shrink=np.array(shrink))
     return data
 
 
-def _check_cache(cached: dict[str, np.ndarray], key: str, zooms: Sequence[float]) -> None:
-    """Stop with a clear message when cached probe statistics were taken at a different number of zooms."""
+def _check_cache(cached: dict[str, np.ndarray], key: str, zooms: Sequence[float], shrink: str) -> None:
+    """Stop with a clear message when cached probe statistics were taken at a different number of zooms
+    or with another way of shrinking the views (files without ``shrink`` were taken with ``"bilinear"``)."""
     if key in cached and cached[key].shape[1] != len(zooms):
         raise SystemExit(f"error: the --cache file holds {key} of {cached[key].shape[1]} zooms, this fit probes "
                          f"{len(zooms)}; use another cache file")
+    taken = str(cached.get("shrink", "bilinear"))
+    if key in cached and taken != shrink:
+        raise SystemExit(f"error: the --cache file holds {key} of views shrunk {taken}, this fit shrinks them {shrink}; "
+                         "use another cache file")
 
 
 def _samples(data: dict[str, list], zooms: Sequence[float], target: float) -> tuple[np.ndarray, np.ndarray]:
@@ -375,7 +384,7 @@ def _fit(args: argparse.Namespace, data: dict[str, list], target: float, argv: S
     """The regression fitted on the training samples, with its settings and provenance."""
     x, y = _samples(data, args.zooms, target)
     model = _regression(args)(x, y)
-    model.zooms, model.target, model.view, model.whole_pixels = list(args.zooms), target, VIEW, WHOLE_PIXELS
+    model.zooms, model.target, model.view, model.whole_pixels, model.shrink = list(args.zooms), target, VIEW, WHOLE_PIXELS, SHRINK
     model.meta = {
         "command": _command(argv),
         "kind": args.kind, "seed": args.seed, "samples": len(y),
