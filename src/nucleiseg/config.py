@@ -192,7 +192,9 @@ class LossConfig:
     """Weighted sum of pixel losses, per target channel.
 
     ``channel_weights`` scales each target channel; ``gap_weight`` multiplies BCE pixel weights
-    in the separation zone between touching nuclei (0 disables pixel weights).
+    in the separation zone between touching nuclei (0 disables pixel weights). ``distill`` adds,
+    per channel and with the same channel weights, the BCE between the network and a teacher
+    model's probabilities (knowledge distillation; needs :attr:`TrainConfig.teacher`).
     """
 
     bce: float = 1.0
@@ -202,6 +204,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     channel_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.5])
     gap_weight: float = 5.0
+    distill: float = 0.0
 
 
 @dataclass
@@ -242,6 +245,11 @@ class TrainConfig:
     every later epoch join an equal-weight mean, which becomes ``weights.safetensors`` at the end
     (batch-norm statistics recomputed on ``average_bn_batches`` training batches); the best
     single epoch is kept as ``best.safetensors``. None (default) keeps the best epoch.
+
+    ``teacher`` (a bundled model name or a model folder) turns on knowledge distillation: its
+    probabilities at native scale on every training image (:mod:`nucleiseg.training.distill`,
+    computed once when training starts) are transformed with the crops and become soft targets,
+    weighted by ``loss.distill``; the teacher must normalise images as ``normalize`` does.
     """
 
     data: str = "../shared/data/dsb2018/stage1_train"
@@ -277,8 +285,12 @@ class TrainConfig:
     rescale_tolerance: float | None = None
     average_from: float | None = None
     average_bn_batches: int = 50
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
+        if (self.teacher is None) != (self.loss.distill == 0) or self.loss.distill < 0:
+            raise ValueError(f"a teacher needs loss.distill > 0 and loss.distill needs a teacher, "
+                             f"got teacher {self.teacher!r}, loss.distill {self.loss.distill}")
         if self.average_from is not None and not 0.0 <= self.average_from < 1.0:
             raise ValueError(f"average_from must be in [0, 1), got {self.average_from}")
         self.extra_data = [

@@ -171,17 +171,30 @@ class CombinedLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Scalar loss of ``logits`` vs ``targets`` ``(B, C, H, W)``, pixel ``weights`` ``(B, H, W)``."""
+        """Scalar loss of ``logits`` vs ``targets`` ``(B, C, H, W)``, pixel ``weights`` ``(B, H, W)``.
+
+        With ``cfg.distill > 0`` the targets are ``(B, 2C, H, W)``: the ground truth's ``C``
+        channels, then a teacher's probabilities, each channel of which adds ``distill`` times
+        its BCE (unweighted pixels) with the channel's weight.
+        """
         if logits.ndim != 4:
             raise ValueError(f"expected (B, C, H, W) logits, got {tuple(logits.shape)}")
         cfg = self.cfg
+        k = logits.shape[1]
+        teacher = None
+        if cfg.distill:
+            if targets.ndim != 4 or targets.shape[1] != 2 * k:
+                raise ValueError(f"distillation needs {2 * k} target channels (truth, then teacher), got {tuple(targets.shape)}")
+            targets, teacher = targets[:, :k], targets[:, k:]
         total = logits.new_zeros((), dtype=torch.float32)
-        for c in range(logits.shape[1]):
+        for c in range(k):
             cw = self.channel_weight(c)
             if cw == 0:
                 continue
             lg, tg = logits[:, c : c + 1], targets[:, c : c + 1]
             part = lg.new_zeros((), dtype=torch.float32)
+            if teacher is not None:
+                part = part + cfg.distill * weighted_bce(lg, teacher[:, c : c + 1])
             if cfg.bce:
                 part = part + cfg.bce * weighted_bce(lg, tg, weights)
             if cfg.dice:
@@ -212,6 +225,8 @@ def build_loss(cfg: LossConfig) -> nn.Module:
     torch.nn.Module
         ``loss(logits, targets, weights=None) -> scalar tensor``.
     """
+    if cfg.distill < 0:
+        raise ValueError(f"loss coefficient distill must be >= 0, got {cfg.distill}")
     terms = {"bce": cfg.bce, "dice": cfg.dice, "jaccard": cfg.jaccard, "focal": cfg.focal}
     for name, value in terms.items():
         if value < 0:

@@ -67,11 +67,16 @@ def split_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[
 
 @dataclass
 class TrainingSample:
-    """One normalised image (float16 to halve memory) with its instance labels."""
+    """One normalised image (float16 to halve memory) with its instance labels.
+
+    ``teacher``, when set (:func:`nucleiseg.training.distill.add_teacher_probabilities`), holds a
+    teacher model's ``(K, H, W)`` float16 probabilities of the image, soft targets for distillation.
+    """
 
     id: str
     image: np.ndarray
     labels: np.ndarray
+    teacher: np.ndarray | None = None
 
 
 def _prepare(
@@ -317,9 +322,12 @@ class CropDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         sample = self.samples[int(rng.choice(len(self.samples), p=self.weights))]
         self.augment.set_random_seed(int(rng.integers(2**31)))
-        out = self.augment(image=sample.image.astype(np.float32), mask=sample.labels)
+        extra = {} if sample.teacher is None else {"masks": list(sample.teacher.astype(np.float32))}
+        out = self.augment(image=sample.image.astype(np.float32), mask=sample.labels, **extra)
         image, labels = out["image"], out["mask"].astype(np.int32)
         target = make_targets(labels, self.targets)
+        if sample.teacher is not None:  # the teacher's probabilities follow the truth's channels
+            target = np.concatenate([target, np.stack(out["masks"]).astype(target.dtype)])
         weight = (
             gap_weights(labels, self.targets, self.gap_weight)
             if self.gap_weight > 0

@@ -233,6 +233,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
 
     train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers) + extra_samples
     val_samples = load_samples(cfg.data, val_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers)  # selection only
+    teacher = None
+    if cfg.teacher is not None:  # soft targets: the teacher's probabilities of every training image
+        from nucleiseg.training.distill import add_teacher_probabilities
+
+        teacher = add_teacher_probabilities(train_samples, cfg.teacher, cfg.normalize, bundle.model.out_channels, progress)
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_samples) / cfg.batch_size))
     dataset = CropDataset(
         train_samples, cfg.crop_size, cfg.targets, cfg.augment, steps * cfg.batch_size,
@@ -326,6 +331,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         "n_train": len(train_ids),
         "n_train_extra": len(extra_samples),
         "init_weights": None if init_file is None else {"source": cfg.init_weights, "sha256": file_hash(init_file)},
+        "teacher": teacher,
         "n_val_per_epoch": len(val_ids),
         "sampling": sampling_summary(dataset.samples, dataset.clusters, dataset.weights),
         "device": str(device),
