@@ -195,3 +195,15 @@ def test_workers_change_speed_not_data(real_sample_dirs, dsb_root):
         assert torch.equal(a, b)
     dataset.set_epoch(3)
     assert not torch.equal(next(iter(crop_loader(dataset, 4)))[0], batches[0][0])
+
+
+def test_bundle_command_line_has_help(capsys):
+    from nucleiseg.training.bundle import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    assert "run_dir" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 2

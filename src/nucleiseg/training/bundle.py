@@ -212,11 +212,19 @@ def bundle_run(run_dir: str | Path, name: str = "default", examples: str | Path 
     return dest
 
 
-if __name__ == "__main__":  # python -m nucleiseg.training.bundle RUN_DIR [NAME] [EXAMPLES]
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nucleiseg.training.bundle RUN_DIR [NAME] [EXAMPLES_DIR]``: bundle a run."""
+    import argparse
 
-    args = sys.argv[1:]
-    if not args:
-        sys.exit("usage: python -m nucleiseg.training.bundle RUN_DIR [NAME] [EXAMPLES_DIR]")
-    folder = bundle_run(args[0], args[1] if len(args) > 1 else "default", args[2] if len(args) > 2 else "examples")
-    print(f"bundled into {folder}")
+    parser = argparse.ArgumentParser(prog="python -m nucleiseg.training.bundle", description=bundle_run.__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="run folder (weights, config, train/report/evaluation JSON)")
+    parser.add_argument("name", nargs="?", default="default", help="bundled model name (default: default)")
+    parser.add_argument("examples", nargs="?", default="examples", help="example images for reference.json (default: examples)")
+    args = parser.parse_args(argv)
+    folder = bundle_run(args.run_dir, args.name, args.examples)
+    print(f"bundled {args.run_dir} as {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
