@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m nucleiseg.training.bundle RUN_DIR [NAME] [EXAMPLES_DIR]``: bundle a run."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m nucleiseg.training.bundle", description=bundle_run.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nucleiseg.training.bundle",
+                                     description="Copy a trained run into the package as a bundled model, with its model card and reference outputs.")
     parser.add_argument("run_dir", help="run folder (weights, config, train/report/evaluation JSON)")
     parser.add_argument("name", nargs="?", default="default", help="bundled model name (default: default)")
     parser.add_argument("examples", nargs="?", default="examples", help="example images for reference.json (default: examples)")
