@@ -1,0 +1,137 @@
+"""``nucleiseg segment``: the parser and the command (heavy imports inside the command)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the sub-command on the main parser's sub-parsers."""
+    p = sub.add_parser(
+        "segment",
+        help="segment nuclei in images, folders or DSB-layout folders",
+        description="Segment every image found under INPUT (files, folders recursively, DSB layout) "
+        "and write OUT/<id>_masks.tif per image plus OUT/run.json.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--model", default="default", help="bundled model name, run folder, or 'classical' (default: default)")
+    p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
+    p.add_argument("--tile", type=int, help="tile side in pixels (default from the model)")
+    p.add_argument("--overlap", type=float, help="tile overlap fraction (default 0.25)")
+    p.add_argument("--diameter", type=float, help="typical nucleus diameter in pixels (skips the estimate)")
+    p.add_argument("--no-rescale", action="store_true", help="segment at native scale only")
+    p.add_argument("--min-zoom", type=float, help="smallest zoom an image is shrunk to (default 0.25, nuclei up to ~150 px; "
+                   "0.125 for larger nuclei)")
+    p.add_argument("--threshold", type=float, help="foreground probability threshold")
+    p.add_argument("--min-size", type=int, help="remove nuclei smaller than this many pixels")
+    p.add_argument("--min-confidence", type=float,
+                   help="remove nuclei whose mean foreground probability is below this (0 keeps all; default from the model)")
+    p.add_argument("--png", action="store_true", help="also write <id>_masks.png (uint16)")
+    p.add_argument("--overlay", action="store_true", help="write <id>_overlay.png (and _diff.png with ground truth)")
+    p.add_argument("--measure", action="store_true", help="write <id>_measurements.csv")
+    p.add_argument("--rois", action="store_true", help="write <id>_rois.zip (ImageJ ROIs)")
+    p.add_argument("--rle", metavar="FILE", help="write a competition run-length CSV for all images")
+    p.add_argument("--geojson", action="store_true",
+                   help="write <id>.geojson: QuPath detections (one polygon per nucleus) with the measurements")
+    p.add_argument("--channel", metavar="N|NAME",
+                   help="nuclear channel of multi-channel images: 0-based index, or a channel name from the "
+                   "OME/ImageJ metadata (e.g. dapi)")
+    p.add_argument("--axes", metavar="LETTERS",
+                   help="axis order of files without axis metadata, e.g. ZYX, TYX, CYX, TCYX (T and Z planes are "
+                   "segmented one by one into a label stack)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    from nucleiseg.inference.predictors import BACKENDS
+
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                   help="inference engine: auto (default: the model's fastest form on a CPU, int8 ONNX for the bundled "
+                   "default, scoring within 0.005 of PyTorch; PyTorch on other devices), torch, or ONNX Runtime with the "
+                   "model folder's model.onnx / model.fp16.onnx / model.int8.onnx (from `nucleiseg export`)")
+    p.add_argument("--threads", type=int, help="CPU threads for the network (ONNX Runtime intra-op threads, or PyTorch's), per worker with "
+                   "--workers or --dask. Default: several images on a CPU are segmented one per core at a time in this "
+                   "process, each on one thread; one image, or --workers/--dask, uses all cores, shared out between the "
+                   "workers. Given, images are segmented one after the other with this many threads each")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each with its own model copy and an equal share of the cores "
+                   "(default 1: the images run on threads of this process, one per core, which starts faster)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dask", metavar="SPEC",
+                   help="run on Dask: 'local' (one worker per core), 'local:N', or a scheduler address tcp://host:8786")
+    p.add_argument("--block", type=int, metavar="PX",
+                   help="segment each image block-wise in PX x PX tiles (images larger than memory); "
+                   "writes OUT/<id>_masks.zarr")
+    p.add_argument("--block-overlap", type=int, metavar="PX",
+                   help="margin segmented around each block (default: max(64, 4 x nucleus diameter))")
+    p.add_argument("--resume", action="store_true", help="skip images whose requested outputs already exist in OUT")
+    p.set_defaults(func=cmd_segment)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Run ``nucleiseg segment``: build the model spec, settings and outputs, pick the executor, run the batch."""
+    from dataclasses import replace
+
+    from nucleiseg.bundle import ModelSpec
+    from nucleiseg.inference.batch import segment_items
+    from nucleiseg.inference.executors import available_cpus
+    from nucleiseg.inference.item import load_segmenter
+    from nucleiseg.io.labels import discover_inputs
+    from nucleiseg.io.layout import OutputOptions
+    from nucleiseg.io.stacks import parse_channel
+
+    if args.workers < 1:
+        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    extras = args.png or args.overlay or args.measure or args.rois or args.rle or args.geojson
+    if args.block is not None and extras:
+        print("error: --block writes only OUT/<id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson", file=sys.stderr)
+        return 2
+    if args.block is not None and (args.channel is not None or args.axes):
+        print("error: --block reads 2-D gray or RGB images; drop --channel/--axes", file=sys.stderr)
+        return 2
+    if args.block is not None and args.workers > 1:
+        print("error: --block runs on Dask (--dask) or its local scheduler; drop --workers", file=sys.stderr)
+        return 2
+    items = discover_inputs([Path(p) for p in args.inputs])
+    if not items:
+        print(f"error: no images found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 2
+    executor = "dask" if args.dask else "processes" if args.workers > 1 else "serial"
+    workers = args.workers
+    threads = args.threads
+    if executor == "serial" and args.block is None and threads is None and args.device == "cpu" and len(items) > 1:
+        # A folder on a CPU: one image per core at a time, each network call on one thread.
+        executor, workers, threads = "threads", available_cpus(), 1
+    spec = ModelSpec.of(args.model, args.backend, args.device, threads)
+    segmenter = load_segmenter(spec)
+    infer = segmenter.config.infer
+    overrides = {"tta": args.tta or infer.tta, "rescale": infer.rescale and not args.no_rescale}
+    for name in ("tile", "overlap", "diameter", "min_zoom"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    infer = replace(infer, **overrides)
+    post = segmenter.config.postprocess
+    if args.threshold is not None:
+        post = replace(post, threshold=args.threshold)
+    if args.min_size is not None:
+        post = replace(post, min_size=args.min_size)
+    if args.min_confidence is not None:
+        post = replace(post, min_confidence=args.min_confidence)
+    options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle,
+                            geojson=args.geojson, channel=parse_channel(args.channel), axes=args.axes)
+    client = None
+    if args.dask:
+        from nucleiseg.distributed import get_client
+
+        client = get_client(args.dask)
+    try:
+        summary = segment_items(
+            items, args.out, spec, options, infer, post, executor=executor, workers=workers, resume=args.resume,
+            progress=not args.quiet, segmenter=segmenter, client=client, block=args.block, block_overlap=args.block_overlap,
+        )
+    finally:
+        if client is not None:
+            client.close()
+    print(summary.line())
+    return 1 if summary.failures else 0
