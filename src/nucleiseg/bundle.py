@@ -199,7 +199,13 @@ class ModelSpec:
 
     @classmethod
     def of(cls, model: str | Path = "default", backend: str = "auto", device: str = "cpu", threads: int | None = None) -> ModelSpec:
-        """A spec with a relative model folder made absolute, so workers started elsewhere find it."""
+        """A spec with a relative model folder made absolute, so workers started elsewhere find it.
+
+        Raises :class:`~nucleiseg.devices.DeviceError` (a ``ValueError``) for a device that cannot be used.
+        """
+        from nucleiseg.devices import check_device
+
+        check_device(device)
         text = str(model)
         path = Path(text)
         if text != CLASSICAL and ((path / "config.json").is_file() or path.suffix.lower() == ".onnx"):

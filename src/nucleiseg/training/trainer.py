@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from nucleiseg import __version__
 from nucleiseg.config import InferConfig, ModelBundleConfig, TrainConfig, save_json
+from nucleiseg.devices import check_device
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.losses import build_loss
 from nucleiseg.models import create_model
@@ -204,9 +205,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     Path
         The run folder.
     """
+    device = check_device(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
