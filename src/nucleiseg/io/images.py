@@ -6,7 +6,10 @@ its header is compared with a cap so that a small file claiming a huge size (a d
 is refused without allocating memory. Any unreadable file raises :class:`ImageReadError`.
 
 TIFF files are read with ``tifffile``; PNG, JPEG and BMP with Pillow. Pillow reduces 16-bit
-*colour* PNGs to 8 bits per channel; store such data as TIFF to keep the full range.
+*colour* PNGs to 8 bits per channel; store such data as TIFF to keep the full range. Only
+interleaved RGB(A) is colour: a TIFF of 3 or 4 planes stored one after another (planar RGB, an
+ImageJ/OME ``CYX`` file, or pages without metadata) is refused as ambiguous
+(:func:`nucleiseg.io.stacks.read_planes` reads it with a channel or axes).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import tifffile
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
 from nucleiseg.io.atomic import atomic_path
+from nucleiseg.io.units import parse_diameter  # re-exported: the napari widget parses its diameter with it
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "ImageReadError",
+    "parse_diameter",
     "read_image",
     "read_image_shape",
     "read_labels",
@@ -165,8 +170,11 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     keep = [i for i, s in enumerate(arr.shape) if s != 1 or axes[i] in "YX"]
     axes = "".join(axes[i] for i in keep)
     arr = arr.reshape([arr.shape[i] for i in keep])
-    if arr.ndim == 3 and arr.shape[-1] > 4 and arr.shape[0] in (3, 4) and axes[0] in "CSQ":
-        arr = np.moveaxis(arr, 0, -1)  # channel-first (ImageJ CYX, planar RGB) -> channel-last
+    if arr.ndim == 3 and arr.shape[-1] > 4 and arr.shape[0] in (3, 4):  # planar: channels or colour?
+        raise ImageReadError(
+            path, f"{arr.shape[0]} planes stored one after another (shape {arr.shape}, axes {axes}), not interleaved RGB: "
+            "ambiguous; give --channel N for the nuclear plane (and --axes CYX when asked), or --axes SYX to read them as colour"
+        )
     return arr
 
 
