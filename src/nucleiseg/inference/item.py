@@ -60,7 +60,7 @@ def write_outputs(
         written.append(layout.name(item.id, kind))
         return layout.path(item.id, kind)
 
-    write_labels(put("masks"), result.labels)
+    write_labels(put("masks"), result.labels, pixel_size)
     if options.png:
         write_labels(put("masks_png"), result.labels)
     if options.overlay:

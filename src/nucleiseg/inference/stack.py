@@ -153,7 +153,7 @@ def write_stack_outputs(
         written.append(layout.name(item_id, kind))
         return layout.path(item_id, kind)
 
-    write_label_stack(put("masks"), result.labels, result.axes)
+    write_label_stack(put("masks"), result.labels, result.axes, planes.pixel_size.um)
     if options.overlay:
         _write_overlay_stack(put("overlay_stack"), planes, result)
     table = stack_measurements(result, planes) if (options.measure or options.geojson) else None

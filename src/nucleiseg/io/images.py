@@ -22,7 +22,7 @@ import tifffile
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
 from nucleiseg.io.atomic import atomic_path
-from nucleiseg.io.units import parse_diameter  # re-exported: the napari widget parses its diameter with it
+from nucleiseg.io.units import parse_diameter, resolution_tags  # parse_diameter re-exported for the napari widget
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -330,7 +330,7 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def write_labels(path: str | Path, labels: np.ndarray) -> None:
+def write_labels(path: str | Path, labels: np.ndarray, pixel_size: float | None = None) -> None:
     """Write a label image atomically: 16-bit PNG, or zlib-compressed 16/32-bit TIFF.
 
     Parameters
@@ -340,6 +340,9 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
         fit, else ``uint32``).
     labels : numpy.ndarray
         ``(H, W)`` non-negative integer labels.
+    pixel_size : float, optional
+        µm per pixel, written into a TIFF's resolution tags (per centimetre), where
+        :func:`nucleiseg.io.units.tiff_pixel_size`, Fiji and QuPath find it.
 
     Raises
     ------
@@ -360,7 +363,7 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
             raise ValueError(f"{path}: label id {top} exceeds the uint32 range")
         dtype = np.uint16 if top <= 65535 else np.uint32
         with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", photometric="minisblack")
+            tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", photometric="minisblack", **resolution_tags(pixel_size))
     else:
         raise ValueError(f"{path}: label images are written as .png, .tif or .tiff, not {path.suffix or 'no suffix'}")
 

@@ -29,7 +29,7 @@ import tifffile
 
 from nucleiseg.io.atomic import atomic_path
 from nucleiseg.io.images import DEFAULT_MAX_PIXELS, ImageReadError, _check_pixels, _sniff, read_image, standard_dtype
-from nucleiseg.io.units import PixelSize, pixel_size_of, tiff_pixel_size
+from nucleiseg.io.units import PixelSize, pixel_size_of, resolution_tags, tiff_pixel_size
 
 __all__ = ["STACK_AXES", "Planes", "parse_channel", "read_planes", "resolve_planes", "write_label_stack"]
 
@@ -322,12 +322,13 @@ def _with_size(planes: Planes, size: PixelSize) -> Planes:
     return planes
 
 
-def write_label_stack(path: str | Path, labels: np.ndarray, axes: str) -> None:
+def write_label_stack(path: str | Path, labels: np.ndarray, axes: str, pixel_size: float | None = None) -> None:
     """Write a label stack atomically as a zlib TIFF that Fiji opens as a stack.
 
     ``uint16`` stacks whose axes ImageJ accepts get ImageJ hyperstack metadata (Fiji shows the
     T/Z sliders); ``uint32`` stacks (more than 65,535 nuclei in a plane) keep their axes in
-    tifffile's metadata.
+    tifffile's metadata. ``pixel_size`` (µm) is stored as ImageJ's calibration (or as TIFF
+    resolution tags for ``uint32``).
     """
     labels = np.asarray(labels)
     if labels.ndim != len(axes) or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
@@ -336,6 +337,9 @@ def write_label_stack(path: str | Path, labels: np.ndarray, axes: str) -> None:
     imagej_order = [_IMAGEJ_ORDER.index(a) for a in axes]
     with atomic_path(path) as tmp:
         if top <= 65535 and imagej_order == sorted(imagej_order):
-            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata={"axes": axes}, compression="zlib")
+            meta = {"axes": axes, **({"unit": "um"} if pixel_size is not None else {})}
+            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata=meta, compression="zlib",
+                             **resolution_tags(pixel_size, imagej=True))
         else:
-            tifffile.imwrite(tmp, labels.astype(np.uint32), metadata={"axes": axes}, compression="zlib", photometric="minisblack")
+            tifffile.imwrite(tmp, labels.astype(np.uint32), metadata={"axes": axes}, compression="zlib", photometric="minisblack",
+                             **resolution_tags(pixel_size))

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Diameter", "PixelSize", "parse_diameter", "parse_pixel_size", "pixel_size_of", "tiff_pixel_size"]
+__all__ = ["Diameter", "PixelSize", "parse_diameter", "parse_pixel_size", "pixel_size_of", "resolution_tags", "tiff_pixel_size"]
 
 #: Micrometres per unit, for the unit names OME, ImageJ and people write.
 _UM_PER_UNIT = {
@@ -181,6 +181,20 @@ def tiff_pixel_size(tif: Any) -> tuple[float, str] | None:
         return (found, "TIFF resolution") if found is not None else None
     except Exception:  # metadata is a bonus: any parsing problem means "unknown"
         return None
+
+
+def resolution_tags(pixel_size: float | None, imagej: bool = False) -> dict[str, Any]:
+    """``tifffile.imwrite`` keywords that store ``pixel_size`` (µm): pixels per cm, or per µm for ImageJ files.
+
+    Empty without a pixel size. ImageJ files carry the unit in their description, which the
+    caller's ``metadata`` must then hold as ``unit="um"``.
+    """
+    if pixel_size is None:
+        return {}
+    if imagej:
+        return {"resolution": (1.0 / pixel_size, 1.0 / pixel_size)}
+    per_cm = 1e4 / pixel_size
+    return {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
 
 
 @dataclass(frozen=True)
