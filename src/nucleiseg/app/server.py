@@ -10,16 +10,16 @@ Endpoints
     (0..1, mean foreground probability below which a nucleus is removed), ``diameter``
     (pixels ``30``, micrometres ``8um``; ``0`` or ``auto``: estimate it), ``pixel_size`` (µm per
     pixel, overriding the file's OME/ImageJ/TIFF metadata), ``channel`` (nuclear channel of a
-    multi-channel image: 0-based index or a name from the OME/ImageJ metadata) and ``axes`` (axis letters of a file without axis
-    metadata, e.g. ``ZYX``). Returns JSON ``{name, count, width, height, channels, dtype, diameter,
+    multi-channel image: 0-based index or a name from the OME/ImageJ metadata) and ``axes``
+    (axis letters of a file without axis metadata, e.g. ``ZYX``). Returns JSON ``{name, count, width, height, channels, dtype, diameter,
     diameter_source, scale, model, model_hash, settings, measurements: [row, ...],
     measurements_csv, timings, image_png, overlay_png, labels_png}``: ``diameter`` is the
     estimated (or given, ``diameter_source == "given"``) median nucleus diameter in pixels,
     ``scale`` the zoom the image was segmented at, ``timings.estimate`` the seconds the size
     estimate took, ``pixel_size_um``/``pixel_size_source`` the pixel size and where it came from
     (``metadata``, ``option`` or ``none``; with one, the measurements gain µm columns). The
-    three images are base64-encoded PNGs: the image scaled to 8-bit RGB for display, the outlines drawn on it, and the labels as a 16-bit
-    gray PNG whose pixel values are the nucleus ids 1..count (``null`` beyond 65,535 nuclei: use
+    three images are base64-encoded PNGs: the image scaled to 8-bit RGB for display, the
+    outlines drawn on it, and the labels as a 16-bit gray PNG whose pixel values are the nucleus ids 1..count (``null`` beyond 65,535 nuclei: use
     the ZIP). With ``?format=zip`` the answer is a ZIP holding ``<name>_masks.tif``,
     ``<name>_overlay.png``, ``<name>_measurements.csv``, ``<name>.geojson`` (QuPath detections)
     and ``run.json``; a time/z stack (JSON mode answers 422 for it) gives the label stack
