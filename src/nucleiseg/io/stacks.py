@@ -230,8 +230,6 @@ def _refuse_ambiguous(ax: str, shape: tuple[int, ...], names: list[str], user_ax
     size = shape[ax.index(letter)]
     if letter == "S" and size <= 4 and (user_axes or ax.endswith("S")):
         return
-    if letter == "C" and size == 1:
-        return
     listed = f" ({', '.join(names[:size])})" if names else ""
     pick = f"pick the nuclear one with --channel 0..{size - 1}" + (" or --channel NAME" if names else "")
     if size > 4:
