@@ -22,7 +22,7 @@ import tifffile
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
 from nucleiseg.io.atomic import atomic_path
-from nucleiseg.io.units import parse_diameter, resolution_tags  # parse_diameter re-exported for the napari widget
+from nucleiseg.io.units import parse_diameter, resolution_tags  # parse_diameter: for the napari widget
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

@@ -21,7 +21,7 @@ that asks for ``--channel`` (the nuclear plane) or ``--axes`` with ``S`` (read t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,7 @@ class Planes:
     stack_shape: tuple[int, ...] = ()
     channel: int | None = None
     channel_name: str | None = None
-    pixel_size: PixelSize = PixelSize()
+    pixel_size: PixelSize = field(default_factory=PixelSize)
 
     @property
     def is_stack(self) -> bool:

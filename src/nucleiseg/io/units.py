@@ -179,7 +179,7 @@ def tiff_pixel_size(tif: Any) -> tuple[float, str] | None:
         else:
             found = None
         return (found, "TIFF resolution") if found is not None else None
-    except Exception:  # metadata is a bonus: any parsing problem means "unknown"
+    except Exception:  # noqa: BLE001 (metadata is a bonus: any parsing problem means "unknown")
         return None
 
 
