@@ -65,6 +65,10 @@ def test_ome_tiff_pixel_size_reaches_csv_geojson_and_run_record(tmp_path: Path) 
     record = _record(out)
     assert record["pixel_size_um"] == 0.5 and record["pixel_size_source"] == "metadata"
     assert record["pixel_size_metadata"] == "OME"
+    assert read_planes(out / "cells.ome_masks.tif").pixel_size.um == pytest.approx(0.5)  # the masks are calibrated
+    from nucleiseg.napari._io import read_masks
+
+    assert read_masks(str(out / "cells.ome_masks.tif"))[0][1]["metadata"]["nucleiseg"]["pixel_size_um"] == pytest.approx(0.5)
 
 
 def test_pixel_size_option_overrides_the_metadata(tmp_path: Path) -> None:
@@ -123,6 +127,9 @@ def test_stack_records_and_measures_in_um(tmp_path: Path) -> None:
     table = pd.read_csv(out / "z_measurements.csv")
     np.testing.assert_allclose(table["area_um2"], table["area"] * 0.25)
     assert _record(out)["pixel_size_um"] == 0.5
+    with tifffile.TiffFile(out / "z_masks.tif") as tif:  # ImageJ calibration: Fiji shows µm
+        assert tif.imagej_metadata["unit"] == "um" and tif.series[0].axes == "ZYX"
+    assert read_planes(out / "z_masks.tif", axes="ZYX").pixel_size.um == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------ diameters
