@@ -17,6 +17,7 @@ from nucleiseg.cli.main import main
 from nucleiseg.io.images import read_image
 from nucleiseg.io.stacks import read_planes
 from nucleiseg.io.units import Diameter, PixelSize, parse_diameter, parse_pixel_size
+from test_app_browser import IMAGE, base_url, browser, page  # noqa: F401 (the browser fixtures)
 
 from conftest import DSB_ROOT, REAL_IDS
 
@@ -217,3 +218,15 @@ def test_web_api_pixel_size_and_diameter_fields(tmp_path: Path) -> None:
         assert missing.status_code == 422 and "pixel size" in missing.json()["error"]
         bad = client.post("/api/segment", files=files, data={"diameter": "-2"})
         assert bad.status_code == 422 and "diameter" in bad.json()["error"]
+
+
+def test_web_page_pixel_size_and_diameter_inputs(page) -> None:  # noqa: F811 (the browser page fixture)
+    """The page sends the pixel size and a text diameter, and shows the µm columns and the pixel size."""
+    page.wait_for_selector("#server-dot.ok", timeout=10_000)
+    page.fill("[data-testid=opt-pixel-size]", "0.5")
+    page.fill("[data-testid=opt-diameter]", "auto")
+    page.set_input_files("[data-testid=file-input]", str(IMAGE))
+    card = page.locator("[data-testid=result-card].done")
+    card.wait_for(timeout=60_000)
+    assert card.locator("[data-testid=sort-area_um2]").inner_text() == "Area (µm²)"
+    assert "0.500 µm" in card.locator(".stats").inner_text()
