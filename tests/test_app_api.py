@@ -240,7 +240,9 @@ def test_trained_model_folder_is_served(tmp_path, image_bytes):
         ({"file": ("f.png", "IMAGE")}, {"min_size": "ten"}, 422, "min_size"),
         ({"file": ("f.png", "IMAGE")}, {"min_confidence": "1.5"}, 422, "min_confidence"),
         ({"file": ("f.png", "IMAGE")}, {"tta": "maybe"}, 422, "tta"),
-        ({"file": ("f.png", "IMAGE")}, {"diameter": "0"}, 422, "diameter"),
+        ({"file": ("f.png", "IMAGE")}, {"diameter": "-1"}, 422, "diameter"),  # 0 means "estimate it"
+        ({"file": ("f.png", "IMAGE")}, {"diameter": "8um"}, 422, "needs the pixel size"),
+        ({"file": ("f.png", "IMAGE")}, {"pixel_size": "0"}, 422, "pixel_size"),
     ],
 )
 def test_segment_bad_input(client, image_bytes, files, data, status, words):

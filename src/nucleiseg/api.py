@@ -15,6 +15,7 @@ def segment(
     channel: int | str | None = None,
     axes: str | None = None,
     channel_names: list[str] | None = None,
+    pixel_size: float | None = None,
     **infer_options: object,
 ) -> np.ndarray:
     """Segment one image array (or a multi-channel image, or a time/z stack) into instance labels.
@@ -33,8 +34,13 @@ def segment(
         plain gray or RGB. T and Z planes are segmented one by one.
     channel_names : list of str, optional
         Names of the channels, for ``channel="dapi"``.
+    pixel_size : float, optional
+        µm per pixel, for a ``diameter`` in micrometres (``diameter="8um"``).
     **infer_options
         Fields of :class:`~nucleiseg.config.InferConfig` to override (``tta=True``, ...).
+        ``diameter`` is a number of pixels or a string such as ``"30px"`` or ``"8um"``
+        (:func:`nucleiseg.io.units.parse_diameter`); 0 or ``"auto"`` estimates it, as by default.
+        Native scale without an estimate is ``rescale=False``.
 
     Returns
     -------
@@ -46,8 +52,14 @@ def segment(
     >>> import nucleiseg, imageio.v3 as iio  # doctest: +SKIP
     >>> labels = nucleiseg.segment(iio.imread("examples/fluo_small.png"), model="classical")  # doctest: +SKIP
     >>> nucleiseg.segment(zstack, axes="ZYX").shape  # (10, H, W)  # doctest: +SKIP
+    >>> nucleiseg.segment(image, diameter="8um", pixel_size=0.325)  # 24.6 px  # doctest: +SKIP
     """
     from dataclasses import replace
+
+    from nucleiseg.io.units import parse_diameter
+
+    if "diameter" in infer_options:
+        infer_options["diameter"] = parse_diameter(infer_options["diameter"], pixel_size)
 
     segmenter = _cached_segmenter(str(model))
     infer = replace(segmenter.config.infer, **infer_options)  # type: ignore[arg-type]

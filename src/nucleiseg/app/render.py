@@ -35,6 +35,7 @@ from nucleiseg.io.images import ImageReadError, read_labels, to_uint8_rgb
 from nucleiseg.io.labels import InputItem
 from nucleiseg.io.layout import RUN_RECORD, OutputOptions
 from nucleiseg.io.stacks import Planes, read_planes
+from nucleiseg.io.units import Diameter
 from nucleiseg.io.outputs import difference_overlay, measure, overlay_outlines
 from nucleiseg.metrics import match_labels, pixel_metrics
 from nucleiseg.app.limits import api_error, scrub
@@ -65,21 +66,33 @@ class Upload:
 
 @dataclass(frozen=True)
 class Options:
-    """Per-request settings from the form (None keeps the model's own value)."""
+    """Per-request settings from the form (None keeps the model's own value).
+
+    ``diameter`` is pixels or micrometres (``"8um"``, with the file's pixel size or
+    ``pixel_size``); 0 or ``"auto"`` estimates it (:class:`nucleiseg.io.units.Diameter`).
+    ``pixel_size`` (µm per pixel) overrides the file's metadata.
+    """
 
     tta: bool = False
     threshold: float | None = None
     min_size: int | None = None
-    diameter: float | None = None
+    diameter: Diameter | None = None
     channel: int | str | None = None
     axes: str | None = None
     min_confidence: float | None = None
+    pixel_size: float | None = None
 
-    def configs(self, segmenter: Segmenter) -> tuple[InferConfig, PostprocessConfig]:
-        """The model's inference and post-processing settings with these overrides."""
+    def configs(self, segmenter: Segmenter, pixel_size: float | None = None) -> tuple[InferConfig, PostprocessConfig]:
+        """The model's settings with these overrides; ``pixel_size`` (µm) converts a diameter in µm.
+
+        Raises 422 for a diameter in µm without a pixel size.
+        """
         infer = replace(segmenter.config.infer, tta=self.tta or segmenter.config.infer.tta)
         if self.diameter is not None:
-            infer = replace(infer, diameter=self.diameter)
+            try:
+                infer = replace(infer, diameter=self.diameter.pixels(pixel_size))
+            except ValueError as exc:
+                raise api_error(422, f"diameter: {exc}") from None
         post = segmenter.config.postprocess
         if self.threshold is not None:
             post = replace(post, threshold=self.threshold)
@@ -116,20 +129,20 @@ def decode_planes(upload: Upload, max_pixels: int, options: Options | None = Non
         path = Path(tmp) / f"upload.{upload.kind}"
         path.write_bytes(upload.data)
         try:
-            return read_planes(path, options.channel, options.axes, max_pixels=max_pixels)
+            return read_planes(path, options.channel, options.axes, max_pixels=max_pixels, pixel_size=options.pixel_size)
         except ImageReadError as exc:
             raise _read_error(exc, upload.name, field, Path(tmp)) from None
 
 
-def decode_image(upload: Upload, max_pixels: int, field: str = "file", options: Options | None = None) -> np.ndarray:
-    """Decode an uploaded image (gray or RGB array, dtype kept) or raise 413/422 (422 for stacks)."""
+def decode_image(upload: Upload, max_pixels: int, field: str = "file", options: Options | None = None) -> Planes:
+    """Decode an uploaded image (one gray or RGB plane, dtype kept, with its pixel size) or raise 413/422 (422 for stacks)."""
     planes = decode_planes(upload, max_pixels, options, field)
     if planes.is_stack:
         raise api_error(
             422, f"{field} '{upload.name}' is a {planes.stack_axes} stack of {len(planes.planes)} planes; "
             "ask for ?format=zip to segment every plane"
         )
-    return planes.image
+    return planes
 
 
 def _binary_to_instances(labels: np.ndarray) -> np.ndarray:
@@ -209,22 +222,23 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _run(segmenter: Segmenter, image: np.ndarray, options: Options) -> tuple[Result, dict[str, Any]]:
-    infer, post = options.configs(segmenter)
-    result = segmenter.segment(image, infer, post, keep_probabilities=False)
+def _run(segmenter: Segmenter, planes: Planes, options: Options) -> tuple[Result, dict[str, Any]]:
+    infer, post = options.configs(segmenter, planes.pixel_size.um)
+    result = segmenter.segment(planes.image, infer, post, keep_probabilities=False)
     return result, segmenter.describe(infer, post)
 
 
 def segment_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: int) -> dict[str, Any]:
     """Decode, segment and render one upload into the ``/api/segment`` JSON payload."""
     t0 = time.perf_counter()
-    image = decode_image(upload, max_pixels, options=options)
+    planes = decode_image(upload, max_pixels, options=options)
+    image = planes.image
     t_decode = time.perf_counter() - t0
-    result, described = _run(segmenter, image, options)
+    result, described = _run(segmenter, planes, options)
     t1 = time.perf_counter()
     labels = result.labels
     rgb = to_uint8_rgb(image)
-    table = measure(labels, image)
+    table = measure(labels, image, planes.pixel_size.um)
     top = int(labels.max()) if labels.size else 0
     payload: dict[str, Any] = {
         "name": upload.name,
@@ -236,6 +250,7 @@ def segment_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixe
         "diameter": _clean(result.diameter),
         "diameter_source": result.diameter_source,
         "scale": _clean(result.scale),
+        **planes.pixel_size.record(),
         "model": described["model"],
         "model_hash": described["model_hash"],
         "settings": {"infer": described["infer"], "postprocess": described["postprocess"]},
@@ -261,7 +276,7 @@ def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: 
     if planes.is_stack:
         return _stack_zip(segmenter, upload.name, planes, options, t0)
     image = planes.image
-    result, described = _run(segmenter, image, options)
+    result, described = _run(segmenter, planes, options)
     name = upload.name
     sidecar = {
         **described,
@@ -271,13 +286,14 @@ def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: 
         "diameter": _clean(result.diameter),
         "diameter_source": result.diameter_source,
         "scale": _clean(result.scale),
+        **planes.pixel_size.record(),
         "timings": {k: round(float(v), 4) for k, v in result.timings.items()} | {"total_server": round(time.perf_counter() - t0, 4)},
     }
     buf = io.BytesIO()
     with tempfile.TemporaryDirectory(prefix="nucleiseg-app-") as tmp:
         # the batch's writer: the same files, names and formats as `nucleiseg segment --overlay --measure --geojson`
         item = InputItem(id=name, image_path=Path(name), gt_path=None)
-        files = write_outputs(item, image, result, Path(tmp), OutputOptions(overlay=True, measure=True, geojson=True))
+        files = write_outputs(item, image, result, Path(tmp), OutputOptions(overlay=True, measure=True, geojson=True), planes.pixel_size.um)
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for file in files:
                 zf.write(Path(tmp) / file, file)
@@ -287,7 +303,7 @@ def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: 
 
 def _stack_zip(segmenter: Segmenter, name: str, planes: Planes, options: Options, t0: float) -> bytes:
     """ZIP of a stack's label stack, overlay stack, measurements (``plane`` column), GeoJSON and run.json."""
-    infer, post = options.configs(segmenter)
+    infer, post = options.configs(segmenter, planes.pixel_size.um)
     stacked = segment_planes(segmenter, planes, infer, post)
     sidecar = {
         **segmenter.describe(infer, post),
@@ -314,9 +330,10 @@ def evaluate_job(
 ) -> dict[str, Any]:
     """Segment an upload and score it against uploaded ground truth (``/api/evaluate`` payload)."""
     t0 = time.perf_counter()
-    image = decode_image(upload, max_pixels, options=options)
+    planes = decode_image(upload, max_pixels, options=options)
+    image = planes.image
     true = decode_ground_truth(truth, image.shape[:2], max_pixels)
-    result, described = _run(segmenter, image, options)
+    result, described = _run(segmenter, planes, options)
     pred = result.labels
     match = match_labels(true, pred)
     pixels = pixel_metrics(true, pred)

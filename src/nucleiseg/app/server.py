@@ -8,16 +8,18 @@ Endpoints
     Multipart form: ``file`` (PNG, TIFF, JPEG or BMP, judged by content) and optional
     ``tta`` (bool), ``threshold`` (0 < t < 1), ``min_size`` (pixels >= 0), ``min_confidence``
     (0..1, mean foreground probability below which a nucleus is removed), ``diameter``
-    (pixels > 0), ``channel`` (nuclear channel of a multi-channel image: 0-based index or a
-    name from the OME/ImageJ metadata) and ``axes`` (axis letters of a file without axis
-    metadata, e.g. ``ZYX``). Returns JSON ``{name, count, width, height, channels, dtype, diameter,
+    (pixels ``30``, micrometres ``8um``; ``0`` or ``auto``: estimate it), ``pixel_size`` (µm per
+    pixel, overriding the file's OME/ImageJ/TIFF metadata), ``channel`` (nuclear channel of a
+    multi-channel image: 0-based index or a name from the OME/ImageJ metadata) and ``axes``
+    (axis letters of a file without axis metadata, e.g. ``ZYX``). Returns JSON ``{name, count, width, height, channels, dtype, diameter,
     diameter_source, scale, model, model_hash, settings, measurements: [row, ...],
     measurements_csv, timings, image_png, overlay_png, labels_png}``: ``diameter`` is the
     estimated (or given, ``diameter_source == "given"``) median nucleus diameter in pixels,
     ``scale`` the zoom the image was segmented at, ``timings.estimate`` the seconds the size
-    estimate took. The three images are base64-encoded PNGs: the
-    image scaled to 8-bit RGB for display, the outlines drawn on it, and the labels as a 16-bit
-    gray PNG whose pixel values are the nucleus ids 1..count (``null`` beyond 65,535 nuclei: use
+    estimate took, ``pixel_size_um``/``pixel_size_source`` the pixel size and where it came from
+    (``metadata``, ``option`` or ``none``; with one, the measurements gain µm columns). The
+    three images are base64-encoded PNGs: the image scaled to 8-bit RGB for display, the
+    outlines drawn on it, and the labels as a 16-bit gray PNG whose pixel values are the nucleus ids 1..count (``null`` beyond 65,535 nuclei: use
     the ZIP). With ``?format=zip`` the answer is a ZIP holding ``<name>_masks.tif``,
     ``<name>_overlay.png``, ``<name>_measurements.csv``, ``<name>.geojson`` (QuPath detections)
     and ``run.json``; a time/z stack (JSON mode answers 422 for it) gives the label stack
@@ -74,6 +76,7 @@ from nucleiseg.app.uploads import ZipLimits
 from nucleiseg.bundle import CLASSICAL, list_bundled
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.stacks import parse_channel
+from nucleiseg.io.units import Diameter
 
 __all__ = ["AppSettings", "ModelHolder", "available_models", "create_app", "load_segmenter"]
 
@@ -92,7 +95,12 @@ MinSizeField = Annotated[int | None, Form(ge=0, le=10_000_000, description="remo
 MinConfidenceField = Annotated[
     float | None, Form(ge=0.0, le=1.0, allow_inf_nan=False, description="remove nuclei whose mean foreground probability is below this")
 ]
-DiameterField = Annotated[float | None, Form(gt=0.0, le=10_000.0, allow_inf_nan=False, description="nucleus diameter in pixels")]
+DiameterField = Annotated[
+    str | None, Form(max_length=32, description="nucleus diameter: pixels (30), micrometres (8um, needs a pixel size), 0 or auto: estimate")
+]
+PixelSizeField = Annotated[
+    float | None, Form(gt=0.0, le=10_000.0, allow_inf_nan=False, description="micrometres per pixel (overrides the file's metadata)")
+]
 TtaField = Annotated[bool, Form(description="average the 8 flips/rotations")]
 ChannelField = Annotated[str | None, Form(max_length=64, description="nuclear channel: 0-based index or a channel name from the OME/ImageJ metadata")]
 ModelField = Annotated[str | None, Form(max_length=80, description="model name from GET /api/models (default: the server's)")]
@@ -278,6 +286,7 @@ def create_app(
         min_size: MinSizeField = None,
         min_confidence: MinConfidenceField = None,
         diameter: DiameterField = None,
+        pixel_size: PixelSizeField = None,
         channel: ChannelField = None,
         axes: AxesField = None,
         model: ModelField = None,
@@ -286,7 +295,7 @@ def create_app(
         """Segment one image; JSON with base64 PNGs, or a ZIP with ``?format=zip`` (also for stacks)."""
         data, kind = await read_upload(file, settings.max_upload_bytes, "file", IMAGE_KINDS)
         upload = Upload(_upload_name(file), data, kind)
-        options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes, min_confidence)
+        options = Options(tta, threshold, min_size, _diameter(diameter), parse_channel(channel), axes, min_confidence, pixel_size)
         if format == "zip":
             content = await process(zip_job, upload, options, model=model)
             disposition = f'attachment; filename="{upload.name}_nucleiseg.zip"'
@@ -303,6 +312,7 @@ def create_app(
         min_size: MinSizeField = None,
         min_confidence: MinConfidenceField = None,
         diameter: DiameterField = None,
+        pixel_size: PixelSizeField = None,
         channel: ChannelField = None,
         axes: AxesField = None,
         model: ModelField = None,
@@ -316,7 +326,7 @@ def create_app(
         allowed = (*IMAGE_KINDS, "zip") if field == "gt" else ("zip",)
         truth_data, truth_kind = await read_upload(truth_file, settings.max_upload_bytes, field, allowed)
         truth = Upload(_upload_name(truth_file, field), truth_data, truth_kind)
-        options = Options(tta, threshold, min_size, diameter, parse_channel(channel), axes, min_confidence)
+        options = Options(tta, threshold, min_size, _diameter(diameter), parse_channel(channel), axes, min_confidence, pixel_size)
         return await process(evaluate_job, upload, truth, options, model=model)
 
     return app
@@ -331,6 +341,16 @@ def _app_state(settings: AppSettings, holder: ModelHolder) -> AppState:
     models = ModelRegistry(holder.get, settings.model, available_models, load_segmenter, runs_root, settings.device)
     label = str(settings.runs) if settings.runs else "<temporary>"
     return AppState(settings, datasets, JobManager(), models, runs_root, label, Path(tempfile.mkdtemp(prefix="nucleiseg-eval-")))
+
+
+def _diameter(text: str | None) -> Diameter | None:
+    """The ``diameter`` form field as a :class:`Diameter` (None: the model's own), or 422."""
+    if text is None:
+        return None
+    try:
+        return Diameter.parse(text)
+    except ValueError as exc:
+        raise api_error(422, f"diameter: {exc}") from None
 
 
 def _upload_name(upload: UploadFile | None, default: str = "image") -> str:

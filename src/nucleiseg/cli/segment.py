@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: the parser is built at start-up
+    from nucleiseg.io.units import Diameter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     p.add_argument("--tile", type=int, help="tile side in pixels (default from the model)")
     p.add_argument("--overlap", type=float, help="tile overlap fraction (default 0.25)")
-    p.add_argument("--diameter", type=float, help="typical nucleus diameter in pixels (skips the estimate)")
-    p.add_argument("--no-rescale", action="store_true", help="segment at native scale only")
+    p.add_argument("--diameter", metavar="D", help="typical nucleus diameter, skips the estimate: pixels (30), or micrometres "
+                   "(8um) with a pixel size from the file or --pixel-size; 0 or auto: estimate it (the default)")
+    p.add_argument("--pixel-size", metavar="UM", help="micrometres per pixel, overriding the files' OME/ImageJ/TIFF "
+                   "metadata; adds µm columns to --measure and QuPath's µm measurements to --geojson")
+    p.add_argument("--no-rescale", action="store_true", help="segment at native scale only, without a size estimate")
     p.add_argument("--min-zoom", type=float, help="smallest zoom an image is shrunk to (default 0.25, nuclei up to ~150 px; "
                    "0.125 for larger nuclei)")
     p.add_argument("--threshold", type=float, help="foreground probability threshold")
@@ -83,6 +90,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
+    try:
+        diameter, pixel_size = _units(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     extras = args.png or args.overlay or args.measure or args.rois or args.rle or args.geojson
     if args.block is not None and extras:
         print("error: --block writes only OUT/<id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson", file=sys.stderr)
@@ -107,9 +119,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(spec)
     infer = segmenter.config.infer
     overrides = {"tta": args.tta or infer.tta, "rescale": infer.rescale and not args.no_rescale}
-    for name in ("tile", "overlap", "diameter", "min_zoom"):
+    for name in ("tile", "overlap", "min_zoom"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.diameter is not None:  # "0"/"auto" estimate, as the model's own default does
+        overrides["diameter"] = diameter.value if diameter.unit == "px" else None
     infer = replace(infer, **overrides)
     post = segmenter.config.postprocess
     if args.threshold is not None:
@@ -119,7 +133,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.min_confidence is not None:
         post = replace(post, min_confidence=args.min_confidence)
     options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle,
-                            geojson=args.geojson, channel=parse_channel(args.channel), axes=args.axes)
+                            geojson=args.geojson, channel=parse_channel(args.channel), axes=args.axes, pixel_size=pixel_size,
+                            diameter_um=diameter.value if diameter.unit == "um" else None)
     client = None
     if args.dask:
         from nucleiseg.distributed import get_client
@@ -135,3 +150,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
             client.close()
     print(summary.line())
     return 1 if summary.failures else 0
+
+
+def _units(args: argparse.Namespace) -> tuple[Diameter, float | None]:
+    """``--diameter`` as a :class:`~nucleiseg.io.units.Diameter` and ``--pixel-size`` in µm (or None)."""
+    from nucleiseg.io.units import Diameter, parse_pixel_size
+
+    diameter = Diameter.parse(args.diameter)
+    pixel_size = None if args.pixel_size is None else parse_pixel_size(args.pixel_size)
+    if args.block is not None and diameter.unit == "um":
+        raise ValueError("--block takes --diameter in pixels")
+    return diameter, pixel_size

@@ -9,7 +9,7 @@ is ``{"failure": ...}`` instead). :func:`load_segmenter` loads the model of a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from nucleiseg.io.images import write_labels
 from nucleiseg.io.labels import InputItem, load_item_gt
 from nucleiseg.io.layout import OutputLayout, OutputOptions
 from nucleiseg.io.stacks import read_planes
+from nucleiseg.io.units import Diameter
 
 __all__ = ["ItemStep", "load_segmenter", "segment_one", "spec_of", "write_outputs"]
 
@@ -43,8 +44,14 @@ def spec_of(segmenter: Segmenter) -> ModelSpec | None:
     return getattr(segmenter, "source", None)
 
 
-def write_outputs(item: InputItem, image: np.ndarray, result: Result, out_dir: Path, options: OutputOptions) -> list[str]:
-    """Write the requested outputs of one 2-D image; returns the file names written."""
+def write_outputs(
+    item: InputItem, image: np.ndarray, result: Result, out_dir: Path, options: OutputOptions, pixel_size: float | None = None
+) -> list[str]:
+    """Write the requested outputs of one 2-D image; returns the file names written.
+
+    ``pixel_size`` (µm per pixel) adds the µm columns to the measurements and QuPath's µm
+    measurements to the GeoJSON.
+    """
     layout = OutputLayout(Path(out_dir), options)
     written = []
     # Writers of optional outputs are imported when asked for (pandas, shapely, roifile cost start-up time).
@@ -53,7 +60,7 @@ def write_outputs(item: InputItem, image: np.ndarray, result: Result, out_dir: P
         written.append(layout.name(item.id, kind))
         return layout.path(item.id, kind)
 
-    write_labels(put("masks"), result.labels)
+    write_labels(put("masks"), result.labels, pixel_size)
     if options.png:
         write_labels(put("masks_png"), result.labels)
     if options.overlay:
@@ -68,7 +75,7 @@ def write_outputs(item: InputItem, image: np.ndarray, result: Result, out_dir: P
     if options.measure or options.geojson:
         from nucleiseg.io.outputs import measure, write_measurements
 
-        table = measure(result.labels, image)
+        table = measure(result.labels, image, pixel_size)
         if options.measure:
             write_measurements(put("measurements"), table)
         if options.geojson:
@@ -114,8 +121,10 @@ def segment_one(
     """
     t = time.perf_counter()
     try:
-        planes = read_planes(item.image_path, options.channel, options.axes)
+        planes = read_planes(item.image_path, options.channel, options.axes, pixel_size=options.pixel_size)
         read_seconds = time.perf_counter() - t
+        if options.diameter_um is not None:  # a diameter in µm: pixels of this image
+            infer = replace(infer, diameter=Diameter(options.diameter_um, "um").pixels(planes.pixel_size.um))
         if planes.is_stack:
             from nucleiseg.inference.stack import segment_planes, write_stack_outputs
 
@@ -128,7 +137,7 @@ def segment_one(
             image = planes.image
             result = segmenter.segment(image, infer, post, keep_probabilities=False)
             w = time.perf_counter()
-            files = write_outputs(item, image, result, Path(out_dir), options)
+            files = write_outputs(item, image, result, Path(out_dir), options, planes.pixel_size.um)
             write_seconds = time.perf_counter() - w
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -141,6 +150,7 @@ def segment_one(
         record.update(channel=planes.channel, seconds=round(time.perf_counter() - t, 4), outputs=files)
         return {"record": record, "labels": None}
     record = _image_record(item, result, time.perf_counter() - t, files)
+    record.update(planes.pixel_size.record())
     stages = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k != "total"}, "write": write_seconds}
     record["timings"] = {k: round(v, 4) for k, v in stages.items()}
     if planes.channel is not None:

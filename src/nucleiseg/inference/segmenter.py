@@ -297,7 +297,7 @@ class Segmenter:
 
         norm = self.normalize(image, intensity)
         timings["normalize"] = time.perf_counter() - t0
-        diameter = infer.diameter
+        diameter = infer.diameter or None  # 0 means "estimate it", as everywhere (native scale is rescale=False)
         source: str | None = "given" if diameter is not None else None
         found = SizeFinding(None, None, None, None)
         if diameter is None and infer.rescale:

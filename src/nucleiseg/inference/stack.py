@@ -112,10 +112,10 @@ def plane_positions(stack_axes: str, stack_shape: tuple[int, ...]) -> list[dict[
 
 
 def stack_measurements(result: StackResult, planes: Planes) -> pd.DataFrame:
-    """:func:`nucleiseg.io.measure.measure` of every plane, with a leading ``plane`` column."""
+    """:func:`nucleiseg.io.measure.measure` of every plane (µm columns with a pixel size), with a leading ``plane`` column."""
     tables = []
     for p, (res, image) in enumerate(zip(result.planes, planes.planes, strict=True)):
-        table = measure(res.labels, image)
+        table = measure(res.labels, image, planes.pixel_size.um)
         table.insert(0, "plane", np.full(len(table), p, np.int64))
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
@@ -153,7 +153,7 @@ def write_stack_outputs(
         written.append(layout.name(item_id, kind))
         return layout.path(item_id, kind)
 
-    write_label_stack(put("masks"), result.labels, result.axes)
+    write_label_stack(put("masks"), result.labels, result.axes, planes.pixel_size.um)
     if options.overlay:
         _write_overlay_stack(put("overlay_stack"), planes, result)
     table = stack_measurements(result, planes) if (options.measure or options.geojson) else None
@@ -168,7 +168,7 @@ def write_stack_outputs(
 
 
 def stack_record(planes: Planes, result: StackResult) -> dict[str, Any]:
-    """Record fields of a stack for ``run.json``: planes, axes, channel and per-plane counts."""
+    """Record fields of a stack for ``run.json``: planes, axes, channel, per-plane counts and pixel size."""
     diameters = [r.diameter for r in result.planes if r.diameter is not None]
     sources = [r.diameter_source for r in result.planes if r.diameter_source]
     return {
@@ -180,4 +180,5 @@ def stack_record(planes: Planes, result: StackResult) -> dict[str, Any]:
         "planes": len(result.planes),
         "axes": result.axes,
         "plane_counts": [r.count for r in result.planes],
+        **planes.pixel_size.record(),
     }

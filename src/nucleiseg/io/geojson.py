@@ -8,6 +8,11 @@ covers ``[col, col + 1) x [row, row + 1)``. Outlines are the marching-squares co
 each nucleus mask (:func:`skimage.measure.find_contours`), the same outlines as the ImageJ ROI
 zip. A nucleus in several separate pieces becomes a ``MultiPolygon``; holes are not kept
 (post-processing fills them).
+
+With a pixel size, the physical columns of the measurements (:data:`nucleiseg.io.measure.PHYSICAL_COLUMNS`)
+go in under QuPath's own measurement names (:data:`QUPATH_NAMES`: ``"Nucleus: Area µm^2"``,
+``"Nucleus: Perimeter µm"``, ``"Centroid X µm"``, ``"Centroid Y µm"``), so QuPath lists them
+beside its own detections' measurements; coordinates stay in pixels, as QuPath expects.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from skimage.measure import find_contours, regionprops
 
 from nucleiseg.io.atomic import atomic_write_text
 
-__all__ = ["nucleus_polygons", "to_feature_collection", "write_geojson"]
+__all__ = ["QUPATH_NAMES", "nucleus_polygons", "to_feature_collection", "write_geojson"]
+
+#: QuPath's names of the physical measurement columns (µm is written with U+00B5, as QuPath does).
+QUPATH_NAMES = {
+    "area_um2": "Nucleus: Area \u00b5m^2", "perimeter_um": "Nucleus: Perimeter \u00b5m",
+    "centroid_x_um": "Centroid X \u00b5m", "centroid_y_um": "Centroid Y \u00b5m",
+}  # fmt: skip
 
 
 def _ring(piece: np.ndarray, y0: int, x0: int) -> list[list[float]]:
@@ -83,7 +94,8 @@ def to_feature_collection(
         ``(H, W)`` labels.
     measurements : DataFrame, optional
         One row per nucleus with a ``label`` column (:func:`nucleiseg.io.measure.measure`);
-        every column goes into ``properties.measurements``.
+        every column goes into ``properties.measurements``, the physical ones under their
+        QuPath names (:data:`QUPATH_NAMES`).
     plane : dict, optional
         QuPath image plane ``{"c": -1, "z": z, "t": t}`` of a stack plane, written into each
         geometry (QuPath's own key for objects off the first plane).
@@ -99,7 +111,7 @@ def to_feature_collection(
         if "label" not in measurements.columns:
             raise ValueError("measurements need a 'label' column")
         for row in measurements.to_dict(orient="records"):
-            rows[int(row["label"])] = {str(k): _number(v) for k, v in row.items()}
+            rows[int(row["label"])] = {QUPATH_NAMES.get(str(k), str(k)): _number(v) for k, v in row.items()}
     features = []
     for label, polygons in nucleus_polygons(labels):
         if len(polygons) == 1:

@@ -6,7 +6,10 @@ its header is compared with a cap so that a small file claiming a huge size (a d
 is refused without allocating memory. Any unreadable file raises :class:`ImageReadError`.
 
 TIFF files are read with ``tifffile``; PNG, JPEG and BMP with Pillow. Pillow reduces 16-bit
-*colour* PNGs to 8 bits per channel; store such data as TIFF to keep the full range.
+*colour* PNGs to 8 bits per channel; store such data as TIFF to keep the full range. Only
+interleaved RGB(A) is colour: a TIFF of 3 or 4 planes stored one after another (planar RGB, an
+ImageJ/OME ``CYX`` file, or pages without metadata) is refused as ambiguous
+(:func:`nucleiseg.io.stacks.read_planes` reads it with a channel or axes).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import tifffile
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
 from nucleiseg.io.atomic import atomic_path
+from nucleiseg.io.units import parse_diameter, resolution_tags  # parse_diameter: for the napari widget
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "ImageReadError",
+    "parse_diameter",
     "read_image",
     "read_image_shape",
     "read_labels",
@@ -165,8 +170,11 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     keep = [i for i, s in enumerate(arr.shape) if s != 1 or axes[i] in "YX"]
     axes = "".join(axes[i] for i in keep)
     arr = arr.reshape([arr.shape[i] for i in keep])
-    if arr.ndim == 3 and arr.shape[-1] > 4 and arr.shape[0] in (3, 4) and axes[0] in "CSQ":
-        arr = np.moveaxis(arr, 0, -1)  # channel-first (ImageJ CYX, planar RGB) -> channel-last
+    if arr.ndim == 3 and arr.shape[-1] > 4 and arr.shape[0] in (3, 4):  # planar: channels or colour?
+        raise ImageReadError(
+            path, f"{arr.shape[0]} planes stored one after another (shape {arr.shape}, axes {axes}), not interleaved RGB: "
+            "ambiguous; give --channel N for the nuclear plane (and --axes CYX when asked), or --axes SYX to read them as colour"
+        )
     return arr
 
 
@@ -322,7 +330,7 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def write_labels(path: str | Path, labels: np.ndarray) -> None:
+def write_labels(path: str | Path, labels: np.ndarray, pixel_size: float | None = None) -> None:
     """Write a label image atomically: 16-bit PNG, or zlib-compressed 16/32-bit TIFF.
 
     Parameters
@@ -332,6 +340,9 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
         fit, else ``uint32``).
     labels : numpy.ndarray
         ``(H, W)`` non-negative integer labels.
+    pixel_size : float, optional
+        µm per pixel, written into a TIFF's resolution tags (per centimetre), where
+        :func:`nucleiseg.io.units.tiff_pixel_size`, Fiji and QuPath find it.
 
     Raises
     ------
@@ -352,7 +363,7 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
             raise ValueError(f"{path}: label id {top} exceeds the uint32 range")
         dtype = np.uint16 if top <= 65535 else np.uint32
         with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", photometric="minisblack")
+            tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", photometric="minisblack", **resolution_tags(pixel_size))
     else:
         raise ValueError(f"{path}: label images are written as .png, .tif or .tiff, not {path.suffix or 'no suffix'}")
 

@@ -55,6 +55,8 @@ class OutputOptions:
     ``geojson`` writes ``<id>.geojson`` (QuPath detections with measurements). ``channel`` and
     ``axes`` say how to read multi-channel images and stacks (:func:`nucleiseg.io.stacks.read_planes`):
     the nuclear channel (index or metadata name) and the axis letters of files without metadata.
+    ``pixel_size`` (µm per pixel) overrides the files' own; ``diameter_um`` is a nucleus diameter
+    in µm, turned into pixels per image with its pixel size (:mod:`nucleiseg.io.units`).
     """
 
     png: bool = False
@@ -65,6 +67,8 @@ class OutputOptions:
     geojson: bool = False
     channel: int | str | None = None
     axes: str | None = None
+    pixel_size: float | None = None
+    diameter_um: float | None = None
 
 
 @dataclass(frozen=True)

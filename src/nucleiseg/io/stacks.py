@@ -9,11 +9,19 @@ ImageJ slice labels); ``T`` and ``Z`` become planes, each segmented on its own.
 
 Without ``channel`` and ``axes`` a one-plane gray or RGB file gives exactly what
 :func:`nucleiseg.io.read_image` gives (it is read by it), so 2-D inputs are unchanged.
+
+Only interleaved colour (a ``YXS`` file: RGB or RGBA samples side by side in each pixel) is read
+as colour without being asked. Planes stored one after another are ambiguous: a 3-plane file of
+(actin, brightfield, DAPI) written without metadata looks like planar RGB. A channel dimension
+(``C``) of two or more planes, and planar colour (``SYX``) from the file, are refused with one line
+that asks for ``--channel`` (the nuclear plane) or ``--axes`` with ``S`` (read them as colour).
+
+:func:`read_planes` also reads the pixel size (:mod:`nucleiseg.io.units`) into :attr:`Planes.pixel_size`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +29,7 @@ import tifffile
 
 from nucleiseg.io.atomic import atomic_path
 from nucleiseg.io.images import DEFAULT_MAX_PIXELS, ImageReadError, _check_pixels, _sniff, read_image, standard_dtype
+from nucleiseg.io.units import PixelSize, pixel_size_of, resolution_tags, tiff_pixel_size
 
 __all__ = ["STACK_AXES", "Planes", "parse_channel", "read_planes", "resolve_planes", "write_label_stack"]
 
@@ -46,6 +55,8 @@ class Planes:
         Index of the chosen channel, None when all channels were kept.
     channel_name : str or None
         Its name in the file's metadata, when there is one.
+    pixel_size : PixelSize
+        µm per pixel and its source (metadata, the user's option, or none).
     """
 
     planes: np.ndarray
@@ -53,6 +64,7 @@ class Planes:
     stack_shape: tuple[int, ...] = ()
     channel: int | None = None
     channel_name: str | None = None
+    pixel_size: PixelSize = field(default_factory=PixelSize)
 
     @property
     def is_stack(self) -> bool:
@@ -172,14 +184,16 @@ def resolve_planes(
     arr = arr.reshape([shape[i] for i in keep])
     ax = "".join(ax[i] for i in keep)
     unknown = [a for a in ax if a not in _KNOWN]
-    if unknown:  # (a planar RGB file without metadata never gets here: read_planes reads it with read_image)
+    if unknown:  # e.g. 3 pages of a TIFF without metadata: channels, or z planes?
         raise ValueError(
             f"ambiguous axes: shape {tuple(arr.shape)} has {len(unknown)} unnamed dimension(s); "
-            f"give the axis order with --axes (Python: axes=), e.g. {_options(ax)}"
+            f"give the axis order with --axes (Python: axes=), e.g. {_options(ax)} (with C, also --channel N)"
         )
     chan_axes = [a for a in ax if a in "CS"]
     if len(chan_axes) > 1:
         raise ValueError(f"both channel (C) and colour (S) dimensions in axes {ax!r}; pick one with --channel after naming one of them Z or T")
+    if chan_axes and channel is None:
+        _refuse_ambiguous(ax, tuple(arr.shape), names, user_axes=bool(axes))
     chosen: int | None = None
     chosen_name: str | None = None
     if chan_axes:
@@ -188,13 +202,7 @@ def resolve_planes(
         if channel is not None:
             chosen, chosen_name = _pick_channel(channel, size, names)
             arr, ax = np.take(arr, chosen, axis=c), ax.replace(chan_axes[0], "")
-        elif size > 4:
-            listed = f" ({', '.join(names[:size])})" if names else ""
-            raise ValueError(
-                f"{size} channels{listed}: pick the nuclear one with --channel 0..{size - 1}"
-                + (" or --channel NAME" if names else "")
-            )
-        else:
+        else:  # colour samples (S) of at most 4: _refuse_ambiguous let them through
             arr = np.moveaxis(arr, c, -1)
             ax = ax.replace(chan_axes[0], "") + "S"
             arr = arr[..., 0] if size == 2 else arr[..., :3]
@@ -208,6 +216,27 @@ def resolve_planes(
     stack_shape = tuple(int(s) for s in arr.shape[: len(stack)])
     planes = arr.reshape((-1, *arr.shape[len(stack):]))
     return Planes(standard_dtype(planes), stack, stack_shape, chosen, chosen_name)
+
+
+def _refuse_ambiguous(ax: str, shape: tuple[int, ...], names: list[str], user_axes: bool) -> None:
+    """Raise for channels that would otherwise be guessed: only interleaved colour is read as colour.
+
+    A ``C`` dimension of two or more planes needs ``--channel``; colour samples (``S``) are
+    read as colour when they are interleaved (``S`` last), or when the user named them with
+    ``--axes``; planar colour from a file's own axes is refused (3 planes written without
+    metadata look exactly like it).
+    """
+    letter = "C" if "C" in ax else "S"
+    size = shape[ax.index(letter)]
+    if letter == "S" and size <= 4 and (user_axes or ax.endswith("S")):
+        return
+    listed = f" ({', '.join(names[:size])})" if names else ""
+    pick = f"pick the nuclear one with --channel 0..{size - 1}" + (" or --channel NAME" if names else "")
+    if size > 4:
+        raise ValueError(f"{size} channels{listed}: {pick}")
+    stored = "planes stored one after another, not interleaved RGB" if letter == "S" else "channels"
+    colour = "".join("S" if a == letter else a for a in ax)
+    raise ValueError(f"{size} {stored}{listed}: ambiguous; {pick}, or give --axes {colour} to read them as colour")
 
 
 def _tiff_channel_names(tif: tifffile.TiffFile, axes: str, shape: tuple[int, ...]) -> list[str]:
@@ -233,8 +262,9 @@ def read_planes(
     axes: str | None = None,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    pixel_size: float | None = None,
 ) -> Planes:
-    """Read an image file as planes to segment (see :func:`resolve_planes`).
+    """Read an image file as planes to segment (see :func:`resolve_planes`) with its pixel size.
 
     Parameters
     ----------
@@ -246,6 +276,8 @@ def read_planes(
         Axis letters for files without (or with wrong) axis metadata.
     max_pixels : int
         Refuse files whose header claims more pixels (all planes together).
+    pixel_size : float, optional
+        µm per pixel given by the user; overrides the file's metadata (:mod:`nucleiseg.io.units`).
 
     Raises
     ------
@@ -256,7 +288,7 @@ def read_planes(
     try:
         if _sniff(path) != "tiff":
             image = read_image(path, max_pixels=max_pixels)
-            return resolve_planes(image, axes, channel)
+            return _with_size(resolve_planes(image, axes, channel), pixel_size_of(None, pixel_size))
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise ImageReadError(path, "TIFF holds no image data")
@@ -264,18 +296,17 @@ def read_planes(
             shape, file_axes = tuple(int(s) for s in series.shape), str(series.axes)
             kept = [(a, s) for a, s in zip(file_axes, shape, strict=True) if s != 1 or a in "YX"]
             squeezed = "".join(a for a, _ in kept)
-            # One gray or colour plane: read_image reads it, so 2-D inputs stay exactly as before.
-            simple = channel is None and axes is None and (
-                squeezed in ("YX", "YXS") or (len(kept) == 3 and squeezed[0] in "CSQ" and kept[0][1] in (3, 4))
-            )
+            size = pixel_size_of(tiff_pixel_size(tif), pixel_size)
+            # One gray or interleaved colour plane: read_image reads it, so 2-D inputs stay as before.
+            simple = channel is None and axes is None and squeezed in ("YX", "YXS")
             if not simple:
                 samples = shape[-1] if file_axes.endswith("S") else 1
                 _check_pixels(path, shape[:-1] if samples > 1 else shape, max_pixels)
                 names = _tiff_channel_names(tif, file_axes, shape)
                 data = series.asarray()
         if simple:
-            return resolve_planes(read_image(path, max_pixels=max_pixels), None, None)
-        return resolve_planes(data, axes, channel, names, file_axes)
+            return _with_size(resolve_planes(read_image(path, max_pixels=max_pixels), None, None), size)
+        return _with_size(resolve_planes(data, axes, channel, names, file_axes), size)
     except ImageReadError:
         raise
     except ValueError as exc:
@@ -284,12 +315,18 @@ def read_planes(
         raise ImageReadError(path, f"cannot decode TIFF ({exc})") from exc
 
 
-def write_label_stack(path: str | Path, labels: np.ndarray, axes: str) -> None:
+def _with_size(planes: Planes, size: PixelSize) -> Planes:
+    planes.pixel_size = size
+    return planes
+
+
+def write_label_stack(path: str | Path, labels: np.ndarray, axes: str, pixel_size: float | None = None) -> None:
     """Write a label stack atomically as a zlib TIFF that Fiji opens as a stack.
 
     ``uint16`` stacks whose axes ImageJ accepts get ImageJ hyperstack metadata (Fiji shows the
     T/Z sliders); ``uint32`` stacks (more than 65,535 nuclei in a plane) keep their axes in
-    tifffile's metadata.
+    tifffile's metadata. ``pixel_size`` (µm) is stored as ImageJ's calibration (or as TIFF
+    resolution tags for ``uint32``).
     """
     labels = np.asarray(labels)
     if labels.ndim != len(axes) or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
@@ -298,6 +335,9 @@ def write_label_stack(path: str | Path, labels: np.ndarray, axes: str) -> None:
     imagej_order = [_IMAGEJ_ORDER.index(a) for a in axes]
     with atomic_path(path) as tmp:
         if top <= 65535 and imagej_order == sorted(imagej_order):
-            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata={"axes": axes}, compression="zlib")
+            meta = {"axes": axes, **({"unit": "um"} if pixel_size is not None else {})}
+            tifffile.imwrite(tmp, labels.astype(np.uint16), imagej=True, metadata=meta, compression="zlib",
+                             **resolution_tags(pixel_size, imagej=True))
         else:
-            tifffile.imwrite(tmp, labels.astype(np.uint32), metadata={"axes": axes}, compression="zlib", photometric="minisblack")
+            tifffile.imwrite(tmp, labels.astype(np.uint32), metadata={"axes": axes}, compression="zlib", photometric="minisblack",
+                             **resolution_tags(pixel_size))

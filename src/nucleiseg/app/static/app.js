@@ -3,8 +3,8 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const TABLE_COLUMNS = [
-  ["label", "Id", 0], ["area", "Area (px)", 0], ["centroid_x", "x", 1], ["centroid_y", "y", 1],
-  ["perimeter", "Perimeter", 1], ["eccentricity", "Eccentricity", 3], ["solidity", "Solidity", 3],
+  ["label", "Id", 0], ["area", "Area (px)", 0], ["area_um2", "Area (µm²)", 2], ["centroid_x", "x", 1], ["centroid_y", "y", 1],
+  ["perimeter", "Perimeter", 1], ["perimeter_um", "Perimeter (µm)", 2], ["eccentricity", "Eccentricity", 3], ["solidity", "Solidity", 3],
   ["mean_intensity", "Mean intensity", 1],
 ];
 const ZOOM_STEPS = [0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16];
@@ -58,7 +58,7 @@ function formOptions() {
   if ($("#opt-model").value) form.append("model", $("#opt-model").value);
   if ($("#opt-tta").checked) form.append("tta", "true");
   for (const [id, name] of [["#opt-threshold", "threshold"], ["#opt-min-size", "min_size"], ["#opt-min-confidence", "min_confidence"],
-                            ["#opt-diameter", "diameter"],
+                            ["#opt-diameter", "diameter"], ["#opt-pixel-size", "pixel_size"],
                             ["#opt-channel", "channel"], ["#opt-axes", "axes"]]) {
     const v = $(id).value.trim();
     if (v !== "") form.append(name, v);
@@ -256,7 +256,10 @@ function renderStats(card, data) {
     ["Covered", `${cover.toFixed(1)} %`],
     [data.diameter_source === "given" ? "Diameter (given)" : "Estimated diameter", data.diameter ? `${fmt(data.diameter, 1)} px` : "–"],
     ["Zoom used", typeof data.scale === "number" ? `×${fmt(data.scale, 2)}` : "–"],
+    [data.pixel_size_source === "option" ? "Pixel size (given)" : "Pixel size",
+     data.pixel_size_um ? `${fmt(data.pixel_size_um, 3)} µm` : "unknown"],
   ];
+  if (data.pixel_size_um && median !== null) items.splice(3, 0, ["Median area", `${fmt(median * data.pixel_size_um ** 2, 1)} µm²`]);
   const box = $(".stats", card);
   box.replaceChildren(...items.map(([k, v]) => {
     const div = document.createElement("div");
