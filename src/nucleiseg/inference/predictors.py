@@ -26,7 +26,7 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 #: The backend name that picks a model's fastest form.
 AUTO = "auto"
 #: The order ``auto`` tries a model folder's forms in: int8 ONNX (measured within 0.005 of the
-#: PyTorch score on the DSB validation split and the fastest on a CPU, see the README), fp32
+#: PyTorch score on the DSB validation split and the fastest on a CPU, see docs/speed.md), fp32
 #: ONNX, then PyTorch.
 AUTO_ORDER = ("onnx-int8", "onnx", "torch")
 
