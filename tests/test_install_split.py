@@ -1,5 +1,5 @@
-"""The core install segments without PyTorch: every inference path runs with torch, albumentations
-and OpenCV made impossible to import, and the paths that need them say which extra to install.
+"""The core install segments without PyTorch: every inference path runs with torch, albumentations,
+OpenCV and the onnx package made impossible to import, and the paths that need them say which extra to install.
 
 The block is a ``sitecustomize`` module on ``PYTHONPATH`` of the child process, so it acts before
 anything is imported, as in a virtual environment where the ``[train]`` extra was never installed.
@@ -22,7 +22,7 @@ BLOCKER = '''
 import sys
 
 class _NoTrainExtra:
-    BLOCKED = {"torch", "albumentations", "albucore", "cv2"}
+    BLOCKED = {"torch", "albumentations", "albucore", "cv2", "onnx"}
 
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.BLOCKED:
@@ -50,8 +50,9 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def test_blocker_blocks(no_torch_env):
-    probe = subprocess.run([sys.executable, "-c", "import torch"], env=no_torch_env, capture_output=True, text=True)
-    assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
+    for module in ("torch", "onnx", "cv2"):
+        probe = subprocess.run([sys.executable, "-c", f"import {module}"], env=no_torch_env, capture_output=True, text=True)
+        assert probe.returncode != 0 and f"No module named '{module}'" in probe.stderr
 
 
 def test_segment_evaluate_inspect_without_torch(no_torch_env, tmp_path):
@@ -71,11 +72,20 @@ def test_segment_evaluate_inspect_without_torch(no_torch_env, tmp_path):
     assert surveyed.returncode == 0 and '"images"' in surveyed.stdout
 
 
-def test_accurate_ensemble_with_tta_without_torch(no_torch_env, tmp_path):
+@pytest.mark.parametrize("model", ["accurate", str(REPO / "src" / "nucleiseg" / "weights" / "default" / "model.int8.onnx")])
+def test_ensemble_with_tta_and_a_lone_onnx_file_without_torch(no_torch_env, tmp_path, model):
     done = run(no_torch_env, "segment", str(EXAMPLES / "fluo_small.png"), "-o", str(tmp_path), "--quiet",
-               "--model", "accurate", "--tta")
+               "--model", model, "--tta")
     assert done.returncode == 0, done.stderr
     assert tifffile.imread(tmp_path / "fluo_small_masks.tif").max() > 5
+
+
+def test_dask_without_torch(no_torch_env, tmp_path):
+    pytest.importorskip("distributed")
+    done = run(no_torch_env, "segment", str(EXAMPLES / "fluo_small.png"), str(EXAMPLES / "tissue_he.png"), "-o",
+               str(tmp_path), "--quiet", "--dask", "local:1")
+    assert done.returncode == 0, done.stderr
+    assert "2 images segmented" in done.stdout
 
 
 @pytest.mark.parametrize("args", [

@@ -17,6 +17,7 @@ EXTRA_OF: dict[str, str] = {
     "torch": "train",
     "albumentations": "train",
     "albucore": "train",
+    "onnx": "train",
     "cv2": "train",
     "fastapi": "app",
     "uvicorn": "app",
