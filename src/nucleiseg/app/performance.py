@@ -151,7 +151,7 @@ def diff_png(job: Job, index: int, model: int) -> bytes:
     item = items[index]
     image = read_image(item.image_path)
     pred = read_labels(work / f"m{model}" / output_name(item.id, "masks"))
-    return png_bytes(difference_overlay(image, load_item_gt(item), pred))
+    return png_bytes(difference_overlay(image, load_item_gt(item), pred, legend=False))  # the page has a legend
 
 
 def thumb_png(job: Job, index: int) -> bytes:
