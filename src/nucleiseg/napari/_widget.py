@@ -42,18 +42,26 @@ class AutoValue(ValuedContainerWidget):
         An integer spin box instead of a decimal one.
     min, max, step : float
         Range and step of the spin box.
+    start : float, optional
+        The number offered when *auto* is first unticked (default ``min``).
+
+    While *auto* is ticked the spin box is hidden, unless :meth:`show_auto` gave it the value
+    auto stands for (shown greyed out).
     """
 
     def __init__(
         self, value: Any = None, auto_text: str = "auto", integer: bool = False,
-        min: float = 0.0, max: float = 1e6, step: float = 1.0, **kwargs: Any,
+        min: float = 0.0, max: float = 1e6, step: float = 1.0, start: float | None = None, **kwargs: Any,
     ) -> None:
         for unused in ("annotation", "nullable"):
             kwargs.pop(unused, None)
         self._auto = CheckBox(text=auto_text, value=True)
         kind = SpinBox if integer else FloatSpinBox
         self._number = kind(min=int(min) if integer else min, max=int(max) if integer else max,
-                            step=int(step) if integer else step, enabled=False)
+                            step=int(step) if integer else step, enabled=False, visible=False)
+        if start is not None:
+            self._number.value = int(start) if integer else start
+        self._shown = False
         kwargs.update(widgets=[self._auto, self._number], labels=False, layout="horizontal")
         super().__init__(value=value, **kwargs)
         self.margins = (0, 0, 0, 0)
@@ -62,6 +70,7 @@ class AutoValue(ValuedContainerWidget):
 
     def _on_auto(self, auto: bool) -> None:
         self._number.enabled = not auto
+        self._number.visible = not auto or self._shown
         self.changed.emit(self.value)
 
     def get_value(self) -> Any:
@@ -74,11 +83,14 @@ class AutoValue(ValuedContainerWidget):
             self._number.value = value
         self._auto.value = value is None
         self._number.enabled = value is not None
+        self._number.visible = value is not None or self._shown
 
     def show_auto(self, value: Any) -> None:
         """Show what auto stands for (the model's value) in the greyed-out box, while auto."""
         if self._auto.value and value is not None:
             self._number.value = value
+            self._shown = True
+            self._number.visible = True
 
 
 def segment_nuclei(
@@ -187,10 +199,10 @@ segment_nuclei_widget = magic_factory(
               "label": "min size (px)", "tooltip": "remove nuclei smaller than this many pixels; auto: the model's"},
     min_confidence={"widget_type": AutoValue, "auto_text": "model's", "max": 1.0, "step": 0.05,
                     "tooltip": "remove nuclei whose mean foreground probability is below this; auto: the model's"},
-    diameter={"widget_type": AutoValue, "auto_text": "estimate", "max": 2000.0,
+    diameter={"widget_type": AutoValue, "auto_text": "estimate", "min": 0.5, "max": 2000.0, "start": 18.0,
               "tooltip": "typical nucleus diameter; auto: estimated from the image"},
     diameter_unit={"choices": ["px", "µm"], "label": "diameter unit", "tooltip": "µm needs the pixel size"},
-    pixel_size={"widget_type": AutoValue, "auto_text": "layer scale", "max": 1000.0, "step": 0.01,
+    pixel_size={"widget_type": AutoValue, "auto_text": "layer scale", "min": 0.001, "max": 1000.0, "step": 0.01, "start": 0.5,
                 "label": "pixel size (µm)", "tooltip": "micrometres per pixel; auto: the layer's scale when it is not 1"},
     channel={"widget_type": AutoValue, "auto_text": "all", "integer": True, "max": 63,
              "tooltip": "nuclear channel: RGB colour or index along the first dimension; auto: all channels"},
