@@ -200,7 +200,7 @@ def _cover(image: np.ndarray, output: np.ndarray) -> np.ndarray:
     return np.concatenate([left, right], axis=1)
 
 
-def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | None = None) -> Path:
+def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | None = None, halo: int | None = None) -> Path:
     """Write a bioimage.io model package (``.zip``) of a model folder with ONNX weights.
 
     Parameters
@@ -210,7 +210,10 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
     out : str or Path
         Target ``.zip``.
     image : str or Path, optional
-        Test image (default: ``examples/fluo_small.png``).
+        Test image (default: ``examples/fluo_wide.png``), cropped or padded to a valid input size.
+    halo : int, optional
+        Output halo in pixels (default :func:`output_halo`: half of nucleiseg's tile overlap);
+        a multiple of the network's stride keeps the minimum input size valid.
 
     Returns
     -------
@@ -236,7 +239,7 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
         raise FileNotFoundError(f"{onnx_file}: no ONNX weights; run `nucleiseg export {model}` first")
     config = load_json(ModelBundleConfig, folder / "config.json")
     stride = int(read_metadata(onnx_file).get("nucleiseg.stride", 32))
-    halo = output_halo(config)
+    halo = output_halo(config) if halo is None else int(halo)
     min_size = 2 * halo + 2 * stride
     picture = fit_test_image(read_image(image or REPO_EXAMPLE), min_size, stride)
     raw, output = test_tensors(folder, picture, config)
