@@ -158,6 +158,9 @@ def test_viewer_widget_adds_labels_with_features(tmp_path: Path, monkeypatch: py
         _, widget = viewer.window.add_plugin_dock_widget("nucleiseg", "Segment nuclei")
         widget.reset_choices()
         assert str(tmp_path / "runs" / "mine") in widget.model.choices
+        before = list(widget.model.choices)
+        widget.model_folder.value = tmp_path  # not a model folder: a warning, the list stays
+        assert list(widget.model.choices) == before and widget.model.value == "default"
         widget.model_folder.value = WEIGHTS_DIR / "accurate"  # a picked folder joins the list and is chosen
         assert widget.model.value == str(WEIGHTS_DIR / "accurate")
         widget.model.value = "classical"

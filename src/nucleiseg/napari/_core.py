@@ -14,7 +14,7 @@ import pandas as pd
 from nucleiseg.bundle import CLASSICAL, ONNX_FILES, ModelBundle, list_bundled
 
 __all__ = [
-    "LayerSettings", "diameter_pixels", "find_runs", "layer_axes", "model_choices", "model_names",
+    "LayerSettings", "diameter_pixels", "find_runs", "is_model_folder", "layer_axes", "model_choices", "model_names",
     "model_postprocess", "runs_dir", "segment_layer_data",
 ]
 
@@ -28,7 +28,9 @@ def runs_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".nucleiseg" / "runs"
 
 
-def _is_model_folder(folder: Path) -> bool:
+def is_model_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a model: ``config.json`` plus ``weights.safetensors`` or an ONNX form."""
+    folder = Path(folder)
     has_net = (folder / "weights.safetensors").is_file() or any((folder / f).is_file() for f in ONNX_FILES.values())
     return (folder / "config.json").is_file() and has_net
 
@@ -45,7 +47,7 @@ def find_runs(root: str | Path | None = None) -> list[Path]:
     if not root.is_dir():
         return []
     found = {p.parent for pattern in ("*/config.json", "*/*/config.json") for p in root.glob(pattern)}
-    return sorted(f for f in found if _is_model_folder(f))
+    return sorted(f for f in found if is_model_folder(f))
 
 
 def model_names() -> list[str]:

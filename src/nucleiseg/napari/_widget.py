@@ -21,7 +21,9 @@ from napari.qt.threading import FunctionWorker, thread_worker
 from napari.types import LayerDataTuple
 from qtpy.QtCore import QTimer
 
-from nucleiseg.napari._core import LayerSettings, diameter_pixels, model_choices, model_postprocess, segment_layer_data
+from nucleiseg.napari._core import (
+    LayerSettings, diameter_pixels, is_model_folder, model_choices, model_postprocess, segment_layer_data,
+)
 
 __all__ = ["AutoValue", "segment_nuclei", "segment_nuclei_widget"]
 
@@ -172,7 +174,12 @@ def _init(gui: Any) -> None:
             getattr(gui, key).show_auto(value)
 
     def pick_folder(folder: Optional[Path]) -> None:
-        if folder is None or not str(folder):
+        if folder is None or not str(folder) or str(folder) == ".":
+            return
+        if not is_model_folder(folder):
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{folder}: not a model folder (it needs config.json and weights.safetensors or model.onnx)")
             return
         if str(folder) not in _PICKED:
             _PICKED.append(str(folder))
