@@ -247,13 +247,7 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="nucleiseg-bioimageio-") as tmp:
         work = Path(tmp)
-        np.save(work / "test_input.npy", raw)
-        np.save(work / "test_output.npy", output)
-        write_image(work / "sample_input.png", _sample_image(raw * (255.0 / max(float(raw.max()), 255.0))))
-        write_image(work / "sample_output.png", _sample_image(output * 255))
-        write_image(work / "cover.png", _cover(picture, output))
-        (work / "README.md").write_text(_documentation(config.name, config, folder / "MODEL_CARD.md", stride, sets),
-                                        encoding="utf-8")
+        _write_files(work, picture, raw, output, _documentation(config.name, config, folder / "MODEL_CARD.md", stride, sets))
         descr = _describe(v, config, work, onnx_file, _tensors(v, config, work, min_size, stride, halo), sets)
         with atomic_path(out) as target, warnings.catch_warnings():
             # bioimageio.spec leaves the packaged source files open; collect them here, quietly,
@@ -262,6 +256,16 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
             save_bioimageio_package(descr, output_path=target)
             gc.collect()
     return out
+
+
+def _write_files(work: Path, picture: np.ndarray, raw: np.ndarray, output: np.ndarray, readme: str) -> None:
+    """The package's files: test tensors (``.npy``), sample images and cover (PNG), documentation."""
+    np.save(work / "test_input.npy", raw)
+    np.save(work / "test_output.npy", output)
+    write_image(work / "sample_input.png", _sample_image(raw * (255.0 / max(float(raw.max()), 255.0))))
+    write_image(work / "sample_output.png", _sample_image(output * 255))
+    write_image(work / "cover.png", _cover(picture, output))
+    (work / "README.md").write_text(readme, encoding="utf-8")
 
 
 def _sample_image(tensor: np.ndarray) -> np.ndarray:
