@@ -8,8 +8,9 @@ Run under a virtual display: ``xvfb-run -a python benchmarks/napari_screenshot.p
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import time
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,14 +22,15 @@ def main() -> None:
     parser.add_argument("--sample", default="fluo_wide", help="example image name (default fluo_wide)")
     parser.add_argument("-o", "--out", default=str(REPO / "docs" / "figures" / "napari_widget.png"))
     args = parser.parse_args()
-    warnings.filterwarnings("ignore", message="System theme detection requires a Qt6 backend")
+    if importlib.util.find_spec("PyQt6") is not None:
+        os.environ.setdefault("QT_API", "pyqt6")  # Qt 6; qtpy would pick PyQt5 first where both are installed
     import napari
     from qtpy.QtWidgets import QApplication
 
     from nucleiseg.io import read_image
 
     viewer = napari.Viewer(show=True)
-    viewer.window.resize(1280, 760)
+    viewer.window.resize(1280, 900)
     image = read_image(REPO / "examples" / f"{args.sample}.png")
     viewer.add_image(image, name=args.sample, rgb=image.ndim == 3)
     _, widget = viewer.window.add_plugin_dock_widget("nucleiseg", "Segment nuclei")
@@ -46,6 +48,10 @@ def main() -> None:
     for toast in viewer.window._qt_window.findChildren(NapariQtNotification):  # start-up notices
         toast.close()
     for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.05)
+    viewer.reset_view()  # fit the image to the canvas the dock widget left
+    for _ in range(10):
         QApplication.processEvents()
         time.sleep(0.05)
     viewer.screenshot(args.out, canvas_only=False)

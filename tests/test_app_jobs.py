@@ -165,6 +165,8 @@ def test_evaluate_dataset_equals_the_cli(client, tmp_path):
     assert r.status_code == 202 and "nucleiseg evaluate --gt" in r.json()["command"]
     job = _wait(client, r.json()["id"], lambda j: j["state"] in ("finished", "failed"))
     assert job["state"] == "finished", job
+    progress = job["progress"]  # the page counts the images of the model running (model_index), not all steps
+    assert progress["model_index"] == 0 and progress["images"] == progress["total"] == len(discover_inputs([EXAMPLES]))
     # The same predictions through the command line: segment, then `nucleiseg evaluate`.
     segmenter = load_segmenter("classical")
     for item in discover_inputs([EXAMPLES]):

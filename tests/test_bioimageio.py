@@ -46,7 +46,8 @@ def test_package_contents(package: Path) -> None:
         names = set(zf.namelist())
         rdf = yaml.safe_load(zf.read("rdf.yaml"))
         readme = zf.read("README.md").decode()
-    assert {"rdf.yaml", "model.onnx", "test_input.npy", "test_output.npy", "cover.png", "README.md"} <= names
+    assert {"rdf.yaml", "model.onnx", "test_input.npy", "test_output.npy", "sample_input.png", "sample_output.png",
+            "cover.png", "README.md"} <= names
     assert rdf["format_version"].startswith("0.5.")
     pre = rdf["inputs"][0]["preprocessing"]
     scale = next(p for p in pre if p["id"] == "scale_range")["kwargs"]
@@ -55,6 +56,19 @@ def test_package_contents(package: Path) -> None:
     assert next(p for p in pre if p["id"] == "clip")["kwargs"] == {"min": 0.0, "max": 1.0}
     assert "onnx" in rdf["weights"] and rdf["training_data"]["license"] == "CC0-1.0"
     assert any(c.get("doi") == "10.1038/s41592-019-0612-7" for c in rdf["cite"])
+    training = rdf["training_data"]
+    assert "Data Science Bowl 2018" in training["name"] and "BBBC039" in training["name"]
+    assert {c["doi"] for c in training["cite"]} == {"10.1038/s41592-019-0612-7", "10.1002/cyto.a.23863"}
+    assert "597 training images" in training["description"] and "116 training images" in training["description"]
+    assert "40 held-out images never loaded" in readme
+    config = load_json(ModelBundleConfig, ModelBundle.open("default").folder / "config.json")
+    halo = int(config.infer.tile * config.infer.overlap / 2)  # half of nucleiseg's tile overlap
+    out_axes = {a["id"]: a for a in rdf["outputs"][0]["axes"] if a["type"] == "space"}
+    assert halo == 128 and out_axes["y"]["halo"] == out_axes["x"]["halo"] == halo
+    in_axes = {a["id"]: a for a in rdf["inputs"][0]["axes"] if a["type"] == "space"}
+    assert in_axes["y"]["size"]["min"] > 2 * halo
+    assert rdf["inputs"][0]["sample_tensor"]["source"] == "sample_input.png"
+    assert rdf["outputs"][0]["sample_tensor"]["source"] == "sample_output.png"
     suite = json.loads((ModelBundle.open("default").folder / "accuracy.json").read_text())["summary"]
     for figure in (suite["unseen_kinds"], suite["validation"]):  # the model card's accuracy tables
         assert f"{figure:.4f}" in readme
@@ -79,7 +93,7 @@ def test_preprocessing_reproduces_nucleiseg_normalisation(package: Path) -> None
     descr = load_model_description(package, perform_io_checks=False)
     config = load_json(ModelBundleConfig, ModelBundle.open("default").folder / "config.json")
     rng = np.random.default_rng(3)
-    raw = np.repeat(rng.gamma(2.0, 300.0, (1, 1, 64, 48)).astype(np.float32), 3, axis=1)
+    raw = np.repeat(rng.gamma(2.0, 300.0, (1, 1, 280, 288)).astype(np.float32), 3, axis=1)
     raw[0, 1] *= 1.5  # channels differ: the percentiles are taken over all channels jointly
     raw[0, 2, :8] = 0.0
     sample = create_sample_for_model(descr, inputs=raw, sample_id="t")
@@ -89,6 +103,15 @@ def test_preprocessing_reproduces_nucleiseg_normalisation(package: Path) -> None
     expected = normalised_input(raw, config)
     assert got.shape == expected.shape and 0.0 < expected.mean() < 1.0
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_fit_test_image() -> None:
+    from nucleiseg.export.bioimageio import fit_test_image
+
+    image = np.arange(520 * 696).reshape(520, 696)
+    assert fit_test_image(image, 320, 32).shape == (512, 672)
+    np.testing.assert_array_equal(fit_test_image(image, 320, 32), image[:512, :672])
+    assert fit_test_image(np.zeros((256, 256, 3)), 320, 32).shape == (320, 320, 3)
 
 
 def test_model_card_tables_only_tables(tmp_path: Path) -> None:

@@ -65,3 +65,62 @@ def test_train_recipe_amp_from_yaml_and_command_line(tmp_path):
     cfg = load_recipe(args)
     assert cfg.amp == "bf16" and cfg.lr == 0.002
     assert load_recipe(build_parser().parse_args(["train"])).amp == "auto"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"epochs": "ten"}, "epochs: expected an integer, got 'ten'"),
+        ({"epochs": 2.5}, "epochs: expected an integer, got 2.5"),
+        ({"epochs": 0}, "epochs: expected a value >= 1, got 0"),
+        ({"lr": -1.0}, "lr: expected a value > 0.0, got -1.0"),
+        ({"oversample": "yes"}, "oversample: expected true or false, got 'yes'"),
+        ({"amp": "fp16"}, "amp: expected one of auto, bf16, off, got 'fp16'"),
+        ({"augment": {"flips": 1}}, "augment.flips: expected true or false, got 1"),
+        ({"augment": {"noise_p": 1.5}}, r"augment.noise_p: expected a value in \[0.0, 1.0\], got 1.5"),
+        ({"model": "unet"}, "model: expected a mapping of ModelConfig settings, got 'unet'"),
+        ({"loss": {"channel_weights": [1.0, "a"]}}, r"loss.channel_weights\[1\]: expected a number, got 'a'"),
+        ({"extra_data": ["x", {"path": "y", "limit_images": "all"}]}, r"extra_data\[1\].limit_images: expected an integer"),
+        ({"postprocess": {"threshold_method": "mean"}}, "postprocess.threshold_method: expected one of fixed, otsu"),
+        ({"model": {"arch": "unet", "depht": 3}}, "unknown ModelConfig option.*: model.depht"),
+        ({"steps_per_epoch": None, "epochs": None}, "epochs: expected an integer, got None"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(data, message):
+    with pytest.raises(ValueError, match=message):
+        from_dict(TrainConfig, data)
+
+
+def test_good_values_are_typed():
+    cfg = from_dict(TrainConfig, {"lr": "3e-4", "epochs": 5, "extra_data": ["a", {"path": "b"}], "steps_per_epoch": None})
+    assert cfg.lr == 3e-4 and isinstance(cfg.lr, float)  # PyYAML reads 3e-4 (no dot) as a string
+    assert [e.path for e in cfg.extra_data] == ["a", "b"]
+    bundle = from_dict(ModelBundleConfig, {"infer": {"diameter": None, "overlap": 0.25}, "postprocess": {"min_size": 0}})
+    assert bundle.infer.diameter is None and bundle.postprocess.min_size == 0
+    with pytest.raises(ValueError, match=r"infer.overlap: expected a value in \[0.0, 0.9\], got 1.0"):
+        from_dict(ModelBundleConfig, {"infer": {"overlap": 1.0}})
+
+
+def test_shipped_recipes_and_bundles_pass_the_checks():
+    import yaml
+
+    from conftest import REPO
+
+    recipes = sorted((REPO / "configs").rglob("*.yaml"))
+    assert len(recipes) > 10
+    for recipe in recipes:
+        from_dict(TrainConfig, yaml.safe_load(recipe.read_text()) or {})
+    for folder in (REPO / "src" / "nucleiseg" / "weights").iterdir():
+        load_json(ModelBundleConfig, folder / "config.json")
+        load_json(TrainConfig, folder / "train.json")
+
+
+def test_bad_recipe_is_refused_by_the_train_command(tmp_path, capsys):
+    from nucleiseg.cli.main import main
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("epochs: ten\nlr: 0.001\n")
+    assert main(["train", "--config", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: epochs: expected an integer, got 'ten'\n"
+    assert not (tmp_path / "run").exists()

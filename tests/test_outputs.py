@@ -107,3 +107,20 @@ def test_difference_overlay(make_disks) -> None:
     assert fp[2] > fp[0] + 60 and fn[0] > fn[2] + 60
     assert both[1] > both[0] and both[1] > both[2]
     assert out[35, 2].tolist() == [128, 128, 128]
+
+
+def test_difference_overlay_legend_names_the_colours(make_disks) -> None:
+    from nucleiseg.io.outputs import DIFF_COLOURS, legend_strip
+
+    true = make_disks((64, 300), [(30, 40)], 10)
+    image = np.full((64, 300, 3), 128, np.uint8)
+    plain = difference_overlay(image, true, true, legend=False)
+    out = difference_overlay(image, true, true)
+    assert plain.shape == (64, 300, 3) and out.shape[0] > 64 and out.shape[1] == 300
+    np.testing.assert_array_equal(out[:64], plain)  # the image keeps its rows; the legend is below
+    strip = out[64:].reshape(-1, 3)
+    for _, rgb, alpha in DIFF_COLOURS:  # every colour's swatch, as it looks over mid-gray
+        shown = [round(128 * (1 - alpha) + c * alpha) if alpha else c for c in rgb]
+        assert (np.abs(strip.astype(int) - shown).max(axis=1) <= 1).sum() >= 50, shown
+    assert [t.split(":")[0] for t, _, _ in DIFF_COLOURS] == ["green", "blue", "red", "yellow"]
+    assert legend_strip(60).shape[0] > legend_strip(900).shape[0]  # narrow images wrap the legend to more rows

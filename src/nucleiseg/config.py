@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +179,8 @@ class ExtraDataConfig:
     limit_images : int, optional
         Use only the first N images left after the exclusion (rehearsals).
     """
+
+    SHORTHAND: typing.ClassVar[str] = "path"  # a bare string in a recipe is the path
 
     path: str = ""
     exclude: list[str] = field(default_factory=list)
@@ -352,35 +353,37 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def _coerce(tp: Any, value: Any) -> Any:
-    """Build a value of annotated type ``tp`` from plain JSON data."""
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return from_dict(tp, value)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(args[0], value) if len(args) == 1 else value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build dataclass ``cls`` from a dict, rejecting unknown keys.
+    """Build dataclass ``cls`` from plain JSON/YAML data, checking every key.
+
+    Each value must fit its field's type and, where :data:`nucleiseg.config_check.LIMITS` names
+    the field, its range or choices; nested sections are checked the same way.
 
     Raises
     ------
     ValueError
-        If ``data`` holds a key that ``cls`` does not define.
+        One line naming the (dotted) key: an unknown key, a value of the wrong type
+        (``epochs: expected an integer, got 'ten'``) or out of range.
     """
+    return _build(cls, data, "")
+
+
+def _build(cls: type[T], data: Any, prefix: str) -> T:
+    from nucleiseg.config_check import coerce
+
+    where = f"{prefix}: " if prefix else ""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}expected a mapping of {cls.__name__} settings, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(data) - names
+    unknown = set(map(str, data)) - names
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
-    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
+        keys = ", ".join(f"{prefix}.{k}" if prefix else k for k in sorted(unknown))
+        raise ValueError(f"unknown {cls.__name__} option(s): {keys}")
+    kwargs = {
+        k: coerce(hints[k], v, f"{prefix}.{k}" if prefix else k, f"{cls.__name__}.{k}", _build)
+        for k, v in data.items()
+    }
     return cls(**kwargs)
 
 

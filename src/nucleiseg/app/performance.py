@@ -67,7 +67,7 @@ def evaluation_runner(registry: ModelRegistry, dataset: Dataset, models: list[st
         total, done, start = len(items) * len(models), 0, time.monotonic()
         job.update(phase="segmenting", done=0, total=total, images=len(items), models=models)
         for m, name in enumerate(models):
-            job.update(model=name)
+            job.update(model=name, model_index=m)
             segmenter = registry.get(name)
             infer = replace(segmenter.config.infer, tta=tta or segmenter.config.infer.tta)
             for k, item in enumerate(items):
@@ -151,7 +151,7 @@ def diff_png(job: Job, index: int, model: int) -> bytes:
     item = items[index]
     image = read_image(item.image_path)
     pred = read_labels(work / f"m{model}" / output_name(item.id, "masks"))
-    return png_bytes(difference_overlay(image, load_item_gt(item), pred))
+    return png_bytes(difference_overlay(image, load_item_gt(item), pred, legend=False))  # the page has a legend
 
 
 def thumb_png(job: Job, index: int) -> bytes:

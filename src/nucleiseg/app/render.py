@@ -363,7 +363,7 @@ def evaluate_job(
         "fn": match.fn50,
         "per_threshold": per_threshold,
         "pixel": {k: _clean(v) for k, v in pixels.items()},
-        "diff_png": png_base64(difference_overlay(image, true, pred)),
+        "diff_png": png_base64(difference_overlay(image, true, pred, legend=False)),  # the page has a legend
         "overlay_png": png_base64(overlay_outlines(to_uint8_rgb(image), pred)),
         "timings": {"total_server": round(time.perf_counter() - t0, 4)},
     }

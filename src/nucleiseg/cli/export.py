@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", help="output .onnx file (default: RUN_DIR/model.onnx, model.fp16.onnx or model.int8.onnx), "
                    "or the .zip of --format bioimageio (default: NAME.bioimageio.zip)")
     p.add_argument("--test-image", metavar="FILE", help="--format bioimageio: image for the package's test tensors and cover "
-                   "(default examples/fluo_small.png)")
+                   "(default examples/fluo_wide.png; cropped or padded to a valid input size)")
     p.add_argument("--calib-images", type=int, default=32, metavar="N", help="256x256 training crops for int8 calibration (default 32)")
     p.add_argument("--calib-source", metavar="DIR", help="DSB root or image folder for calibration (default: the run's training data)")
     p.add_argument("--check-images", metavar="DIR", help="images with ground truth for the parity check (default: the run's validation data)")

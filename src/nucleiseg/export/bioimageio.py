@@ -4,8 +4,11 @@ The package (a ``.zip`` with ``rdf.yaml``) holds the model folder's ONNX weights
 from ``nucleiseg export``; the bundled default ships one), pre-processing that reproduces
 :func:`nucleiseg.transforms.normalize_image` (``scale_range`` over channels, y and x jointly with
 the model's percentiles, then ``clip`` to 0..1), a test input and its expected output computed
-with ONNX Runtime, a cover image, Markdown documentation with the model card's accuracy tables,
-and the training data's citation (DSB 2018, CC0). The network's outputs are probabilities;
+with ONNX Runtime, sample images of both (PNG), a cover image, Markdown documentation with the
+model card's accuracy tables, and the training data (from the run's ``split.json``: DSB 2018 and
+the extra folders such as BBBC039, with their citations). The output's y and x axes carry a
+halo of half the tile overlap nucleiseg uses (``infer.tile * infer.overlap / 2`` pixels), so
+consumers that tile (deepImageJ) crop the tile borders and show no seams. The network's outputs are probabilities;
 the instance labels come from nucleiseg's watershed post-processing, which bioimage.io does not
 describe, so consumers get the probability maps (channel 0: foreground).
 
@@ -30,9 +33,10 @@ from nucleiseg.config import ModelBundleConfig, load_json
 from nucleiseg.io.atomic import atomic_path
 from nucleiseg.io.images import read_image, write_image
 
-__all__ = ["build_bioimageio", "model_card_tables", "normalised_input", "test_tensors"]
+__all__ = ["build_bioimageio", "fit_test_image", "model_card_tables", "normalised_input", "output_halo", "test_tensors",
+           "training_sets"]
 
-REPO_EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "fluo_small.png"
+REPO_EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "fluo_wide.png"
 #: Channel names of the probability outputs of contour targets.
 OUTPUT_CHANNELS = {1: ["foreground"], 3: ["foreground", "contour", "separation"]}
 DSB_CITATION = (
@@ -40,6 +44,12 @@ DSB_CITATION = (
     "Nature Methods 16, 1247-1253 (2019)."
 )
 DSB_DOI = "10.1038/s41592-019-0612-7"
+#: Citation and licence of the extra training folders nucleiseg's models use, by folder name.
+KNOWN_SETS = {
+    "bbbc039": ("BBBC039 (U2OS cells, Hoechst), Broad Bioimage Benchmark Collection", "CC0-1.0",
+                "Caicedo, J.C. et al. Evaluation of Deep Learning Strategies for Nucleus Segmentation in "
+                "Fluorescence Images. Cytometry Part A 95, 952-965 (2019).", "10.1002/cyto.a.23863"),
+}
 
 
 def _require_spec() -> Any:
@@ -86,18 +96,72 @@ def test_tensors(folder: Path, image: np.ndarray, config: ModelBundleConfig) -> 
     return np.ascontiguousarray(raw), np.ascontiguousarray(output.astype(np.float32))
 
 
-def _documentation(name: str, config: ModelBundleConfig, card: Path, stride: int) -> str:
+def output_halo(config: ModelBundleConfig) -> int:
+    """Output halo in pixels: half the overlap of nucleiseg's tiles, where a tile's border is not trusted."""
+    return max(1, round(config.infer.tile * config.infer.overlap / 2))
+
+
+def fit_test_image(image: np.ndarray, min_size: int, step: int) -> np.ndarray:
+    """Crop (or reflect-pad) y and x to the nearest valid input size ``min_size + k * step``."""
+    out = image
+    for axis in (0, 1):
+        n = out.shape[axis]
+        if n < min_size:
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = (0, min_size - n)
+            out = np.pad(out, pad, mode="reflect" if n > min_size - n else "symmetric")
+        else:
+            keep = min_size + (n - min_size) // step * step
+            out = out[:keep] if axis == 0 else out[:, :keep]
+    return np.ascontiguousarray(out)
+
+
+def training_sets(folder: Path) -> list[dict[str, Any]]:
+    """The training data of a model folder, from its ``split.json``: DSB 2018 and each extra folder.
+
+    Each entry: ``name``, ``images`` (training images used; None when unknown), ``license``,
+    ``citation``, ``doi`` and ``note``.
+    """
+    split_file = folder / "split.json"
+    split = json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
+    n_val = len(split.get("val", []))
+    sets = [{"name": "Data Science Bowl 2018 stage 1 training images (fluorescence, brightfield, H&E tissue)",
+             "images": len(split["train"]) if "train" in split else None, "license": "CC0-1.0",
+             "citation": DSB_CITATION, "doi": DSB_DOI,
+             "note": f"{n_val} further images held out for validation" if n_val else ""}]
+    for extra in split.get("extra", []):
+        key = str(extra.get("name", "")).lower()
+        title, licence, citation, doi = KNOWN_SETS.get(key, (extra.get("name", "extra folder"), None, "", ""))
+        held = len(extra.get("excluded", []))
+        sets.append({"name": title, "images": len(extra.get("used", [])), "license": licence, "citation": citation,
+                     "doi": doi, "note": f"{held} held-out images never loaded" if held else ""})
+    return sets
+
+
+def _training_text(sets: list[dict[str, Any]]) -> str:
+    lines = []
+    for s in sets:
+        count = f"{s['images']} training images" if s["images"] is not None else "training images"
+        extra = f"; {s['note']}" if s["note"] else ""
+        licence = f", {s['license']}" if s["license"] else ""
+        cite = f" {s['citation']} doi:{s['doi']}" if s["doi"] else ""
+        lines.append(f"- {s['name']}: {count}{extra}{licence}.{cite}")
+    return "\n".join(lines)
+
+
+def _documentation(name: str, config: ModelBundleConfig, card: Path, stride: int, sets: list[dict[str, Any]]) -> str:
     n = config.normalize
     return f"""# nucleiseg `{name}`: nucleus probabilities for 2-D microscopy images
 
 A U-Net ({config.model.arch}, {json.dumps(config.model.params)}) trained by
-[nucleiseg](https://github.com/) {__version__} on the Data Science Bowl 2018 stage 1 training
-images (fluorescence, brightfield and H&E tissue). It returns, per pixel, the probability of
+[nucleiseg](https://github.com/) {__version__} on {" and ".join(s["name"].split(" (")[0] for s in sets)}.
+It returns, per pixel, the probability of
 {", ".join(OUTPUT_CHANNELS.get(config.model.out_channels, ["class"]))}.
 
 ## Input and pre-processing
 
-`input`: `(batch, channel={config.model.in_channels}, y, x)` float32; y and x multiples of {stride}.
+`input`: `(batch, channel={config.model.in_channels}, y, x)` float32; y and x at least
+{2 * output_halo(config) + 2 * stride} and a multiple of {stride} beyond that.
 A gray image is given as {config.model.in_channels} identical channels (deepImageJ: convert to RGB).
 Pre-processing (in this package, run by every bioimage.io consumer): the {n.low}th and
 {n.high}th percentiles of the whole image (all channels together) are mapped to 0 and 1,
@@ -106,7 +170,8 @@ then values are clipped to 0..1 - nucleiseg's own normalisation.
 ## Output
 
 `probabilities`: `(batch, channel={config.model.out_channels}, y, x)` in 0..1. Threshold the
-foreground at 0.5 for a mask. Separated nuclei (instance labels, watershed from the
+foreground at 0.5 for a mask. The outer {output_halo(config)} pixels of every tile are
+its halo (half of nucleiseg's tile overlap): tiling consumers crop them, so tiles join without seams. Separated nuclei (instance labels, watershed from the
 foreground minus contour and separation) come from nucleiseg itself:
 `nucleiseg segment IMAGE -o OUT` or the nucleiseg napari plugin.
 
@@ -115,7 +180,7 @@ foreground minus contour and separation) come from nucleiseg itself:
 {model_card_tables(card)}
 ## Training data
 
-DSB 2018 stage 1 training images, CC0 (public domain): {DSB_CITATION} doi:{DSB_DOI}.
+{_training_text(sets)}
 
 ## Limits
 
@@ -135,7 +200,7 @@ def _cover(image: np.ndarray, output: np.ndarray) -> np.ndarray:
     return np.concatenate([left, right], axis=1)
 
 
-def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | None = None) -> Path:
+def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | None = None, halo: int | None = None) -> Path:
     """Write a bioimage.io model package (``.zip``) of a model folder with ONNX weights.
 
     Parameters
@@ -145,7 +210,10 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
     out : str or Path
         Target ``.zip``.
     image : str or Path, optional
-        Test image (default: ``examples/fluo_small.png``).
+        Test image (default: ``examples/fluo_wide.png``), cropped or padded to a valid input size.
+    halo : int, optional
+        Output halo in pixels (default :func:`output_halo`: half of nucleiseg's tile overlap);
+        a multiple of the network's stride keeps the minimum input size valid.
 
     Returns
     -------
@@ -159,8 +227,6 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
     """
     v = _require_spec()
     from bioimageio.spec import save_bioimageio_package
-    from bioimageio.spec.dataset.v0_3 import DatasetDescr
-    from bioimageio.spec.generic.v0_3 import Author, CiteEntry, Doi, LicenseId
 
     from nucleiseg.export.runtime import read_metadata
     from nucleiseg.bundle import ModelBundle
@@ -173,60 +239,16 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
         raise FileNotFoundError(f"{onnx_file}: no ONNX weights; run `nucleiseg export {model}` first")
     config = load_json(ModelBundleConfig, folder / "config.json")
     stride = int(read_metadata(onnx_file).get("nucleiseg.stride", 32))
-    picture = read_image(image or REPO_EXAMPLE)
+    halo = output_halo(config) if halo is None else int(halo)
+    min_size = 2 * halo + 2 * stride
+    picture = fit_test_image(read_image(image or REPO_EXAMPLE), min_size, stride)
     raw, output = test_tensors(folder, picture, config)
+    sets = training_sets(folder)
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="nucleiseg-bioimageio-") as tmp:
         work = Path(tmp)
-        np.save(work / "test_input.npy", raw)
-        np.save(work / "test_output.npy", output)
-        write_image(work / "cover.png", _cover(picture, output))
-        (work / "README.md").write_text(_documentation(config.name, config, folder / "MODEL_CARD.md", stride), encoding="utf-8")
-        n = config.normalize
-        size = v.ParameterizedSize(min=4 * stride, step=stride)
-        inp = v.InputTensorDescr(
-            id=v.TensorId("input"),
-            description="raw image; a gray image as identical channels",
-            axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(f"c{i}") for i in range(config.model.in_channels)]),
-                  v.SpaceInputAxis(id=v.AxisId("y"), size=size), v.SpaceInputAxis(id=v.AxisId("x"), size=size)],
-            test_tensor=v.FileDescr(source=work / "test_input.npy"),
-            preprocessing=[
-                v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="float32")),
-                v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(
-                    axes=[v.AxisId("channel"), v.AxisId("y"), v.AxisId("x")], min_percentile=n.low, max_percentile=n.high)),
-                v.ClipDescr(kwargs=v.ClipKwargs(min=0.0, max=1.0)),
-            ],
-        )
-        names = OUTPUT_CHANNELS.get(config.model.out_channels) or [f"class{i}" for i in range(config.model.out_channels)]
-        outp = v.OutputTensorDescr(
-            id=v.TensorId("probabilities"),
-            description="per-pixel probabilities: " + ", ".join(names),
-            axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(c) for c in names]),
-                  v.SpaceOutputAxis(id=v.AxisId("y"), size=v.SizeReference(tensor_id=v.TensorId("input"), axis_id=v.AxisId("y"))),
-                  v.SpaceOutputAxis(id=v.AxisId("x"), size=v.SizeReference(tensor_id=v.TensorId("input"), axis_id=v.AxisId("x")))],
-            test_tensor=v.FileDescr(source=work / "test_output.npy"),
-        )
-        dsb = CiteEntry(text=DSB_CITATION, doi=Doi(DSB_DOI))
-        descr = v.ModelDescr(
-            name=f"nucleiseg {config.name} nucleus U-Net",
-            description="Nucleus probabilities (foreground, contour, separation) for 2-D fluorescence, brightfield and tissue images.",
-            authors=[Author(name="nucleiseg developers")],
-            cite=[dsb],
-            license=LicenseId("MIT"),
-            documentation=v.FileDescr(source=work / "README.md"),
-            covers=[v.FileDescr(source=work / "cover.png")],
-            tags=["nuclei", "instance-segmentation", "unet", "fluorescence-light-microscopy", "2d", "onnx", "dsb2018"],
-            inputs=[inp],
-            outputs=[outp],
-            weights=v.WeightsDescr(onnx=v.OnnxWeightsDescr(source=onnx_file, opset_version=17)),
-            training_data=DatasetDescr(
-                name="Data Science Bowl 2018 stage 1 training images",
-                description="670 annotated 2-D nucleus images (fluorescence, brightfield, H&E tissue); CC0.",
-                authors=[Author(name="Broad Bioimage Benchmark Collection, Kaggle Data Science Bowl 2018")],
-                cite=[dsb], license=LicenseId("CC0-1.0"), tags=["nuclei", "2d"],
-            ),
-            version=__version__,
-        )
+        _write_files(work, picture, raw, output, _documentation(config.name, config, folder / "MODEL_CARD.md", stride, sets))
+        descr = _describe(v, config, work, onnx_file, _tensors(v, config, work, min_size, stride, halo), sets)
         with atomic_path(out) as target, warnings.catch_warnings():
             # bioimageio.spec leaves the packaged source files open; collect them here, quietly,
             # instead of letting their ResourceWarnings surface at a random later point.
@@ -234,3 +256,87 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
             save_bioimageio_package(descr, output_path=target)
             gc.collect()
     return out
+
+
+def _write_files(work: Path, picture: np.ndarray, raw: np.ndarray, output: np.ndarray, readme: str) -> None:
+    """The package's files: test tensors (``.npy``), sample images and cover (PNG), documentation."""
+    np.save(work / "test_input.npy", raw)
+    np.save(work / "test_output.npy", output)
+    write_image(work / "sample_input.png", _sample_image(raw * (255.0 / max(float(raw.max()), 255.0))))
+    write_image(work / "sample_output.png", _sample_image(output * 255))
+    write_image(work / "cover.png", _cover(picture, output))
+    (work / "README.md").write_text(readme, encoding="utf-8")
+
+
+def _sample_image(tensor: np.ndarray) -> np.ndarray:
+    """A ``(1, C, H, W)`` tensor as an 8-bit image: ``(H, W, C)``, or ``(H, W)`` for one channel."""
+    image = np.clip(np.moveaxis(tensor[0], 0, -1), 0, 255).astype(np.uint8)
+    return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def _tensors(v: Any, config: ModelBundleConfig, work: Path, min_size: int, stride: int, halo: int) -> tuple[Any, Any]:
+    """The input and output tensor descriptions (pre-processing, sizes, halo, test and sample tensors)."""
+    n = config.normalize
+    size = v.ParameterizedSize(min=min_size, step=stride)
+    inp = v.InputTensorDescr(
+        id=v.TensorId("input"),
+        description="raw image; a gray image as identical channels",
+        axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(f"c{i}") for i in range(config.model.in_channels)]),
+              v.SpaceInputAxis(id=v.AxisId("y"), size=size), v.SpaceInputAxis(id=v.AxisId("x"), size=size)],
+        test_tensor=v.FileDescr(source=work / "test_input.npy"),
+        sample_tensor=v.FileDescr(source=work / "sample_input.png"),
+        preprocessing=[
+            v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="float32")),
+            v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(
+                axes=[v.AxisId("channel"), v.AxisId("y"), v.AxisId("x")], min_percentile=n.low, max_percentile=n.high)),
+            v.ClipDescr(kwargs=v.ClipKwargs(min=0.0, max=1.0)),
+        ],
+    )
+    names = OUTPUT_CHANNELS.get(config.model.out_channels) or [f"class{i}" for i in range(config.model.out_channels)]
+
+    def space(axis: str) -> Any:
+        ref = v.SizeReference(tensor_id=v.TensorId("input"), axis_id=v.AxisId(axis))
+        return v.SpaceOutputAxisWithHalo(id=v.AxisId(axis), size=ref, halo=halo)
+
+    outp = v.OutputTensorDescr(
+        id=v.TensorId("probabilities"),
+        description="per-pixel probabilities: " + ", ".join(names),
+        axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(c) for c in names]), space("y"), space("x")],
+        test_tensor=v.FileDescr(source=work / "test_output.npy"),
+        sample_tensor=v.FileDescr(source=work / "sample_output.png"),
+    )
+    return inp, outp
+
+
+def _describe(v: Any, config: ModelBundleConfig, work: Path, onnx_file: Path, tensors: tuple[Any, Any],
+              sets: list[dict[str, Any]]) -> Any:
+    """The model description: tensors, weights, documentation, citations and training data."""
+    from bioimageio.spec.dataset.v0_3 import DatasetDescr
+    from bioimageio.spec.generic.v0_3 import Author, CiteEntry, Doi, LicenseId
+
+    cites = [CiteEntry(text=s["citation"], doi=Doi(s["doi"])) for s in sets if s["doi"]]
+    licences = {s["license"] for s in sets}
+    data = DatasetDescr(
+        name=" + ".join(s["name"].split(" (")[0] for s in sets),
+        description="; ".join(f"{s['name']}: {s['images']} training images" + (f" ({s['note']})" if s["note"] else "")
+                              for s in sets),
+        authors=[Author(name="Kaggle Data Science Bowl 2018 and Broad Bioimage Benchmark Collection")],
+        cite=cites, license=LicenseId(licences.pop()) if len(licences) == 1 and None not in licences else None,
+        tags=["nuclei", "2d", "fluorescence-light-microscopy"],
+    )
+    inp, outp = tensors
+    return v.ModelDescr(
+        name=f"nucleiseg {config.name} nucleus U-Net",
+        description="Nucleus probabilities (foreground, contour, separation) for 2-D fluorescence, brightfield and tissue images.",
+        authors=[Author(name="nucleiseg developers")],
+        cite=cites,
+        license=LicenseId("MIT"),
+        documentation=v.FileDescr(source=work / "README.md"),
+        covers=[v.FileDescr(source=work / "cover.png")],
+        tags=["nuclei", "instance-segmentation", "unet", "fluorescence-light-microscopy", "2d", "onnx", "dsb2018"],
+        inputs=[inp],
+        outputs=[outp],
+        weights=v.WeightsDescr(onnx=v.OnnxWeightsDescr(source=onnx_file, opset_version=17)),
+        training_data=data,
+        version=__version__,
+    )

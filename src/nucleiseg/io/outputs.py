@@ -17,10 +17,12 @@ from nucleiseg.io.images import to_uint8_rgb
 from nucleiseg.io.measure import MEASUREMENT_COLUMNS, measure, measure_regionprops
 
 __all__ = [
+    "DIFF_COLOURS",
     "MEASUREMENT_COLUMNS",
     "difference_overlay",
     "label_colours",
     "label_rois",
+    "legend_strip",
     "measure",
     "measure_regionprops",
     "overlay_outlines",
@@ -78,26 +80,62 @@ def overlay_outlines(
     return out
 
 
-def difference_overlay(image: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+#: The difference view's colours: (legend text, RGB, opacity over the gray image; None: drawn solid).
+DIFF_COLOURS = (
+    ("green: both", (0, 255, 0), 0.25),
+    ("blue: predicted only (extra)", (40, 120, 255), 0.65),
+    ("red: ground truth only (missed)", (255, 40, 40), 0.65),
+    ("yellow: predicted outlines", (255, 230, 0), None),
+)
+
+
+def difference_overlay(image: np.ndarray, true: np.ndarray, pred: np.ndarray, legend: bool = True) -> np.ndarray:
     """Show where a prediction disagrees with the ground truth, on a gray copy of the image.
 
-    Pixels only in ``pred`` (false positives) are blue, pixels only in ``true`` (false
-    negatives) are red, pixels in both are tinted lightly green; the predicted outlines are
-    drawn in yellow so that merged or split nuclei stay visible.
+    Pixels in both are tinted lightly green, pixels only in ``pred`` (false positives) are
+    blue, pixels only in ``true`` (false negatives) are red; the predicted outlines are drawn
+    in yellow so that merged or split nuclei stay visible (:data:`DIFF_COLOURS`). With
+    ``legend``, a strip below the image names the colours (the image rows keep their place).
     """
     base = to_uint8_rgb(image).astype(np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2)
     true = _check_labels(true, base.shape, "true") > 0
     pred_labels = _check_labels(pred, base.shape, "pred")
     pred = pred_labels > 0
     out = base
-    for mask, rgb, alpha in (
-        (true & pred, (0, 255, 0), 0.25),
-        (pred & ~true, (40, 120, 255), 0.65),
-        (true & ~pred, (255, 40, 40), 0.65),
-    ):
+    for mask, (_, rgb, alpha) in zip((true & pred, pred & ~true, true & ~pred), DIFF_COLOURS):
         out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(rgb, np.float32)
-    out[find_boundaries(pred_labels, mode="inner") & pred] = (255, 230, 0)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out[find_boundaries(pred_labels, mode="inner") & pred] = DIFF_COLOURS[3][1]
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return np.concatenate([out, legend_strip(out.shape[1])]) if legend else out
+
+
+def legend_strip(width: int, entries: Sequence[tuple[str, Sequence[int], float | None]] = DIFF_COLOURS) -> np.ndarray:
+    """A dark ``(h, width, 3)`` strip with a colour swatch and its text per entry, wrapped to rows.
+
+    Swatches show each colour as it looks over mid-gray (its opacity applied).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    pad, swatch, row_h = 4, 10, 16
+    rows: list[list[tuple[str, tuple[int, ...], int]]] = [[]]
+    x = pad
+    for text, rgb, alpha in entries:
+        shown = tuple(int(round(128 * (1 - alpha) + c * alpha)) if alpha else int(c) for c in rgb)
+        item_w = swatch + 4 + int(font.getlength(text)) + 12
+        if rows[-1] and x + item_w > width:
+            rows.append([])
+            x = pad
+        rows[-1].append((text, shown, x))
+        x += item_w
+    canvas = Image.new("RGB", (max(width, 1), len(rows) * row_h + pad), (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        top = pad // 2 + r * row_h
+        for text, shown, left in row:
+            draw.rectangle([left, top + 3, left + swatch, top + 3 + swatch], fill=shown)
+            draw.text((left + swatch + 4, top + 1), text, fill=(235, 235, 235), font=font)
+    return np.asarray(canvas, dtype=np.uint8)
 
 
 def write_measurements(path: str | Path, df: pd.DataFrame) -> None:

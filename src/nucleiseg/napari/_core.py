@@ -1,21 +1,142 @@
-"""The napari widget's work, without napari or Qt: an Image layer's data to a Labels layer tuple."""
+"""The napari widgets' work, without napari or Qt: model choices, settings, and an Image layer's
+data to a Labels layer tuple."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from nucleiseg.bundle import CLASSICAL, list_bundled
+from nucleiseg.bundle import CLASSICAL, ONNX_FILES, ModelBundle, list_bundled
 
-__all__ = ["layer_axes", "model_names", "segment_layer_data"]
+__all__ = [
+    "LayerSettings", "diameter_pixels", "find_runs", "is_model_folder", "layer_axes", "model_choices", "model_names",
+    "model_postprocess", "runs_dir", "segment_layer_data",
+]
+
+#: Environment variable naming the folder that holds training runs.
+RUNS_ENV = "NUCLEISEG_RUNS"
+
+
+def runs_dir() -> Path:
+    """The folder of training runs: ``$NUCLEISEG_RUNS``, else ``~/.nucleiseg/runs``."""
+    env = os.environ.get(RUNS_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".nucleiseg" / "runs"
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a model: ``config.json`` plus ``weights.safetensors`` or an ONNX form."""
+    folder = Path(folder)
+    has_net = (folder / "weights.safetensors").is_file() or any((folder / f).is_file() for f in ONNX_FILES.values())
+    return (folder / "config.json").is_file() and has_net
+
+
+def find_runs(root: str | Path | None = None) -> list[Path]:
+    """Model folders (``config.json`` + weights or ONNX) in ``root`` and one level below, sorted.
+
+    Parameters
+    ----------
+    root : str or Path, optional
+        Default :func:`runs_dir`. A missing folder has no runs.
+    """
+    root = runs_dir() if root is None else Path(root)
+    if not root.is_dir():
+        return []
+    found = {p.parent for pattern in ("*/config.json", "*/*/config.json") for p in root.glob(pattern)}
+    return sorted(f for f in found if is_model_folder(f))
 
 
 def model_names() -> list[str]:
-    """Bundled model names, then ``"classical"`` (the widget's choices)."""
+    """Bundled model names, then ``"classical"``."""
     return list_bundled() + [CLASSICAL]
+
+
+def model_choices(root: str | Path | None = None, extra: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """``(label, model)`` pairs for the widget: bundled models, run folders, ``extra`` folders, classical.
+
+    Runs are found by :func:`find_runs` in ``root`` (default :func:`runs_dir`) and labelled by
+    their path below it; ``extra`` holds folders picked by hand, labelled by their name.
+    """
+    base = runs_dir() if root is None else Path(root)
+    choices = [(name, name) for name in list_bundled()]
+    for run in find_runs(base):
+        choices.append((f"{run.relative_to(base).as_posix()} (run)", str(run)))
+    known = {value for _, value in choices}
+    choices += [(f"{Path(f).name} (folder)", str(f)) for f in extra if str(f) not in known]
+    return choices + [("classical (no network)", CLASSICAL)]
+
+
+def model_postprocess(model: str) -> dict[str, float]:
+    """The model's own threshold, minimum size and minimum confidence (``thresholds.json`` applied)."""
+    post = ModelBundle.open(model).config.postprocess
+    return {"threshold": post.threshold, "min_size": post.min_size, "min_confidence": post.min_confidence}
+
+
+def diameter_pixels(diameter: float | None, unit: str = "px", pixel_size: float | None = None) -> float | None:
+    """A nucleus diameter in pixels; None (estimate it) stays None.
+
+    Parameters
+    ----------
+    diameter : float or None
+        The diameter, in ``unit``.
+    unit : {"px", "µm"}
+        Micrometres need ``pixel_size`` (µm per pixel).
+    pixel_size : float, optional
+        Micrometres per pixel.
+    """
+    if diameter is None:
+        return None
+    if diameter <= 0:
+        raise ValueError(f"diameter must be > 0 (or auto), got {diameter}")
+    if unit == "px":
+        return float(diameter)
+    if unit not in ("µm", "um"):
+        raise ValueError(f"diameter unit must be px or µm, got {unit!r}")
+    if not pixel_size or pixel_size <= 0:
+        raise ValueError("a diameter in µm needs the pixel size (µm per pixel)")
+    return float(diameter) / float(pixel_size)
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """Every segmentation setting of the widget; None means "the model's own" or "estimate".
+
+    Attributes
+    ----------
+    model : str
+        Bundled model name, model folder or ``"classical"``.
+    tta : bool
+        Average the 8 flips/rotations.
+    threshold, min_size, min_confidence : optional
+        Post-processing overrides (:class:`~nucleiseg.config.PostprocessConfig`); None keeps
+        the model's.
+    diameter : float, optional
+        Nucleus diameter in pixels; None estimates it.
+    pixel_size : float, optional
+        Micrometres per pixel (recorded in the layer's metadata and scale).
+    channel : int, optional
+        Nuclear channel (RGB colour, or index along the first dimension); None keeps all.
+    """
+
+    model: str = "default"
+    tta: bool = False
+    threshold: float | None = None
+    min_size: int | None = None
+    min_confidence: float | None = None
+    diameter: float | None = None
+    pixel_size: float | None = None
+    channel: int | None = None
+
+    def settings_for(self, segmenter: Any) -> tuple[Any, Any]:
+        """``(InferConfig, PostprocessConfig)``: the segmenter's own with these settings applied."""
+        infer = replace(segmenter.config.infer, tta=bool(self.tta), diameter=self.diameter)
+        changes = {k: v for k, v in (("threshold", self.threshold), ("min_size", self.min_size),
+                                     ("min_confidence", self.min_confidence)) if v is not None}
+        return infer, replace(segmenter.config.postprocess, **changes)
 
 
 def layer_axes(shape: tuple[int, ...], rgb: bool, channel: int | None) -> str:
@@ -46,13 +167,7 @@ def layer_axes(shape: tuple[int, ...], rgb: bool, channel: int | None) -> str:
 
 
 def segment_layer_data(
-    data: Any,
-    rgb: bool = False,
-    model: str = "default",
-    tta: bool = False,
-    diameter: float = 0.0,
-    channel: int = -1,
-    name: str = "image",
+    data: Any, rgb: bool = False, settings: LayerSettings | None = None, name: str = "image",
 ) -> tuple[np.ndarray, dict[str, Any], str]:
     """Segment an Image layer's data into a napari ``LayerDataTuple`` for a Labels layer.
 
@@ -62,14 +177,8 @@ def segment_layer_data(
         The layer's data (numpy or dask).
     rgb : bool
         Whether the layer is RGB (last dimension is the colour).
-    model : str
-        Bundled model name, run folder or ``"classical"``.
-    tta : bool
-        Average the 8 flips/rotations.
-    diameter : float
-        Nucleus diameter in pixels; 0 estimates it.
-    channel : int
-        Nuclear channel (RGB colour, or index along the first dimension); -1 keeps all.
+    settings : LayerSettings, optional
+        Model and settings (default: the ``default`` model with its own settings).
     name : str
         The image layer's name (the labels layer is ``"<name> nuclei"``).
 
@@ -80,19 +189,20 @@ def segment_layer_data(
         segmented one by one through :meth:`~nucleiseg.inference.segmenter.Segmenter.segment`;
         their ids are offset so that every nucleus of the layer has its own id. ``features``
         holds the measurements (:func:`nucleiseg.io.measure.measure`) with ``index`` = label
-        id (napari's key) and, for stacks, the ``plane`` and the per-plane ``label``.
+        id (napari's key) and, for stacks, the ``plane`` and the per-plane ``label``;
+        ``metadata["nucleiseg"]`` records the model and every setting in force.
     """
     from nucleiseg.api import _cached_segmenter
     from nucleiseg.inference.stack import segment_planes, stack_measurements
     from nucleiseg.io.stacks import resolve_planes
 
+    settings = settings or LayerSettings()
     array = np.asarray(data)
-    pick = None if channel is None or channel < 0 else int(channel)
-    axes = layer_axes(array.shape, rgb, pick)
-    planes = resolve_planes(array, axes, pick)
-    segmenter = _cached_segmenter(str(model))
-    infer = replace(segmenter.config.infer, tta=bool(tta), diameter=float(diameter) if diameter and diameter > 0 else None)
-    result = segment_planes(segmenter, planes, infer)
+    axes = layer_axes(array.shape, rgb, settings.channel)
+    planes = resolve_planes(array, axes, settings.channel)
+    segmenter = _cached_segmenter(str(settings.model))
+    infer, post = settings.settings_for(segmenter)
+    result = segment_planes(segmenter, planes, infer, post)
     table = stack_measurements(result, planes)
     flat = np.stack([r.labels for r in result.planes]).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum([int(r.labels.max(initial=0)) for r in result.planes])[:-1]])
@@ -102,15 +212,13 @@ def segment_layer_data(
         table = table.drop(columns=["plane"])
     labels = flat.reshape(result.labels.shape)
     dtype = np.int32 if labels.max(initial=0) <= np.iinfo(np.int32).max else np.int64
-    meta = {
-        "name": f"{name} nuclei",
-        "features": pd.DataFrame(table).reset_index(drop=True),
-        "metadata": {
-            "nucleiseg": {
-                "model": segmenter.name, "model_hash": segmenter.model_hash, "count": result.count,
-                "axes": result.axes, "channel": planes.channel, "tta": bool(tta),
-                "diameters": [None if r.diameter is None else round(float(r.diameter), 2) for r in result.planes],
-            }
-        },
+    record = {
+        "model": segmenter.name, "model_hash": segmenter.model_hash, "backend": segmenter.backend,
+        "count": result.count, "axes": result.axes, "channel": planes.channel, "tta": bool(settings.tta),
+        "threshold": post.threshold, "min_size": post.min_size, "min_confidence": post.min_confidence,
+        "diameter": settings.diameter, "pixel_size": settings.pixel_size,
+        "diameters": [None if r.diameter is None else round(float(r.diameter), 2) for r in result.planes],
     }
+    meta = {"name": f"{name} nuclei", "features": pd.DataFrame(table).reset_index(drop=True),
+            "metadata": {"nucleiseg": record}}
     return labels.astype(dtype), meta, "labels"

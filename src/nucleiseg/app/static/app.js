@@ -106,7 +106,7 @@ async function loadServerInfo() {
     const mb = (health.limits.max_upload_bytes / 1048576).toFixed(0);
     const mp = (health.limits.max_pixels / 1e6).toFixed(0);
     $("#limits-text").textContent = `PNG, TIFF, JPEG or BMP · up to ${mb} MB and ${mp} megapixels per image`;
-    $("#server-text").textContent = `model: ${models.loaded.name}`;
+    $("#server-text").replaceChildren("model: ", modelNode(models.loaded.name));
     fillModelPickers(models);
     $("#server-dot").classList.add("ok");
   } catch {
@@ -184,8 +184,9 @@ function renderResult(card, data, file) {
   $(".result-body", card).hidden = false;
   $(".count", card).textContent = String(data.count);
   const secs = data.timings && data.timings.total_server ? `${data.timings.total_server.toFixed(2)} s` : "";
-  $(".result-meta", card).textContent =
-    `${data.width} × ${data.height} px · ${data.dtype}${data.channels > 1 ? ` · ${data.channels} channels` : ""} · model ${data.model}${secs ? ` · ${secs}` : ""}`;
+  $(".result-meta", card).replaceChildren(
+    `${data.width} × ${data.height} px · ${data.dtype}${data.channels > 1 ? ` · ${data.channels} channels` : ""} · model `,
+    modelNode(data.model), secs ? ` · ${secs}` : "");
   const original = `data:image/png;base64,${data.image_png}`;
   $(".original-img", card).src = original;
   $(".base-img", card).src = original;
@@ -455,7 +456,7 @@ function renderEvaluation(box, d) {
   const card = el("article", { class: "card result done" },
     el("header", { class: "result-head" },
       el("div", {}, el("h2", { class: "result-name" }, `${d.name} vs ${d.gt_name}`),
-        el("p", { class: "result-meta" }, `${d.width} × ${d.height} px · model ${d.model} · ${d.timings.total_server.toFixed(2)} s`))),
+        el("p", { class: "result-meta" }, `${d.width} × ${d.height} px · model `, modelNode(d.model), ` · ${d.timings.total_server.toFixed(2)} s`))),
     metrics, counts,
     el("div", { class: "eval-body" },
       el("figure", { class: "diff" }, el("figcaption", {}, "Difference view"), el("div", { class: "diff-scroll" }, diff), legend),

@@ -32,6 +32,45 @@ function setOptions(select, values, { optional = false, label = (v) => v, keep =
   if (keep && [...select.options].some((o) => o.value === previous)) select.value = previous;
 }
 
+/**
+ * A served model's name as users know it: "default-onnx-int8-static" is the model "default"
+ * run by ONNX Runtime in int8 ("static": calibrated activations). Names without an engine
+ * suffix (PyTorch, classical) come back unchanged with engine "".
+ */
+function modelParts(full) {
+  const m = /^(.+?)-onnx(?:-(fp32|fp16|int8))?(?:-(static|dynamic))?$/.exec(String(full ?? ""));
+  if (!m) return { name: String(full ?? ""), engine: "" };
+  const precision = m[2] || "fp32";
+  return { name: m[1], engine: `ONNX Runtime ${precision}${m[3] === "dynamic" ? " (dynamic)" : ""}` };
+}
+
+/** The model's name, with its engine in small print after it (a span). */
+function modelNode(full) {
+  const { name, engine } = modelParts(full);
+  const span = document.createElement("span");
+  span.className = "model-name";
+  span.title = String(full ?? "");
+  span.append(name);
+  if (engine) {
+    const small = document.createElement("small");
+    small.className = "engine";
+    small.textContent = ` ${engine}`;
+    span.append(small);
+  }
+  return span;
+}
+
+/** Progress line of a Performance job: images of the current model, and which model of how many. */
+function evaluationProgressText(p) {
+  const n = (p.models || []).length || 1;
+  const k = Math.min(p.model_index ?? 0, n - 1);
+  const images = p.images ?? (p.total ? p.total / n : undefined);
+  const done = Math.max(0, (p.done || 0) - k * (images || 0));
+  const which = n > 1 ? ` (model ${k + 1} of ${n})` : "";
+  const eta = p.eta_s !== undefined && p.eta_s !== null ? ` · about ${seconds(p.eta_s)} left` : "";
+  return `Segmenting with ${p.model ? modelParts(p.model).name : "…"}${which}: ${done} of ${images ?? "?"} images${eta}`;
+}
+
 /** Fill every model picker from a GET /api/models answer. */
 function fillModelPickers(models) {
   for (const select of document.querySelectorAll("select[data-models]")) {
@@ -39,7 +78,7 @@ function fillModelPickers(models) {
       const previous = select.value;
       const first = document.createElement("option");
       first.value = "";
-      first.textContent = `${models.loaded.name} (server default)`;
+      first.textContent = `${modelParts(models.loaded.name).name} (server default)`;
       const others = models.available.filter((n) => n !== models.requested).map((n) => {
         const o = document.createElement("option"); o.value = n; o.textContent = n; return o;
       });

@@ -48,7 +48,7 @@ const Performance = (() => {
     $("#perf-bar").style.width = `${Math.round(fraction * 100)}%`;
     $("#perf-progress-text").textContent = job.state === "queued" ? "Waiting for the evaluation before it…" :
       p.phase === "scoring" ? "Scoring…" :
-      `Segmenting with ${p.model || "…"}: ${p.done || 0} of ${p.total || "?"} images${p.eta_s !== undefined ? ` · about ${seconds(p.eta_s)} left` : ""}`;
+      evaluationProgressText(p);
   }
 
   function finish(job) {
