@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from nucleiseg.io.captured import captured
+
 __all__ = ["SUFFIXES", "OutputLayout", "OutputOptions", "intact", "output_name"]
 
 #: Suffix of each kind of output, appended to the item id.
@@ -79,7 +81,11 @@ def intact(path: str | Path, full: bool = False) -> bool:
     ``full`` decodes label images completely instead (slower, catches corrupt data too).
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    with captured():  # a damaged file makes the readers log errors: the answer is enough
+        return _intact(path, path.suffix.lower(), full)
+
+
+def _intact(path: Path, suffix: str, full: bool) -> bool:
     try:
         if suffix == ".zarr":
             return path.is_dir() and any((path / n).is_file() for n in (".zarray", "zarr.json"))
