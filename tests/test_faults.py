@@ -214,3 +214,13 @@ def test_gt_zip_member_leaving_the_folder_is_refused() -> None:
     with pytest.raises(HTTPException) as caught:
         decode_ground_truth(Upload("masks", buffer.getvalue(), "zip"), (8, 8), 10_000)
     assert caught.value.status_code == 422 and "leaves the folder" in str(caught.value.detail)
+
+
+def test_a_one_pixel_tiff_stack_gets_a_clear_one_line_error(tmp_path: Path, capsys) -> None:
+    import tifffile
+
+    src = _disk_images(tmp_path / "in", 1)
+    tifffile.imwrite(src / "dot.tif", np.zeros((1, 1, 1, 1), np.uint8))
+    assert _segment(str(src), "-o", str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("dot.tif: TIFF holds a single pixel (shape (1, 1, 1, 1)): nothing to segment"), err
