@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 from conftest import disk_labels
+from nucleiseg.bundle import ModelSpec
 from nucleiseg.cli.main import main as cli_main
+from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.inference import item as item_module
 from nucleiseg.inference.executors import ProcessExecutor
 from nucleiseg.inference.item import ItemStep
@@ -24,10 +26,8 @@ from nucleiseg.inference.workers import WORKER_DIED
 from nucleiseg.io.atomic import STALE_TEMP
 from nucleiseg.io.images import read_labels
 from nucleiseg.io.labels import InputItem, discover_inputs
-from nucleiseg.io.rle import read_rle_csv
-from nucleiseg.bundle import ModelSpec
-from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.io.layout import OutputOptions
+from nucleiseg.io.rle import read_rle_csv
 
 
 def _disk_images(folder: Path, count: int) -> Path:
@@ -172,13 +172,11 @@ def test_segment_rle_then_evaluate_round_trip(tmp_path: Path, capsys) -> None:
     assert "1 predictions have no ground truth (not scored): extra" in captured.err
 
 
-def test_rle_shapes_are_capped_before_allocating(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("shape", "phrase"), [("100000,100000", "more than the limit"), ("1e400,4", "not numbers")])
+def test_rle_shapes_are_capped_before_allocating(tmp_path: Path, shape: str, phrase: str) -> None:
     path = tmp_path / "huge.csv"
-    path.write_text("ImageId,EncodedPixels,Height,Width\na,1 4,100000,100000\n")
-    with pytest.raises(ValueError, match="more than the limit"):
-        read_rle_csv(path)
-    path.write_text("ImageId,EncodedPixels,Height,Width\na,1 4,1e400,4\n")
-    with pytest.raises(ValueError, match="not numbers"):
+    path.write_text(f"ImageId,EncodedPixels,Height,Width\na,1 4,{shape}\n")
+    with pytest.raises(ValueError, match=phrase):
         read_rle_csv(path)
 
 
