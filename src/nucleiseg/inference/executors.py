@@ -157,7 +157,6 @@ class ProcessExecutor:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
         self.spec = spec if spec.threads else replace(spec, threads=max(1, available_cpus() // workers))
-        self.retried = 0
         self._schedule: Schedule | None = None
 
     def cancel(self) -> None:
@@ -171,14 +170,13 @@ class ProcessExecutor:
             return
         schedule = Schedule(largest_first(items), min(self.workers, len(items)))
         self._schedule = schedule
-        for index, outcome in run_schedule(schedule, lambda: _pool(self.spec, schedule.width), _work, step, items):
-            yield index, outcome
-        self.retried = schedule.retried
+        yield from run_schedule(schedule, lambda: _pool(self.spec, schedule.width), _work, step, items)
 
     def describe(self) -> dict[str, Any]:
         """``{"kind": "processes", "workers": N, "threads": per worker}`` (and ``retried`` images after a worker died)."""
         found = {"kind": "processes", "workers": self.workers, "threads": self.spec.threads}
-        return {**found, "retried": self.retried} if self.retried else found
+        retried = self._schedule.retried if self._schedule is not None else 0
+        return {**found, "retried": retried} if retried else found
 
 
 def _pool(spec: ModelSpec, workers: int) -> ProcessPoolExecutor:
