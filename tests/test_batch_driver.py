@@ -14,7 +14,7 @@ import torch
 
 from nucleiseg.bundle import ModelSpec
 from nucleiseg.inference.batch import segment_items
-from nucleiseg.io.images import read_labels
+from nucleiseg.io.images import read_labels, write_labels
 from nucleiseg.io.labels import InputItem, discover_inputs
 from nucleiseg.io.layout import OutputLayout, OutputOptions
 
@@ -142,12 +142,13 @@ def test_layout_names_every_output_and_knows_what_is_done(tmp_path: Path) -> Non
     items = [InputItem("a", tmp_path / "a.png", None, None), InputItem("s", tmp_path / "s.tif", None, None)]
     stack = OutputLayout.of(tmp_path, OutputOptions(overlay=True))
     for name in ("a_masks.tif", "a_overlay.png", "s_masks.tif"):
-        (tmp_path / name).write_bytes(b"x")
+        write_labels(tmp_path / name, np.ones((4, 4), np.uint16))
     assert stack.pending(items) == [items[1]]
-    (tmp_path / "s_overlay.tif").write_bytes(b"x")  # a stack's overlay
+    write_labels(tmp_path / "s_overlay.tif", np.ones((4, 4), np.uint16))  # a stack's overlay
     assert stack.pending(items) == []
     assert layout.pending(items) == items  # more outputs asked for: nothing is done
     (tmp_path / "a_masks.zarr").mkdir()
+    (tmp_path / "a_masks.zarr" / ".zarray").write_text("{}")
     assert OutputLayout.of(tmp_path, blockwise=True).pending(items) == [items[1]]
     with pytest.raises(KeyError, match="known"):
         layout.name("a", "thumbnail")

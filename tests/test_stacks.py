@@ -243,8 +243,8 @@ def test_resume_knows_geojson_and_stack_overlays(tmp_path: Path) -> None:
     item = InputItem("s", tmp_path / "s.tif", None, None)
     options = OutputOptions(overlay=True, geojson=True)
     assert expected_outputs(item, options) == ["s_masks.tif", "s_overlay.png", "s.geojson"]
-    (tmp_path / "s_masks.tif").write_bytes(b"x")
-    (tmp_path / "s_overlay.tif").write_bytes(b"x")  # a stack's overlay
+    tifffile.imwrite(tmp_path / "s_masks.tif", np.ones((2, 4, 4), np.uint16))
+    tifffile.imwrite(tmp_path / "s_overlay.tif", np.ones((2, 4, 4, 3), np.uint8))  # a stack's overlay
     assert pending_items([item], tmp_path, options) == [item]  # the GeoJSON is still missing
     (tmp_path / "s.geojson").write_text("{}")
     assert pending_items([item], tmp_path, options) == []

@@ -88,7 +88,8 @@ def evaluate_paths(gt: str | Path, pred: str | Path, progress: bool = False):
     gt : path
         DSB folder, folder of label images, or run-length CSV with Height/Width columns.
     pred : path
-        Folder of ``<id>_masks.tif`` (``nucleiseg segment`` output), label images, or a CSV.
+        Folder of ``<id>_masks.tif`` (``nucleiseg segment`` output), label images, or a
+        run-length CSV (image shapes from the ground truth; Height/Width columns not needed).
 
     Returns
     -------
@@ -101,9 +102,16 @@ def evaluate_paths(gt: str | Path, pred: str | Path, progress: bool = False):
     from nucleiseg.metrics import evaluate_pairs
 
     truth = load_ground_truth(gt)
-    preds = load_ground_truth(pred)
     if not truth:
         raise FileNotFoundError(f"{gt}: no ground truth found")
+    unscored: set[str] = set()
+    if Path(pred).is_file() and Path(pred).suffix.lower() == ".csv":  # a run-length CSV: shapes from the ground truth
+        from nucleiseg.io.rle import read_rle_csv, rle_image_ids
+
+        preds = read_rle_csv(pred, shapes={k: v.shape for k, v in truth.items()}, unknown="skip")
+        unscored = set(rle_image_ids(pred))
+    else:
+        preds = load_ground_truth(pred)
 
     def pairs():
         for key in sorted(truth):
@@ -112,5 +120,5 @@ def evaluate_paths(gt: str | Path, pred: str | Path, progress: bool = False):
 
     report = evaluate_pairs(pairs(), progress=progress)
     report.summary["missing_predictions"] = sorted(set(truth) - set(preds))
-    report.summary["unmatched_predictions"] = sorted(set(preds) - set(truth))
+    report.summary["unmatched_predictions"] = sorted((set(preds) | unscored) - set(truth))
     return report

@@ -23,7 +23,8 @@ from pathlib import Path
 from nucleiseg.config import ModelBundleConfig, PostprocessConfig, from_dict, load_json
 
 __all__ = [
-    "CLASSICAL", "ONNX_FILES", "WEIGHTS_DIR", "ModelBundle", "ModelSpec", "file_hash", "list_bundled", "onnx_precision",
+    "CLASSICAL", "ONNX_FILES", "RUN_PREFIX", "WEIGHTS_DIR", "ModelBundle", "ModelSpec", "file_hash", "list_bundled",
+    "onnx_precision", "reserved_name_error", "reserved_names",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -49,6 +50,36 @@ def list_bundled() -> list[str]:
     return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file())
 
 
+#: Prefix that addresses a training run by its folder name where a bare name could be a bundled model (``run:NAME``).
+RUN_PREFIX = "run:"
+
+
+def reserved_names() -> list[str]:
+    """Names that always mean a bundled model (every :func:`list_bundled` name and ``classical``).
+
+    No training run may take one: a run is addressed by its folder (or, in the web app, as
+    ``run:NAME``), and these names keep meaning the bundled models everywhere.
+    """
+    return [*list_bundled(), CLASSICAL]
+
+
+def reserved_name_error(name: str) -> str | None:
+    """The one-line refusal of a run named ``name`` when it is reserved (case-insensitive), else None."""
+    if name.lower() in {n.lower() for n in reserved_names()}:
+        return (f"'{name}' is the name of a bundled model ({', '.join(reserved_names())} are reserved); "
+                "choose another run name")
+    return None
+
+
+def _bare_bundled(name_or_path: str | Path) -> Path | None:
+    """The bundled model folder when ``name_or_path`` is a bare bundled name (no folder part), else None."""
+    text = str(name_or_path)
+    if Path(text).name != text or text in (".", ".."):
+        return None
+    folder = WEIGHTS_DIR / text
+    return folder if (folder / "config.json").is_file() else None
+
+
 def onnx_precision(backend: str) -> str:
     """The ONNX precision a backend name selects: ``onnx`` -> fp32, ``onnx-int8`` -> int8, ..."""
     return backend.removeprefix("onnx").removeprefix("-") or "fp32"
@@ -64,12 +95,13 @@ def _folder_config(folder: Path) -> ModelBundleConfig:
 
 
 def _resolve_folder(name_or_path: str | Path) -> Path:
+    """A bare bundled name is the bundled model even beside a folder of that name (``./default`` is the folder)."""
+    bundled = _bare_bundled(name_or_path)
+    if bundled is not None:
+        return bundled
     path = Path(name_or_path)
     if (path / "config.json").is_file():
         return path
-    bundled = WEIGHTS_DIR / str(name_or_path)
-    if (bundled / "config.json").is_file():
-        return bundled
     raise FileNotFoundError(
         f"{name_or_path}: no model there (a run folder needs config.json and weights.safetensors; "
         f"bundled models: {', '.join(list_bundled() + [CLASSICAL])})"
@@ -208,6 +240,6 @@ class ModelSpec:
         check_device(device)
         text = str(model)
         path = Path(text)
-        if text != CLASSICAL and ((path / "config.json").is_file() or path.suffix.lower() == ".onnx"):
+        if text != CLASSICAL and _bare_bundled(text) is None and ((path / "config.json").is_file() or path.suffix.lower() == ".onnx"):
             text = str(path.resolve())
         return cls(text, backend, device, threads)

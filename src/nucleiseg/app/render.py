@@ -39,6 +39,7 @@ from nucleiseg.io.units import Diameter
 from nucleiseg.io.outputs import difference_overlay, measure, overlay_outlines
 from nucleiseg.metrics import match_labels, pixel_metrics
 from nucleiseg.app.limits import api_error, scrub
+from nucleiseg.app.uploads import member_path
 
 __all__ = [
     "Options",
@@ -182,9 +183,10 @@ def _merge_zip(upload: Upload, folder: Path, shape: tuple[int, int]) -> np.ndarr
     except zipfile.BadZipFile:
         raise api_error(422, f"gt_zip '{upload.name}' is not a readable ZIP file") from None
     with archive:
+        # The names the dataset upload refuses (absolute, "..", backslashes) are refused here too.
         members = [
             info for info in archive.infolist()
-            if not info.is_dir() and not Path(info.filename).name.startswith(".")
+            if member_path(info.filename, f"gt_zip {upload.name}") is not None and not info.is_dir()
             and Path(info.filename).suffix.lower() in (".png", ".tif", ".tiff", ".bmp")
         ]
         if not members:

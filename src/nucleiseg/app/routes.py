@@ -33,12 +33,16 @@ from nucleiseg.app.limits import AppSettings, api_error, read_upload
 from nucleiseg.app.performance import diff_png, evaluation_command, evaluation_runner, table_csv, thumb_png
 from nucleiseg.app.runs import RUN_NAME, ModelRegistry, list_runs, run_details
 from nucleiseg.app.training import TrainRequest, list_recipes, load_recipe, shown_command, train_runner
+from nucleiseg.bundle import reserved_name_error
 
 __all__ = ["AppState", "EvaluateBody", "TrainBody", "build_router"]
 
 _PNG = {"Cache-Control": "no-cache"}
 #: Finished dataset evaluations whose predictions stay on disk for the difference views.
 KEEP_EVALUATIONS = 4
+
+#: How the runs folder appears in the commands a job shows (server paths stay private).
+RUNS_SHOWN = "<runs>"
 
 #: How often an event stream looks for a change (an epoch of a tiny recipe takes ~0.2 s).
 EVENT_POLL_S = 0.1
@@ -142,13 +146,16 @@ def build_router(state: AppState) -> APIRouter:
         if body.arch not in list_models():
             raise api_error(422, f"arch: unknown architecture '{body.arch}'; one of {', '.join(list_models())}")
         name = body.name or _run_name(body.arch, dataset.name)
+        refused = reserved_name_error(name)
+        if refused is not None:
+            raise api_error(409, f"name: {refused}")
         pending = {j["params"].get("name") for j in jobs.list() if j["kind"] == "train" and j["state"] not in TERMINAL}
         if (state.runs_root / name).exists() or name in pending:
             raise api_error(409, f"a run named '{name}' exists already")
         req = TrainRequest(name, dataset, body.recipe, body.arch, body.minutes, body.epochs)
         params = {"name": name, "dataset": dataset.name, "recipe": body.recipe, "arch": body.arch,
                   "minutes": body.minutes, "epochs": body.epochs}
-        job = jobs.submit("train", params, shown_command(req, state.runs_label), train_runner(req, state.runs_root, settings.device))
+        job = jobs.submit("train", params, shown_command(req, RUNS_SHOWN), train_runner(req, state.runs_root, settings.device))
         return job.snapshot()
 
     @router.get("/api/runs")
@@ -165,12 +172,8 @@ def build_router(state: AppState) -> APIRouter:
     async def evaluate_dataset(body: EvaluateBody) -> dict[str, Any]:
         """Queue the scoring of one or two models on a dataset."""
         dataset = datasets.get(body.dataset)
-        known = state.models.names()
-        for model in body.models:
-            if model not in known:
-                raise api_error(404, f"no model named '{model}'; GET /api/models lists them")
-        run_names = {r["name"] for r in list_runs(state.runs_root)}
-        shown = [f"{state.runs_label}/{m}" if m in run_names else m for m in body.models]
+        targets = [state.models.resolve(model) for model in body.models]  # 404 for an unknown name
+        shown = [f"{RUNS_SHOWN}/{t.name}" if isinstance(t, Path) else t for t in targets]
         params = {"dataset": dataset.name, "models": body.models, "tta": body.tta}
         _prune_evaluations(jobs)
         work = state.work_root / f"eval-{time.time_ns()}"

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from nucleiseg.app.limits import api_error
+from nucleiseg.bundle import RUN_PREFIX, reserved_names
 from nucleiseg.io.atomic import atomic_write_text
 
-__all__ = ["ModelRegistry", "list_runs", "read_history", "run_details", "write_app_record", "write_model_card"]
+__all__ = [
+    "ModelRegistry", "list_runs", "read_history", "run_details", "run_model_name", "write_app_record", "write_model_card",
+]
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -50,6 +53,12 @@ def _is_model(run: Path) -> bool:
     return (run / "weights.safetensors").is_file() and (run / "config.json").is_file()
 
 
+def run_model_name(name: str) -> str:
+    """The model name a request uses for run ``name``: the name itself, or ``run:NAME`` when a bundled model has it."""
+    reserved = {n.lower() for n in reserved_names()}
+    return f"{RUN_PREFIX}{name}" if name.lower() in reserved else name
+
+
 def list_runs(root: Path | None) -> list[dict[str, Any]]:
     """Finished runs (folders holding a model) under ``root``, newest first.
 
@@ -68,7 +77,7 @@ def list_runs(root: Path | None) -> list[dict[str, Any]]:
         arch = _read_json(run / "config.json").get("model", {}).get("arch")
         tuned = evaluation.get("native_tuned") or {}
         out.append({
-            "name": run.name, "arch": arch, "dataset": app.get("dataset"), "recipe": app.get("recipe"),
+            "name": run.name, "model": run_model_name(run.name), "arch": arch, "dataset": app.get("dataset"), "recipe": app.get("recipe"),
             "state": app.get("state", "finished"), "created": app.get("created", run.stat().st_mtime),
             "epochs_run": report.get("epochs_run"), "best_val_score": report.get("best_val_score"),
             "val_score": tuned.get("val_score"), "val_images": evaluation.get("n_images"),
@@ -140,23 +149,34 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
-        """Every name :meth:`get` accepts."""
-        return list(dict.fromkeys([*self._available(), *(r["name"] for r in list_runs(self.runs_root))]))
+        """Every name :meth:`get` accepts, each model once: bundled names, then runs (``run:NAME`` where a bundled model has NAME)."""
+        return list(dict.fromkeys([*self._available(), *(r["model"] for r in list_runs(self.runs_root))]))
+
+    def resolve(self, name: str) -> str | Path:
+        """What ``name`` loads: a bundled model's name, or a run folder (``run:NAME``, or a run's own name); else 404.
+
+        A bundled name always means the bundled model, even when a run folder has that name.
+        """
+        if name in self._available():
+            return name
+        run = name.removeprefix(RUN_PREFIX)
+        listed = {r["name"]: r["model"] for r in list_runs(self.runs_root)}
+        if self.runs_root is not None and run in listed and name in (listed[run], f"{RUN_PREFIX}{run}"):
+            return self.runs_root / run
+        raise api_error(404, f"no model named '{name}'; GET /api/models lists them")
 
     def get(self, name: str | None):  # noqa: ANN201 - a Segmenter
         """The model called ``name`` (None: the server's model), loading it once; 404 if unknown."""
         if name in (None, "", self.default_name):
             return self._default()
-        run_names = {r["name"] for r in list_runs(self.runs_root)}
-        if name not in self._available() and name not in run_names:
-            raise api_error(404, f"no model named '{name}'; GET /api/models lists them")
+        target = self.resolve(name)
+        key = str(target)
         with self._lock:
-            if name in self._cache:
-                self._cache.move_to_end(name)
-                return self._cache[name]
-            target = self.runs_root / name if name in run_names and self.runs_root is not None else name
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
             segmenter = self._loader(target, self.device)
-            self._cache[name] = segmenter
+            self._cache[key] = segmenter
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
             return segmenter

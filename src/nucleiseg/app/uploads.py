@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from nucleiseg.app.limits import UPLOAD_KINDS, api_error
 
-__all__ = ["ZipLimits", "extract_dataset_zip"]
+__all__ = ["ZipLimits", "extract_dataset_zip", "member_path"]
 
 _CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -55,7 +55,7 @@ class ZipLimits:
     max_ratio: float = 250.0
 
 
-def _member_path(name: str, upload: str) -> PurePosixPath | None:
+def member_path(name: str, upload: str) -> PurePosixPath | None:
     """The member's relative path, None for skipped entries; 422 for unsafe names."""
     if "\\" in name or name.startswith("/") or _DRIVE.match(name) or "\x00" in name:
         raise api_error(422, f"ZIP '{upload}': unsafe member name {name[:80]!r} (absolute path or backslash)")
@@ -80,7 +80,7 @@ def _check_members(archive: zipfile.ZipFile, upload: str, limits: ZipLimits) -> 
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise api_error(422, f"ZIP '{upload}': member {info.filename[:80]!r} is a symbolic link")
-        rel = _member_path(info.filename, upload)
+        rel = member_path(info.filename, upload)
         if rel is None or info.is_dir():
             continue
         chosen.append((info, rel))

@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "IoU 0.5..0.95 of TP/(TP+FP+FN)), AP@0.5, F1, panoptic quality, foreground IoU and mean IoU.",
     )
     p.add_argument("--gt", required=True, help="DSB folder, label-image folder or run-length CSV (with Height,Width)")
-    p.add_argument("--pred", required=True, help="segment output folder, label-image folder or run-length CSV")
+    p.add_argument("--pred", required=True,
+                   help="segment output folder, label-image folder or run-length CSV (shapes from the ground truth)")
     p.add_argument("-o", "--out", help="folder for per_image.csv and summary.json")
     p.add_argument("--rows", type=int, default=20, help="per-image rows to print (default 20)")
     p.set_defaults(func=cmd_evaluate)
@@ -35,5 +36,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"written: {out / 'per_image.csv'}, {out / 'summary.json'}")
     missing = report.summary.get("missing_predictions", [])
     if missing:
-        print(f"warning: {len(missing)} ground-truth images had no prediction (scored as empty)", file=sys.stderr)
+        print(f"warning: {len(missing)} ground-truth images had no prediction (scored as empty): {_some(missing)}", file=sys.stderr)
+    unmatched = report.summary.get("unmatched_predictions", [])
+    if unmatched:
+        print(f"warning: {len(unmatched)} predictions have no ground truth (not scored): {_some(unmatched)}", file=sys.stderr)
     return 0
+
+
+def _some(ids: list[str], shown: int = 5) -> str:
+    """The first few ids, and how many more."""
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more

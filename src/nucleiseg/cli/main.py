@@ -6,9 +6,13 @@ Each sub-command lives in its own module (parser + command; heavy imports happen
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from nucleiseg import __version__
 from nucleiseg.cli import benchmark as _bench
@@ -23,7 +27,40 @@ from nucleiseg.cli.serve import add_parser as _add_serve
 from nucleiseg.cli.train import load_recipe
 from nucleiseg.extras import extra_for
 
-__all__ = ["build_parser", "load_recipe", "main"]
+__all__ = ["EXIT_CODES", "Terminated", "build_parser", "load_recipe", "main"]
+
+#: Exit status of every command: what each means.
+EXIT_CODES = {
+    0: "done, every input succeeded",
+    1: "done, some inputs failed (one line each; the others are complete)",
+    2: "usage error: bad arguments, missing files, a missing optional package",
+    3: "the output folder took no more files (full, read-only, no permission, over quota); stopped at once",
+    130: "interrupted (Ctrl-C)",
+    143: "terminated (SIGTERM: a time limit, Slurm, a container stop)",
+}
+#: Errors of an output location that end a command with exit status 3.
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C: every clean-up for an interrupt runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only), then restore."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -50,12 +87,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from nucleiseg.io.atomic import OutputError
+
     try:
-        return int(args.func(args))
+        with _sigterm_as_interrupt():
+            return int(args.func(args))
+    except Terminated:
+        print("terminated: finished outputs are complete, nothing partial was written (--resume goes on)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted: finished outputs are complete, nothing partial was written", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as exc:
+    except OutputError as exc:
+        print(f"error: {exc}; stopped, finished outputs are complete", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"error: {_os_message(exc)}", file=sys.stderr)
+        return 3 if exc.errno in _OUTPUT_ERRNOS else 2
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
@@ -64,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {missing}", file=sys.stderr)
         return 2
+
+
+def _os_message(exc: OSError) -> str:
+    """One line: the file and the cause (``str(OSError)`` repeats the errno)."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 if __name__ == "__main__":

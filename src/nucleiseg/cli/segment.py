@@ -71,7 +71,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "writes OUT/<id>_masks.zarr")
     p.add_argument("--block-overlap", type=int, metavar="PX",
                    help="margin segmented around each block (default: max(64, 4 x nucleus diameter))")
-    p.add_argument("--resume", action="store_true", help="skip images whose requested outputs already exist in OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="skip images whose requested outputs already exist in OUT and look complete (size and header); "
+                   "removes the temporary files of an interrupted run and rebuilds an unreadable run.json")
+    p.add_argument("--verify", action="store_true", help="with --resume: decode every label image it would skip, completely")
     p.set_defaults(func=cmd_segment)
 
 
@@ -140,11 +143,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from nucleiseg.distributed import get_client
 
         client = get_client(args.dask)
+    from nucleiseg.io.atomic import OutputError
+
     try:
         summary = segment_items(
             items, args.out, spec, options, infer, post, executor=executor, workers=workers, resume=args.resume,
-            progress=not args.quiet, segmenter=segmenter, client=client, block=args.block, block_overlap=args.block_overlap,
+            verify=args.verify, progress=not args.quiet, segmenter=segmenter, client=client, block=args.block,
+            block_overlap=args.block_overlap,
         )
+    except OutputError as exc:  # the summary of what was done, then the one-line error (exit 3)
+        if exc.record is not None:
+            print(exc.record.line())
+        raise
     finally:
         if client is not None:
             client.close()

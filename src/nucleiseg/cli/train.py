@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -83,6 +85,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nucleiseg.training import train
 
     cfg = load_recipe(args)
+    from nucleiseg.bundle import reserved_name_error
+
+    refused = reserved_name_error(Path(cfg.out).name)
+    if refused is not None:
+        print(f"error: --out {cfg.out}: {refused}", file=sys.stderr)
+        return 2
     out = train(cfg, resume=args.resume, progress=not args.quiet, device=args.device)
     report = json.loads((out / "report.json").read_text())
     print(f"run folder {out}: best validation score {report['best_val_score']:.4f} at epoch {report['best_epoch']}")

@@ -18,6 +18,7 @@ Every executor runs the same step, so the outputs and records do not depend on t
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import replace
@@ -33,13 +34,14 @@ from nucleiseg.inference.executors import Executor, ProcessExecutor, SerialExecu
 from nucleiseg.inference.item import ItemStep, load_segmenter, segment_one, spec_of, write_outputs
 from nucleiseg.inference.record import RunRecord, failure_record, read_records, versions
 from nucleiseg.inference.segmenter import Segmenter
+from nucleiseg.io.atomic import OutputError, output_fault, remove_stale_temps
 from nucleiseg.io.images import read_labels
 from nucleiseg.io.labels import InputItem
 from nucleiseg.io.layout import OutputLayout, OutputOptions
 from nucleiseg.io.rle import write_rle_csv
 
 __all__ = [
-    "EXECUTORS", "BatchSummary", "OutputOptions", "RunRecord", "failure_record", "segment_items", "segment_one",
+    "EXECUTORS", "BatchSummary", "OutputError", "OutputOptions", "RunRecord", "failure_record", "segment_items", "segment_one",
     "versions", "write_outputs",
 ]
 
@@ -92,17 +94,117 @@ def _absolute(item: InputItem) -> InputItem:
     return replace(item, image_path=Path(item.image_path).absolute(), gt_path=gt)
 
 
+def _count(path: Path) -> int | None:
+    try:
+        labels = read_labels(path)
+    except Exception:  # noqa: BLE001 - unreadable after all: the record says so
+        return None
+    return int(np.unique(labels[labels > 0]).size)
+
+
 def _resumed_record(item: InputItem, layout: OutputLayout, earlier: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The record of an item done by an earlier run: from its ``run.json``, else rebuilt from the files."""
     if item.id in earlier:
         return earlier[item.id]
-    count = None
-    if not layout.blockwise:
-        labels = read_labels(layout.masks_path(item.id))
-        count = int(np.unique(labels[labels > 0]).size)
+    count = None if layout.blockwise else _count(layout.masks_path(item.id))
     outputs = [n for n in layout.expected(item.id) if (layout.out_dir / n).exists()]
     outputs = outputs or layout.expected(item.id, stack=True)
     return {"id": item.id, "file": str(item.image_path), "count": count, "outputs": outputs, "recovered": True}
+
+
+def _prepare(out: Path, layout: OutputLayout, items: list[InputItem], resume: bool, verify: bool, progress: bool) -> list[InputItem]:
+    """Create the output folder and pick the items to segment (with ``resume``: clean up first).
+
+    Raises :class:`OutputError` when the folder cannot be created or cleaned.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temps(out) if resume else []
+    except OSError as exc:
+        fault = output_fault(exc, out)
+        if fault is None:
+            raise
+        raise fault from exc
+    todo = layout.pending(items, full=verify) if resume else list(items)
+    if progress and stale:
+        tqdm.write(f"resume: removed {len(stale)} temporary file(s) of an interrupted run", file=sys.stderr)
+    if progress and len(todo) < len(items):
+        tqdm.write(f"resume: {len(items) - len(todo)} of {len(items)} images already done", file=sys.stderr)
+    return todo
+
+
+def _run(runner: Executor, step: ItemStep, todo: list[InputItem], progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, str] | None]:
+    """Map the step over ``todo``: the outcomes by id, and the first output-folder error (the batch stopped there).
+
+    After that error nothing new starts; images already in progress finish (their outcomes are
+    kept) where the executor can say so (``cancel``), else they are dropped unrecorded.
+    """
+    outcomes: dict[str, dict[str, Any]] = {}
+    fatal = None
+    mapped = runner.map(step, todo)
+    try:
+        with tqdm(total=len(todo), desc="segment", unit="img", disable=not progress) as bar:
+            for index, outcome in mapped:
+                if "fatal" in outcome:
+                    if fatal is None:
+                        fatal = outcome["fatal"]
+                    if not hasattr(runner, "cancel"):
+                        break
+                    runner.cancel()
+                    continue
+                outcomes[todo[index].id] = outcome
+                if "failure" in outcome and fatal is None:
+                    tqdm.write(f"error: {outcome['failure']['error']}", file=sys.stderr)
+                bar.update()
+    finally:
+        mapped.close()  # type: ignore[attr-defined]
+    return outcomes, fatal
+
+
+def _collect(record: RunRecord, items: list[InputItem], outcomes: dict[str, dict[str, Any]], layout: OutputLayout,
+             pending: set[str], want_labels: bool) -> dict[str, np.ndarray]:
+    """Fill ``record`` in input order (resumed items included); the labels for the run-length CSV."""
+    earlier = read_records(layout.record_path) if len(pending) < len(items) else {}
+    labels: dict[str, np.ndarray] = {}
+    for item in items:
+        if item.id not in pending:
+            record.images.append(_resumed_record(item, layout, earlier))
+            record.skipped.append(item.id)
+            if want_labels:
+                labels[item.id] = read_labels(layout.masks_path(item.id))
+            continue
+        outcome = outcomes.get(item.id)
+        if outcome is None:  # never started: the batch stopped first
+            continue
+        if "failure" in outcome:
+            record.failures.append(outcome["failure"])
+            continue
+        record.images.append(outcome["record"])
+        if want_labels and outcome.get("labels") is not None:
+            labels[item.id] = outcome["labels"]
+    return labels
+
+
+def _finish(record: RunRecord, layout: OutputLayout, labels: dict[str, np.ndarray], options: OutputOptions,
+            fatal: dict[str, str] | None) -> None:
+    """Write the run-length CSV and ``run.json``; after an output-folder error, ``run.json`` if it can, then raise it."""
+    if fatal is not None:
+        record.stopped = fatal["error"]
+        with contextlib.suppress(OSError):
+            record.write(layout.record_path)
+        error = OutputError(fatal["error"], layout.out_dir)
+        error.record = record
+        raise error
+    try:
+        if options.rle:
+            write_rle_csv(options.rle, labels, include_shape=True)
+        record.write(layout.record_path)
+    except OSError as exc:
+        fault = output_fault(exc, layout.out_dir) or (output_fault(exc, Path(options.rle).absolute().parent) if options.rle else None)
+        if fault is None:
+            raise
+        fault.record = record
+        raise fault from exc
 
 
 def segment_items(
@@ -116,6 +218,7 @@ def segment_items(
     executor: str | None = None,
     workers: int = 1,
     resume: bool = False,
+    verify: bool = False,
     progress: bool = True,
     segmenter: Segmenter | None = None,
     client: Any = None,
@@ -146,7 +249,12 @@ def segment_items(
         processes the cores are shared out between them unless ``spec.threads`` says otherwise).
     resume : bool
         Skip items whose outputs all exist (:meth:`OutputLayout.pending`); their records come
-        from the earlier ``run.json`` and their masks are read back for the CSV.
+        from the earlier ``run.json`` (rebuilt from the files where it is unreadable) and their
+        masks are read back for the CSV. Temporary files of an interrupted run are removed, and
+        outputs that are not intact (size and header, :func:`~nucleiseg.io.layout.intact`) are
+        made again.
+    verify : bool
+        With ``resume``, decode every label image it would skip completely (slower).
     progress : bool
         Progress bar and a note of resumed images on stderr.
     segmenter : Segmenter, optional
@@ -169,6 +277,11 @@ def segment_items(
     ValueError
         For an unknown executor, ``workers < 1``, extra outputs with ``block``, or a hand-built
         segmenter with a parallel executor.
+    OutputError
+        The output folder cannot take more files (full, read-only, no permission, over quota):
+        the batch stopped at the first such error, finished outputs are complete, the failed
+        image left nothing, and ``run.json`` was written if it could be (with ``stopped``).
+        The error's ``record`` holds what was done.
     """
     kind = _pick_executor(executor, workers, client, block)
     options = options or OutputOptions()
@@ -183,42 +296,15 @@ def segment_items(
     infer = infer or segmenter.config.infer
     post = post or segmenter.config.postprocess
     out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     layout = OutputLayout(out, options, blockwise=block is not None)
     items = [_absolute(item) for item in items]
-    todo = layout.pending(items) if resume else list(items)
-    pending = {item.id for item in todo}
-    if progress and len(todo) < len(items):
-        tqdm.write(f"resume: {len(items) - len(todo)} of {len(items)} images already done", file=sys.stderr)
-    earlier = read_records(layout.record_path) if len(todo) < len(items) else {}
+    todo = _prepare(out, layout, items, resume, verify, progress)
     runner = _make_executor(kind, spec, segmenter, workers, client, block, block_overlap, progress)
     step = ItemStep(out, options, infer, post, want_labels=bool(options.rle))
     start = time.perf_counter()
-    outcomes: dict[str, dict[str, Any]] = {}
-    with tqdm(total=len(todo), desc="segment", unit="img", disable=not progress) as bar:
-        for index, outcome in runner.map(step, todo):
-            outcomes[todo[index].id] = outcome
-            if "failure" in outcome:
-                tqdm.write(f"error: {outcome['failure']['error']}", file=sys.stderr)
-            bar.update()
+    outcomes, fatal = _run(runner, step, todo, progress)
     record = RunRecord(segmenter.describe(infer, post), runner.describe())
-    labels: dict[str, np.ndarray] = {}
-    for item in items:
-        if item.id not in pending:
-            record.images.append(_resumed_record(item, layout, earlier))
-            record.skipped.append(item.id)
-            if options.rle:
-                labels[item.id] = read_labels(layout.masks_path(item.id))
-            continue
-        outcome = outcomes[item.id]
-        if "failure" in outcome:
-            record.failures.append(outcome["failure"])
-            continue
-        record.images.append(outcome["record"])
-        if options.rle and outcome.get("labels") is not None:
-            labels[item.id] = outcome["labels"]
+    labels = _collect(record, items, outcomes, layout, {item.id for item in todo}, bool(options.rle) and fatal is None)
     record.seconds = time.perf_counter() - start
-    if options.rle:
-        write_rle_csv(options.rle, labels)
-    record.write(layout.record_path)
+    _finish(record, layout, labels, options, fatal)
     return record

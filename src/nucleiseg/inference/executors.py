@@ -17,7 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from nucleiseg.bundle import ModelSpec
 from nucleiseg.inference.item import ItemStep, Outcome, load_segmenter
 from nucleiseg.inference.record import failure_record
 from nucleiseg.inference.segmenter import Segmenter
+from nucleiseg.inference.workers import Schedule, run_schedule
 from nucleiseg.io.labels import InputItem
 
 __all__ = ["Executor", "ProcessExecutor", "SerialExecutor", "ThreadExecutor", "available_cpus"]
@@ -95,14 +96,22 @@ class ThreadExecutor:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.segmenter = segmenter
         self.workers = workers
+        self._futures: dict[Future, int] = {}
+
+    def cancel(self) -> None:
+        """Drop the images not started yet; :meth:`map` still yields those in progress."""
+        for future in list(self._futures):
+            future.cancel()
 
     def map(self, step: ItemStep, items: Sequence[InputItem]) -> Iterator[tuple[int, Outcome]]:
         """Yield ``(index, outcome)`` as images finish (largest files started first, so no core idles at the end)."""
         with ThreadPoolExecutor(self.workers, thread_name_prefix="nucleiseg") as pool:
             futures = {pool.submit(step, items[i], self.segmenter): i for i in largest_first(items)}
+            self._futures = futures
             try:
                 for future in as_completed(futures):
-                    yield futures[future], future.result()
+                    if not future.cancelled():
+                        yield futures[future], future.result()
             except BaseException:  # interrupted: drop the images still queued
                 for future in futures:
                     future.cancel()
@@ -114,15 +123,25 @@ class ThreadExecutor:
 
 
 def _init(spec: ModelSpec) -> None:
-    _STATE["segmenter"] = load_segmenter(spec)
+    try:
+        _STATE["segmenter"] = load_segmenter(spec)
+    except Exception as exc:  # noqa: BLE001 - every image of this worker reports it, the pool stays usable
+        _STATE["error"] = f"the worker could not load the model: {exc}"
 
 
 def _work(step: ItemStep, item: InputItem) -> Outcome:
+    if "error" in _STATE:
+        return {"failure": failure_record(item, RuntimeError(_STATE["error"]))}
     return step(item, _STATE["segmenter"])
 
 
 class ProcessExecutor:
     """A pool of ``workers`` processes (spawned), each loading the model of ``spec`` once.
+
+    A worker that dies (out of memory, killed, a crash in native code) breaks the pool: a fresh
+    pool takes over, and each image that was in progress is tried again, alone in it (so a
+    second death is that image's own). Only an image that kills two workers is reported, as
+    "worker died on this image"; the others are not charged (:mod:`nucleiseg.inference.workers`).
 
     Parameters
     ----------
@@ -138,27 +157,28 @@ class ProcessExecutor:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
         self.spec = spec if spec.threads else replace(spec, threads=max(1, available_cpus() // workers))
+        self._schedule: Schedule | None = None
+
+    def cancel(self) -> None:
+        """Drop the images not started yet; :meth:`map` still yields those in progress."""
+        if self._schedule is not None:
+            self._schedule.cancel()
 
     def map(self, step: ItemStep, items: Sequence[InputItem]) -> Iterator[tuple[int, Outcome]]:
-        """Yield ``(index, outcome)`` as the workers finish images; a dead worker gives a failure."""
+        """Yield ``(index, outcome)`` as the workers finish images; see the class for dead workers."""
         if not items:
             return
-        context = multiprocessing.get_context("spawn")  # fork is unsafe once OpenMP threads exist
-        workers = min(self.workers, len(items))
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(self.spec,)) as pool:
-            futures = {pool.submit(_work, step, items[i]): i for i in largest_first(items)}
-            try:
-                for future in as_completed(futures):
-                    index = futures[future]
-                    try:
-                        yield index, future.result()
-                    except Exception as exc:  # noqa: BLE001 - a worker died (out of memory, killed): record it, go on
-                        yield index, {"failure": failure_record(items[index], exc)}
-            except BaseException:  # interrupted: drop the images still queued
-                for future in futures:
-                    future.cancel()
-                raise
+        schedule = Schedule(largest_first(items), min(self.workers, len(items)))
+        self._schedule = schedule
+        yield from run_schedule(schedule, lambda: _pool(self.spec, schedule.width), _work, step, items)
 
     def describe(self) -> dict[str, Any]:
-        """``{"kind": "processes", "workers": N, "threads": per worker}``."""
-        return {"kind": "processes", "workers": self.workers, "threads": self.spec.threads}
+        """``{"kind": "processes", "workers": N, "threads": per worker}`` (and ``retried`` images after a worker died)."""
+        found = {"kind": "processes", "workers": self.workers, "threads": self.spec.threads}
+        retried = self._schedule.retried if self._schedule is not None else 0
+        return {**found, "retried": retried} if retried else found
+
+
+def _pool(spec: ModelSpec, workers: int) -> ProcessPoolExecutor:
+    context = multiprocessing.get_context("spawn")  # fork is unsafe once OpenMP threads exist
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(spec,))

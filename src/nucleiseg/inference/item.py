@@ -8,7 +8,9 @@ is ``{"failure": ...}`` instead). :func:`load_segmenter` loads the model of a
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,15 @@ from nucleiseg.bundle import ModelSpec
 from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.inference.record import failure_record
 from nucleiseg.inference.segmenter import Result, Segmenter
+from nucleiseg.io.atomic import OutputError, output_fault
+from nucleiseg.io.captured import captured, fold
 from nucleiseg.io.images import write_labels
 from nucleiseg.io.labels import InputItem, load_item_gt
 from nucleiseg.io.layout import OutputLayout, OutputOptions
 from nucleiseg.io.stacks import read_planes
 from nucleiseg.io.units import Diameter
 
-__all__ = ["ItemStep", "load_segmenter", "segment_one", "spec_of", "write_outputs"]
+__all__ = ["ItemStep", "discard_outputs", "load_segmenter", "segment_one", "spec_of", "write_outputs"]
 
 Outcome = dict[str, Any]
 
@@ -105,6 +109,41 @@ def _image_record(item: InputItem, result: Result, seconds: float, files: list[s
     return record
 
 
+def discard_outputs(item_id: str, out_dir: Path, options: OutputOptions) -> None:
+    """Remove every output of ``item_id`` (2-D and stack forms, the difference overlay) that exists.
+
+    A failed image keeps no outputs, so ``--resume`` does it again and nothing looks finished
+    that is not.
+    """
+    layout = OutputLayout(Path(out_dir), options)
+    names = {*layout.expected(item_id), *layout.expected(item_id, stack=True), layout.name(item_id, "diff")}
+    for name in names:
+        with contextlib.suppress(OSError):
+            (Path(out_dir) / name).unlink()
+
+
+@contextlib.contextmanager
+def _writing(item_id: str, out_dir: Path, options: OutputOptions) -> Iterator[None]:
+    """Write an image's outputs: on any error none are left; an output-folder error becomes :class:`OutputError`."""
+    try:
+        yield
+    except BaseException as exc:
+        discard_outputs(item_id, out_dir, options)
+        fault = output_fault(exc, out_dir)
+        if fault is not None:
+            raise fault from exc
+        raise
+
+
+def _read(item: InputItem, options: OutputOptions, notes: list[str]):  # noqa: ANN202 - Planes
+    """Read the image's planes; the readers' warnings go to ``notes`` instead of stderr."""
+    with captured() as caught:
+        try:
+            return read_planes(item.image_path, options.channel, options.axes, pixel_size=options.pixel_size)
+        finally:
+            notes.extend(caught)
+
+
 def segment_one(
     item: InputItem,
     segmenter: Segmenter,
@@ -117,11 +156,15 @@ def segment_one(
     """Segment one image and write its outputs; a bad file gives ``{"failure": ...}``, never raises.
 
     Returns ``{"record": ..., "labels": ...}`` on success (``labels`` only with ``want_labels``;
-    always None for a stack, which the run-length CSV refuses).
+    always None for a stack, which the run-length CSV refuses). An error of the output folder
+    itself (full, read-only, no permission: :class:`~nucleiseg.io.atomic.OutputError`) gives
+    ``{"fatal": ...}``: the batch stops. A failed image leaves no outputs. Warnings of the
+    readers are folded into the file's one-line error (or its record's ``warnings``).
     """
     t = time.perf_counter()
+    notes: list[str] = []
     try:
-        planes = read_planes(item.image_path, options.channel, options.axes, pixel_size=options.pixel_size)
+        planes = _read(item, options, notes)
         read_seconds = time.perf_counter() - t
         if options.diameter_um is not None:  # a diameter in µm: pixels of this image
             infer = replace(infer, diameter=Diameter(options.diameter_um, "um").pixels(planes.pixel_size.um))
@@ -132,30 +175,42 @@ def segment_one(
                 flag = "--rle" if options.rle else "--png"
                 raise ValueError(f"a {planes.stack_axes} stack of {len(planes.planes)} planes cannot be written by {flag} (2-D only); drop {flag}")
             stacked = segment_planes(segmenter, planes, infer, post)
-            files = write_stack_outputs(item.id, planes, stacked, Path(out_dir), options)
+            with _writing(item.id, out_dir, options):
+                files = write_stack_outputs(item.id, planes, stacked, Path(out_dir), options)
         else:
             image = planes.image
             result = segmenter.segment(image, infer, post, keep_probabilities=False)
             w = time.perf_counter()
-            files = write_outputs(item, image, result, Path(out_dir), options, planes.pixel_size.um)
+            with _writing(item.id, out_dir, options):
+                files = write_outputs(item, image, result, Path(out_dir), options, planes.pixel_size.um)
             write_seconds = time.perf_counter() - w
     except (KeyboardInterrupt, SystemExit):
         raise
+    except OutputError as exc:  # the folder cannot take more files: the batch stops
+        return {"fatal": {"id": item.id, "file": str(item.image_path), "error": str(exc)}}
     except Exception as exc:  # one bad image never stops the batch
-        return {"failure": failure_record(item, exc)}
+        failure = failure_record(item, exc)
+        failure["error"] = fold(failure["error"], notes)
+        return {"failure": failure}
     if planes.is_stack:
         from nucleiseg.inference.stack import stack_record
 
         record = {"id": item.id, "file": str(item.image_path), **stack_record(planes, stacked)}
         record.update(channel=planes.channel, seconds=round(time.perf_counter() - t, 4), outputs=files)
-        return {"record": record, "labels": None}
+        return {"record": _noted(record, notes), "labels": None}
     record = _image_record(item, result, time.perf_counter() - t, files)
     record.update(planes.pixel_size.record())
     stages = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k != "total"}, "write": write_seconds}
     record["timings"] = {k: round(v, 4) for k, v in stages.items()}
     if planes.channel is not None:
         record["channel"] = planes.channel
-    return {"record": record, "labels": result.labels if want_labels else None}
+    return {"record": _noted(record, notes), "labels": result.labels if want_labels else None}
+
+
+def _noted(record: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    if notes:
+        record["warnings"] = notes
+    return record
 
 
 @dataclass(frozen=True)

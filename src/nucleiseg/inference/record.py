@@ -51,13 +51,29 @@ def failure_record(item: Any, exc: BaseException) -> dict[str, str]:
     return {"id": item.id, "file": str(item.image_path), "error": message}
 
 
+def _usable(entry: Any) -> bool:
+    """A per-image record this version can take over as it is (else it is rebuilt from the files)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+        return False
+    count, outputs = entry.get("count"), entry.get("outputs", [])
+    count_ok = count is None or (isinstance(count, int) and not isinstance(count, bool) and count >= 0)
+    return count_ok and isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)
+
+
 def read_records(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Per-image records of an earlier ``run.json`` by id (empty when missing or unreadable)."""
+    """Per-image records of an earlier ``run.json`` by id.
+
+    Empty when the file is missing or unreadable (truncated, not JSON, not an object); records
+    that are damaged are left out, so the caller rebuilds them from the files.
+    """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return {str(r["id"]): r for r in data.get("images", []) if isinstance(r, dict) and "id" in r}
-    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+    except (OSError, ValueError):
         return {}
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        return {}
+    return {r["id"]: r for r in images if _usable(r)}
 
 
 @dataclass
@@ -79,6 +95,8 @@ class RunRecord:
         Ids whose outputs existed already (``--resume``); their records are in ``images``.
     seconds : float
         Wall time of this run.
+    stopped : str or None
+        Why the batch stopped early (an output-folder error), else None.
     """
 
     model: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +105,7 @@ class RunRecord:
     failures: list[dict[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: str | None = None
 
     @property
     def nuclei(self) -> int:
@@ -103,9 +122,10 @@ class RunRecord:
     def line(self) -> str:
         """The one-line summary printed at the end of a command."""
         resumed = f" ({len(self.skipped)} resumed)" if self.skipped else ""
+        stopped = ", stopped early" if self.stopped else ""
         return (
             f"{len(self.images)} images segmented{resumed}, {self.nuclei} nuclei, "
-            f"{len(self.failures)} failed, {self.seconds:.1f} s"
+            f"{len(self.failures)} failed{stopped}, {self.seconds:.1f} s"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +138,7 @@ class RunRecord:
             "failures": self.failures,
             "skipped": self.skipped,
             "summary": self.summary(),
+            **({"stopped": self.stopped} if self.stopped else {}),
         }
 
     def write(self, path: str | Path) -> Path:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["SUFFIXES", "OutputLayout", "OutputOptions", "output_name"]
+from nucleiseg.io.captured import captured
+
+__all__ = ["SUFFIXES", "OutputLayout", "OutputOptions", "intact", "output_name"]
 
 #: Suffix of each kind of output, appended to the item id.
 SUFFIXES = {
@@ -46,6 +48,66 @@ def output_name(item_id: str, kind: str) -> str:
     if kind not in SUFFIXES:
         raise KeyError(f"unknown output kind {kind!r} (known: {', '.join(SUFFIXES)})")
     return f"{item_id}{SUFFIXES[kind]}"
+
+
+def _tiff_intact(path: Path, size: int) -> bool:
+    """Every page's image data lies inside the file (a truncated TIFF fails this)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.pages:
+            return False
+        for page in tif.pages:
+            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)]
+            if not ends or max(ends) > size:
+                return False
+    return True
+
+
+def _png_intact(path: Path, size: int) -> bool:
+    """The PNG signature at the start and the IEND chunk at the end."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        fh.seek(max(0, size - 12))
+        tail = fh.read(12)
+    return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
+
+
+def intact(path: str | Path, full: bool = False) -> bool:
+    """True when an output file looks complete: a cheap check of its size and header.
+
+    ``.tif``: every page's data inside the file; ``.png``: signature and end chunk; ``.zip``:
+    its central directory; ``.zarr``: a folder with array metadata; other files: not empty.
+    ``full`` decodes label images completely instead (slower, catches corrupt data too).
+    """
+    path = Path(path)
+    with captured():  # a damaged file makes the readers log errors: the answer is enough
+        return _intact(path, path.suffix.lower(), full)
+
+
+def _intact(path: Path, suffix: str, full: bool) -> bool:
+    try:
+        if suffix == ".zarr":
+            return path.is_dir() and any((path / n).is_file() for n in (".zarray", "zarr.json"))
+        size = path.stat().st_size
+        if not path.is_file() or size == 0:
+            return False
+        if full and suffix in (".tif", ".png") and path.name.endswith(("_masks.tif", "_masks.png")):
+            from nucleiseg.io.images import read_labels
+
+            read_labels(path)
+            return True
+        if suffix == ".tif":
+            return _tiff_intact(path, size)
+        if suffix == ".png":
+            return _png_intact(path, size)
+        if suffix == ".zip":
+            import zipfile
+
+            return zipfile.is_zipfile(path)
+    except Exception:  # noqa: BLE001 - unreadable in any way: not intact
+        return False
+    return True
 
 
 @dataclass
@@ -137,17 +199,22 @@ class OutputLayout:
         """File names always written for ``item_id`` (see :meth:`kinds`)."""
         return [output_name(item_id, kind) for kind in self.kinds(stack)]
 
-    def is_done(self, item_id: str) -> bool:
-        """True when every output of ``item_id`` exists, as a 2-D image or as a stack.
+    def is_done(self, item_id: str, full: bool = False) -> bool:
+        """True when every output of ``item_id`` exists and looks complete (:func:`intact`), as a 2-D image or as a stack.
 
         Outputs are written atomically (the ``.zarr`` folder is renamed into place once
-        complete), so an output that exists is complete.
+        complete), so a damaged one was damaged afterwards (a copy cut short, a full disk
+        elsewhere); ``full`` decodes the label images completely.
         """
         if self.blockwise:
-            return self.masks_path(item_id).is_dir()
+            return intact(self.masks_path(item_id))
         forms = (False,) if self.options.png else (False, True)  # a stack is never written as PNG
-        return any(all((self.out_dir / name).is_file() for name in self.expected(item_id, stack)) for stack in forms)
+        return any(
+            all((self.out_dir / n).is_file() for n in self.expected(item_id, stack))
+            and all(intact(self.out_dir / n, full) for n in self.expected(item_id, stack))
+            for stack in forms
+        )
 
-    def pending(self, items: Iterable[Item]) -> list[Item]:
-        """The items (anything with an ``id``) whose outputs are not all in the folder yet."""
-        return [item for item in items if not self.is_done(item.id)]  # type: ignore[attr-defined]
+    def pending(self, items: Iterable[Item], full: bool = False) -> list[Item]:
+        """The items (anything with an ``id``) whose outputs are not all in the folder yet, or not intact."""
+        return [item for item in items if not self.is_done(item.id, full)]  # type: ignore[attr-defined]

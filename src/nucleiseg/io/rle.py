@@ -17,19 +17,29 @@ import numpy as np
 from nucleiseg.io.atomic import atomic_path
 
 __all__ = [
+    "MAX_RLE_PIXELS",
     "labels_to_rles",
     "read_rle_csv",
     "rle_decode",
     "rle_encode",
+    "rle_image_ids",
     "rles_to_labels",
     "write_rle_csv",
 ]
 
 
-def _check_shape(shape: Sequence[int]) -> tuple[int, int]:
+#: Largest image (pixels) a run-length CSV may declare: its label image is allocated before
+#: any run is read (the same bound as image files, :data:`nucleiseg.io.images.DEFAULT_MAX_PIXELS`).
+MAX_RLE_PIXELS = 400_000_000
+
+
+def _check_shape(shape: Sequence[int], max_pixels: int = MAX_RLE_PIXELS) -> tuple[int, int]:
     if len(shape) != 2 or any(int(s) != s or int(s) < 1 for s in shape):
         raise ValueError(f"shape must be two positive integers (H, W), got {tuple(shape)}")
-    return int(shape[0]), int(shape[1])
+    height, width = int(shape[0]), int(shape[1])
+    if height * width > max_pixels:
+        raise ValueError(f"shape {height} x {width} is {height * width} pixels, more than the limit of {max_pixels}")
+    return height, width
 
 
 def rle_encode(mask: np.ndarray) -> str:
@@ -171,7 +181,8 @@ def rles_to_labels(rles: Iterable[str], shape: Sequence[int]) -> np.ndarray:
 
 
 def read_rle_csv(
-    path: str | Path, shapes: Mapping[str, Sequence[int]] | None = None
+    path: str | Path, shapes: Mapping[str, Sequence[int]] | None = None, *, unknown: str = "error",
+    max_pixels: int = MAX_RLE_PIXELS,
 ) -> dict[str, np.ndarray]:
     """Read a Kaggle RLE CSV into ``{image id: int32 labels}``.
 
@@ -183,6 +194,11 @@ def read_rle_csv(
         without nuclei.
     shapes : mapping, optional
         ``{image id: (H, W)}``; takes precedence over the ``Height``/``Width`` columns.
+    unknown : {"error", "skip"}
+        An image whose shape neither ``shapes`` nor the columns give: an error, or left out
+        (evaluation: predictions without ground truth are not scored anyway).
+    max_pixels : int
+        Refuse shapes larger than this before allocating their label image.
 
     Returns
     -------
@@ -192,10 +208,12 @@ def read_rle_csv(
     Raises
     ------
     ValueError
-        Missing columns, an image whose shape is unknown or inconsistent, or an invalid RLE
-        (the message names the CSV line).
+        Missing columns, an image whose shape is unknown, inconsistent or too large, or an
+        invalid RLE (the message names the CSV line).
     """
     path = Path(path)
+    if unknown not in ("error", "skip"):
+        raise ValueError(f"unknown must be 'error' or 'skip', got {unknown!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     import pandas as pd  # only for reading CSVs: segmenting never imports it
@@ -214,30 +232,41 @@ def read_rle_csv(
         image_id, rle = str(rec.ImageId).strip(), str(rec.EncodedPixels).strip()
         if not image_id:
             raise ValueError(f"{path}: line {i}: empty ImageId")
-        rows.setdefault(image_id, []).append((i, rle))
         if shapes is not None and image_id in shapes:
+            rows.setdefault(image_id, []).append((i, rle))
             continue
         if not has_hw or not str(rec.Height).strip() or not str(rec.Width).strip():
+            if unknown == "skip":
+                continue
             raise ValueError(
                 f"{path}: line {i} (ImageId {image_id}): image shape unknown; "
                 "add Height and Width columns or pass shapes={id: (H, W)}"
             )
         try:
             hw = (int(float(rec.Height)), int(float(rec.Width)))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(f"{path}: line {i}: Height/Width are not numbers") from None
         if sizes.setdefault(image_id, hw) != hw:
             raise ValueError(f"{path}: line {i}: ImageId {image_id} has shape {hw}, earlier {sizes[image_id]}")
+        rows.setdefault(image_id, []).append((i, rle))
     out: dict[str, np.ndarray] = {}
     for image_id, items in rows.items():
         shape = tuple(shapes[image_id]) if shapes is not None and image_id in shapes else sizes[image_id]
         try:
-            height, width = _check_shape(shape)
+            height, width = _check_shape(shape, max_pixels)
         except ValueError as exc:
             raise ValueError(f"{path}: ImageId {image_id}: {exc}") from None
         contexts = ((f"{path}: line {line} (ImageId {image_id})", rle) for line, rle in items)
         out[image_id] = _paint(contexts, (height, width))
     return out
+
+
+def rle_image_ids(path: str | Path) -> list[str]:
+    """The image ids of a run-length CSV (its ``ImageId`` column), in order of first appearance."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, skipinitialspace=True)
+        ids = (str(row.get("ImageId") or "").strip() for row in reader)
+        return list(dict.fromkeys(i for i in ids if i))
 
 
 def write_rle_csv(

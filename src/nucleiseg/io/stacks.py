@@ -294,6 +294,8 @@ def read_planes(
                 raise ImageReadError(path, "TIFF holds no image data")
             series = tif.series[0]
             shape, file_axes = tuple(int(s) for s in series.shape), str(series.axes)
+            if len(shape) > 2 and int(np.prod(shape)) <= 1:  # tifffile cannot even name its axes apart (YXYX)
+                raise ImageReadError(path, f"TIFF holds a single pixel (shape {shape}): nothing to segment")
             kept = [(a, s) for a, s in zip(file_axes, shape, strict=True) if s != 1 or a in "YX"]
             squeezed = "".join(a for a, _ in kept)
             size = pixel_size_of(tiff_pixel_size(tif), pixel_size)
