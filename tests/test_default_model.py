@@ -55,15 +55,34 @@ def test_hash_is_the_documented_one(model):
     assert Segmenter.from_pretrained(model).model_hash == file_hash(folder / "model.int8.onnx")
 
 
+def example_scores(seg: Segmenter, names: list[str]) -> dict[str, tuple[int, float]]:
+    """``{name: (count, competition score)}`` of ``seg`` on the bundled examples ``names``."""
+    out = {}
+    for name in names:
+        labels = seg.segment(read_image(EXAMPLES / f"{name}.png")).labels
+        out[name] = (int(labels.max()), match_labels(read_labels(EXAMPLES / f"{name}_masks.tif"), labels).competition_score)
+    return out
+
+
 @pytest.mark.parametrize("model", BUNDLED)
 @pytest.mark.parametrize("name", ["fluo_small", "tissue_he"])
 def test_example_matches_reference_output(model, name):
-    seg = Segmenter.from_pretrained(model)
-    labels = seg.segment(read_image(EXAMPLES / f"{name}.png")).labels
-    ref = reference(model)["examples"][name]
-    assert abs(int(labels.max()) - ref["count"]) <= max(2, round(0.05 * ref["count"]))
-    score = match_labels(read_labels(EXAMPLES / f"{name}_masks.tif"), labels).competition_score
-    assert score == pytest.approx(ref["score"], abs=0.02)
+    """Full precision (fp32 ONNX, or PyTorch for the ensemble) reproduces the reference on any CPU."""
+    ref = reference(model)["full_precision"]
+    count, score = example_scores(Segmenter.from_pretrained(model, backend=ref["backend"]), [name])[name]
+    assert abs(count - ref["examples"][name]["count"]) <= 1
+    assert score == pytest.approx(ref["examples"][name]["score"], abs=0.005)
+
+
+@pytest.mark.parametrize("model", BUNDLED)
+def test_int8_default_backend_close_to_full_precision(model):
+    """What ``nucleiseg segment`` runs (int8 ONNX) scores within 0.02 of full precision over the five
+    examples; int8 kernels differ between CPUs (VNNI or not), so single images may differ more."""
+    ref = reference(model)["full_precision"]["examples"]
+    scores = example_scores(Segmenter.from_pretrained(model), sorted(ref))
+    mean_int8 = sum(s for _, s in scores.values()) / len(scores)
+    mean_full = sum(r["score"] for r in ref.values()) / len(ref)
+    assert mean_int8 == pytest.approx(mean_full, abs=0.02)
 
 
 @pytest.mark.parametrize("model,backend,file", [("default", "onnx", "model.onnx"), ("default", "onnx-int8", "model.int8.onnx"),
@@ -83,9 +102,21 @@ def test_shipped_onnx_forms_are_this_model(model, backend, file):
         assert (folder / file).stat().st_size < 0.35 * (folder / "weights.safetensors").stat().st_size
         # exported as int8 exports are now: RGB input padded to 4 channels (export.quantize.pad_input_channels)
         assert any(n.name == "pad_input_channels" for n in onnx.load(str(folder / file)).graph.node)
-    seg = Segmenter.from_pretrained(model, backend=backend)
-    labels = seg.segment(read_image(EXAMPLES / "fluo_small.png")).labels
-    ref = reference(model)["examples"]["fluo_small"]
-    assert abs(int(labels.max()) - ref["count"]) <= max(2, round(0.05 * ref["count"]))
-    score = match_labels(read_labels(EXAMPLES / "fluo_small_masks.tif"), labels).competition_score
+    count, score = example_scores(Segmenter.from_pretrained(model, backend=backend), ["fluo_wide"])["fluo_wide"]
+    ref = reference(model)["full_precision"]["examples"]["fluo_wide"]
+    assert abs(count - ref["count"]) <= max(2, round(0.05 * ref["count"]))
     assert score == pytest.approx(ref["score"], abs=0.02)
+
+
+@pytest.mark.parametrize("model", BUNDLED)
+def test_shipped_int8_weights_use_seven_bits(model):
+    """int8 weights within +-64 (``reduce_range``): ONNX Runtime's u8 x s8 kernels on CPUs without VNNI
+    saturate with full-range weights (the full-range default lost 0.02 of its validation score on an
+    AVX2-only CPU)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(WEIGHTS_DIR / model / "model.int8.onnx")).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights, "no int8 initializers"
+    assert max(int(abs(w.astype(int)).max()) for w in weights) <= 64

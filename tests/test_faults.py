@@ -51,10 +51,10 @@ def _no_space_after(monkeypatch: pytest.MonkeyPatch, good: int) -> list[str]:
     real = item_module.write_labels
     written: list[str] = []
 
-    def write(path, labels):  # noqa: ANN001, ANN202
+    def write(path, labels, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         if len(written) >= good:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real(path, labels)
+        real(path, labels, *args, **kwargs)
         written.append(Path(path).name)
 
     monkeypatch.setattr(item_module, "write_labels", write)
@@ -114,11 +114,11 @@ def test_reader_warnings_fold_into_the_files_one_line(tmp_path: Path, monkeypatc
     src, out = _disk_images(tmp_path / "in", 2), tmp_path / "out"
     real = item_module.read_planes
 
-    def noisy(path, channel=None, axes=None):  # noqa: ANN001, ANN202
+    def noisy(path, channel=None, axes=None, **kwargs):  # noqa: ANN001, ANN003, ANN202
         logging.getLogger("tifffile").warning("<TiffPage 0> incorrect StripOffsets count")
         if Path(path).name == "img01.png":
             raise ValueError("cannot decode")
-        return real(path, channel, axes)
+        return real(path, channel, axes, **kwargs)
 
     monkeypatch.setattr(item_module, "read_planes", noisy)
     assert _segment(str(src), "-o", str(out)) == 1
