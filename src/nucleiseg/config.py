@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,6 +109,12 @@ class PostprocessConfig:
     marker_distance: float = 0.35
     diameter: float = 18.0
     min_confidence: float = 0.0
+
+    def overridden(self, threshold: float | None = None, min_size: int | None = None,
+                   min_confidence: float | None = None) -> PostprocessConfig:
+        """A copy with the values a user gave (None keeps this config's)."""
+        given = {"threshold": threshold, "min_size": min_size, "min_confidence": min_confidence}
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass

@@ -94,14 +94,7 @@ class Options:
                 infer = replace(infer, diameter=self.diameter.pixels(pixel_size))
             except ValueError as exc:
                 raise api_error(422, f"diameter: {exc}") from None
-        post = segmenter.config.postprocess
-        if self.threshold is not None:
-            post = replace(post, threshold=self.threshold)
-        if self.min_size is not None:
-            post = replace(post, min_size=self.min_size)
-        if self.min_confidence is not None:
-            post = replace(post, min_confidence=self.min_confidence)
-        return infer, post
+        return infer, segmenter.config.postprocess.overridden(self.threshold, self.min_size, self.min_confidence)
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -128,13 +128,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.diameter is not None:  # "0"/"auto" estimate, as the model's own default does
         overrides["diameter"] = diameter.value if diameter.unit == "px" else None
     infer = replace(infer, **overrides)
-    post = segmenter.config.postprocess
-    if args.threshold is not None:
-        post = replace(post, threshold=args.threshold)
-    if args.min_size is not None:
-        post = replace(post, min_size=args.min_size)
-    if args.min_confidence is not None:
-        post = replace(post, min_confidence=args.min_confidence)
+    post = segmenter.config.postprocess.overridden(args.threshold, args.min_size, args.min_confidence)
     options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle,
                             geojson=args.geojson, channel=parse_channel(args.channel), axes=args.axes, pixel_size=pixel_size,
                             diameter_um=diameter.value if diameter.unit == "um" else None)

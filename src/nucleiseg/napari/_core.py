@@ -134,9 +134,7 @@ class LayerSettings:
     def settings_for(self, segmenter: Any) -> tuple[Any, Any]:
         """``(InferConfig, PostprocessConfig)``: the segmenter's own with these settings applied."""
         infer = replace(segmenter.config.infer, tta=bool(self.tta), diameter=self.diameter)
-        changes = {k: v for k, v in (("threshold", self.threshold), ("min_size", self.min_size),
-                                     ("min_confidence", self.min_confidence)) if v is not None}
-        return infer, replace(segmenter.config.postprocess, **changes)
+        return infer, segmenter.config.postprocess.overridden(self.threshold, self.min_size, self.min_confidence)
 
 
 def layer_axes(shape: tuple[int, ...], rgb: bool, channel: int | None) -> str:
