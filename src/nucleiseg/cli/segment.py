@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: the parser is built at start-up
     from nucleiseg.io.units import Diameter
@@ -78,48 +78,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_segment)
 
 
-def cmd_segment(args: argparse.Namespace) -> int:
-    """Run ``nucleiseg segment``: build the model spec, settings and outputs, pick the executor, run the batch."""
-    from dataclasses import replace
-
-    from nucleiseg.bundle import ModelSpec
-    from nucleiseg.inference.batch import segment_items
-    from nucleiseg.inference.executors import available_cpus
-    from nucleiseg.inference.item import load_segmenter
-    from nucleiseg.io.labels import discover_inputs
-    from nucleiseg.io.layout import OutputOptions
-    from nucleiseg.io.stacks import parse_channel
-
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """The one-line error of options that cannot go together, else None."""
     if args.workers < 1:
-        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-        return 2
-    try:
-        diameter, pixel_size = _units(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return f"--workers must be >= 1, got {args.workers}"
     extras = args.png or args.overlay or args.measure or args.rois or args.rle or args.geojson
     if args.block is not None and extras:
-        print("error: --block writes only OUT/<id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson", file=sys.stderr)
-        return 2
+        return "--block writes only OUT/<id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson"
     if args.block is not None and (args.channel is not None or args.axes):
-        print("error: --block reads 2-D gray or RGB images; drop --channel/--axes", file=sys.stderr)
-        return 2
+        return "--block reads 2-D gray or RGB images; drop --channel/--axes"
     if args.block is not None and args.workers > 1:
-        print("error: --block runs on Dask (--dask) or its local scheduler; drop --workers", file=sys.stderr)
-        return 2
-    items = discover_inputs([Path(p) for p in args.inputs])
-    if not items:
-        print(f"error: no images found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 2
-    executor = "dask" if args.dask else "processes" if args.workers > 1 else "serial"
-    workers = args.workers
-    threads = args.threads
-    if executor == "serial" and args.block is None and threads is None and args.device == "cpu" and len(items) > 1:
-        # A folder on a CPU: one image per core at a time, each network call on one thread.
-        executor, workers, threads = "threads", available_cpus(), 1
-    spec = ModelSpec.of(args.model, args.backend, args.device, threads)
-    segmenter = load_segmenter(spec)
+        return "--block runs on Dask (--dask) or its local scheduler; drop --workers"
+    return None
+
+
+def _settings(args: argparse.Namespace, segmenter: Any, diameter: Diameter) -> tuple[Any, Any]:
+    """``(InferConfig, PostprocessConfig)``: the model's own with the command line's options applied."""
+    from dataclasses import replace
+
     infer = segmenter.config.infer
     overrides = {"tta": args.tta or infer.tta, "rescale": infer.rescale and not args.no_rescale}
     for name in ("tile", "overlap", "min_zoom"):
@@ -127,8 +103,46 @@ def cmd_segment(args: argparse.Namespace) -> int:
             overrides[name] = getattr(args, name)
     if args.diameter is not None:  # "0"/"auto" estimate, as the model's own default does
         overrides["diameter"] = diameter.value if diameter.unit == "px" else None
-    infer = replace(infer, **overrides)
     post = segmenter.config.postprocess.overridden(args.threshold, args.min_size, args.min_confidence)
+    return replace(infer, **overrides), post
+
+
+def _executor(args: argparse.Namespace, count: int) -> tuple[str, int, int | None]:
+    """``(executor, workers, threads)``: a folder on a CPU runs one image per core, each on one thread."""
+    from nucleiseg.inference.executors import available_cpus
+
+    executor = "dask" if args.dask else "processes" if args.workers > 1 else "serial"
+    if executor == "serial" and args.block is None and args.threads is None and args.device == "cpu" and count > 1:
+        return "threads", available_cpus(), 1
+    return executor, args.workers, args.threads
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Run ``nucleiseg segment``: build the model spec, settings and outputs, pick the executor, run the batch."""
+    from nucleiseg.bundle import ModelSpec
+    from nucleiseg.inference.batch import segment_items
+    from nucleiseg.inference.item import load_segmenter
+    from nucleiseg.io.atomic import OutputError
+    from nucleiseg.io.labels import discover_inputs
+    from nucleiseg.io.layout import OutputOptions
+    from nucleiseg.io.stacks import parse_channel
+
+    problem = _usage_error(args)
+    if problem is None:
+        try:
+            diameter, pixel_size = _units(args)
+        except ValueError as exc:
+            problem = str(exc)
+    items = discover_inputs([Path(p) for p in args.inputs]) if problem is None else []
+    if problem is None and not items:
+        problem = f"no images found in {' '.join(args.inputs)}"
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    executor, workers, threads = _executor(args, len(items))
+    spec = ModelSpec.of(args.model, args.backend, args.device, threads)
+    segmenter = load_segmenter(spec)
+    infer, post = _settings(args, segmenter, diameter)
     options = OutputOptions(png=args.png, overlay=args.overlay, measure=args.measure, rois=args.rois, rle=args.rle,
                             geojson=args.geojson, channel=parse_channel(args.channel), axes=args.axes, pixel_size=pixel_size,
                             diameter_um=diameter.value if diameter.unit == "um" else None)
@@ -137,8 +151,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from nucleiseg.distributed import get_client
 
         client = get_client(args.dask)
-    from nucleiseg.io.atomic import OutputError
-
     try:
         summary = segment_items(
             items, args.out, spec, options, infer, post, executor=executor, workers=workers, resume=args.resume,
