@@ -24,7 +24,7 @@ from nucleiseg.io.labels import InputItem, load_item_gt
 from nucleiseg.io.layout import OutputLayout, OutputOptions
 from nucleiseg.io.stacks import read_planes
 
-__all__ = ["ItemStep", "load_segmenter", "segment_one", "spec_of", "write_outputs"]
+__all__ = ["ItemStep", "load_segmenter", "segment_one", "spec_of", "streams_masks", "write_outputs"]
 
 Outcome = dict[str, Any]
 
@@ -82,11 +82,39 @@ def write_outputs(item: InputItem, image: np.ndarray, result: Result, out_dir: P
     return written
 
 
-def _image_record(item: InputItem, result: Result, seconds: float, files: list[str]) -> dict[str, Any]:
+def streams_masks(segmenter: Segmenter, shape: tuple[int, ...], options: OutputOptions, infer: InferConfig, want_labels: bool = False) -> bool:
+    """True when an image of ``shape`` is segmented block-wise straight into its ``_masks.tif``.
+
+    That is when :meth:`Segmenter.goes_blockwise` and the masks are the only output asked for
+    (every other output needs the whole label image in memory).
+    """
+    extras = options.png or options.overlay or options.measure or options.rois or options.geojson or options.rle
+    return not extras and not want_labels and segmenter.goes_blockwise(shape, infer)
+
+
+def _stream_masks(
+    item: InputItem, image: np.ndarray, segmenter: Segmenter, out_dir: Path, options: OutputOptions,
+    infer: InferConfig, post: PostprocessConfig,
+) -> tuple[Result, int, list[str]]:
+    """Segment a large image block-wise, writing its labels tile by tile; ``(result, count, files)``.
+
+    The result holds no labels (an empty array): they went to the file as they were made.
+    """
+    from nucleiseg.distributed.stream import block_plan, write_block_labels
+
+    layout = OutputLayout(Path(out_dir), options)
+    t0 = time.perf_counter()
+    plan = block_plan(segmenter, image, infer, post)
+    count = write_block_labels(layout.path(item.id, "masks"), image, plan)
+    result = segmenter.blockwise_result(np.zeros((0, 0), np.int32), plan, infer, time.perf_counter() - t0)
+    return result, count, [layout.name(item.id, "masks")]
+
+
+def _image_record(item: InputItem, result: Result, seconds: float, files: list[str], count: int | None = None) -> dict[str, Any]:
     record = {
         "id": item.id,
         "file": str(item.image_path),
-        "count": result.count,
+        "count": result.count if count is None else count,
         "diameter": None if result.diameter is None else round(float(result.diameter), 2),
         "diameter_source": result.diameter_source,
         "scale": round(float(result.scale), 4),
@@ -126,10 +154,14 @@ def segment_one(
             files = write_stack_outputs(item.id, planes, stacked, Path(out_dir), options)
         else:
             image = planes.image
-            result = segmenter.segment(image, infer, post, keep_probabilities=False)
-            w = time.perf_counter()
-            files = write_outputs(item, image, result, Path(out_dir), options)
-            write_seconds = time.perf_counter() - w
+            count, w = None, time.perf_counter()
+            if streams_masks(segmenter, image.shape, options, infer, want_labels):  # labels never held whole
+                result, count, files = _stream_masks(item, image, segmenter, Path(out_dir), options, infer, post)
+            else:
+                result = segmenter.segment(image, infer, post, keep_probabilities=False)
+                w = time.perf_counter()
+                files = write_outputs(item, image, result, Path(out_dir), options)
+            write_seconds = time.perf_counter() - w if count is None else 0.0
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # one bad image never stops the batch
@@ -140,7 +172,7 @@ def segment_one(
         record = {"id": item.id, "file": str(item.image_path), **stack_record(planes, stacked)}
         record.update(channel=planes.channel, seconds=round(time.perf_counter() - t, 4), outputs=files)
         return {"record": record, "labels": None}
-    record = _image_record(item, result, time.perf_counter() - t, files)
+    record = _image_record(item, result, time.perf_counter() - t, files, count)
     stages = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k != "total"}, "write": write_seconds}
     record["timings"] = {k: round(v, 4) for k, v in stages.items()}
     if planes.channel is not None:
