@@ -57,12 +57,14 @@ def make_image(folder: Path, kind: str, mpx: float, sources: list[np.ndarray]) -
     return path, side
 
 
-def run_cli(image: Path, out: Path, extra: list[str]) -> dict[str, Any]:
-    """Peak memory of ``nucleiseg segment`` on one image, with the count it found."""
+def run_cli(image: Path, out: Path, extra: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """Peak memory of ``nucleiseg segment`` on one image, with the count it found (None if stopped)."""
     cmd = [sys.executable, "-m", "nucleiseg.cli.main", "segment", str(image), "-o", str(out), "--quiet", *extra]
-    row: dict[str, Any] = child_peak_rss(cmd, ENV)
-    records = json.loads((out / "run.json").read_text())["images"]
-    row["count"] = records[0].get("count") if records else None
+    row: dict[str, Any] = child_peak_rss(cmd, ENV, timeout)
+    row["count"] = None
+    if row["completed"]:
+        records = json.loads((out / "run.json").read_text())["images"]
+        row["count"] = records[0].get("count") if records else None
     return row
 
 
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cli-args", default="", help="extra arguments for nucleiseg segment (one string)")
     p.add_argument("--images", type=Path, help="folder for the test images (kept; default: a temporary folder)")
     p.add_argument("--out", type=Path, default=RESULT)
+    p.add_argument("--timeout", type=float, help="stop a CLI run after this many seconds and keep its peak so far (completed: false)")
     args = p.parse_args(argv)
     sources = mosaic_sources(DSB)
     rows: list[dict[str, Any]] = []
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             startup["cli_mb"] = run_cli(tiny, Path(tmp) / "out_tiny", args.cli_args.split())["peak_mb"]
             print(json.dumps({"cli_startup_mb": startup["cli_mb"]}), flush=True)
             for kind, mpx, path in images:
-                row = run_cli(path, Path(tmp) / f"out_{kind}_{mpx}", args.cli_args.split())
+                row = run_cli(path, Path(tmp) / f"out_{kind}_{mpx}", args.cli_args.split(), args.timeout)
                 row.update(mode="cli", kind=kind, mpx=mpx, startup_mb=startup["cli_mb"],
                            per_mpx=round((row["peak_mb"] - startup["cli_mb"]) / mpx, 2))
                 rows.append(row)

@@ -337,7 +337,7 @@ class InferConfig:
     min_zoom: float = 0.25
     max_zoom: float = 4.0
     block_pixels: int = 8_000_000
-    block: int = 2048
+    block: int = 1536
 
 
 @dataclass

@@ -6,17 +6,19 @@ import ctypes
 import ctypes.util
 import functools
 
-__all__ = ["trim_heap"]
+__all__ = ["map_large_blocks", "trim_heap"]
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc malloc.h)
 
 
-@functools.lru_cache(maxsize=1)
-def _libc_trim() -> object | None:
-    """glibc's ``malloc_trim``, or None on other C libraries (macOS, musl, Windows)."""
+@functools.lru_cache(maxsize=2)
+def _glibc(function: str) -> object | None:
+    """A function of glibc's allocator, or None on other C libraries (macOS, musl, Windows)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        return ctypes.CDLL(name).malloc_trim
+        return getattr(ctypes.CDLL(name), function)
     except (OSError, AttributeError):
         return None
 
@@ -28,8 +30,22 @@ def trim_heap() -> bool:
     image a process can hold gigabytes it no longer uses; trimming returns them. Elsewhere this
     does nothing (those allocators, or the OS, reclaim on their own terms).
     """
-    trim = _libc_trim()
+    trim = _glibc("malloc_trim")
     if trim is None:
         return False
     trim(0)  # type: ignore[operator]
     return True
+
+
+def map_large_blocks(threshold: int = 4 * 1024 * 1024) -> bool:
+    """Serve every allocation of ``threshold`` bytes or more by its own ``mmap`` (glibc); True when set.
+
+    glibc raises its mmap threshold after a large block is freed (up to 32 MB), so the arrays
+    of the next large image come from the heap and their memory stays with the process after
+    they are freed. A fixed threshold keeps image-sized arrays out of the heap: their memory
+    returns to the OS the moment they are freed. For long-lived processes (the web app).
+    """
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))  # type: ignore[operator]

@@ -110,26 +110,31 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def child_peak_rss(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float = 7200.0) -> dict[str, float]:
-    """Run ``cmd`` and return its peak resident memory (MiB), wall seconds and exit code.
+def child_peak_rss(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float | None = None) -> dict[str, float | bool]:
+    """Run ``cmd``; its peak resident memory (MiB), wall seconds and whether it completed.
 
     The kernel's high-water mark of the child (``ru_maxrss`` of ``RUSAGE_CHILDREN``) is not
     used because it is the largest of all children so far; the tree is sampled every 20 ms.
+    After ``timeout`` seconds the command is stopped and the peak so far is returned with
+    ``completed`` False.
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = RssSampler(proc.pid)
     sampler.start()
+    completed = True
     try:
         _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        completed, err = False, ""
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         peak = sampler.stop()
-    if proc.returncode != 0:
+    if completed and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}: {err.strip()[-1500:]}")
-    return {"peak_mb": round(peak / MB, 1), "seconds": round(time.perf_counter() - t0, 2), "returncode": proc.returncode}
+    return {"peak_mb": round(peak / MB, 1), "seconds": round(time.perf_counter() - t0, 2), "completed": completed}
 
 
 def mosaic_sources(dsb_root: str | Path, n: int = 16, side: int = 256) -> list[np.ndarray]:

@@ -314,10 +314,14 @@ class Segmenter:
         factor = self.scale_for(diameter, source, infer)
         t = time.perf_counter()
         labels = None
-        if factor == 1.0 and found.native is not None:  # the estimate's native pass, not predicted twice
-            probs, labels = found.native, found.labels
+        centre, native = found.centre, found.native if factor == 1.0 else None
+        if native is not None:  # the estimate's native pass, not predicted twice
+            probs, labels = native, found.labels
+            del found, norm  # free what post-processing does not need
         else:
+            del found  # its native probabilities (if any) are of no use at another scale
             probs = self.probabilities(rescale_image(norm, factor) if factor != 1.0 else norm, infer)
+            del norm
             if factor != 1.0:  # back to the input's size, then post-process with sizes in input pixels
                 probs = resize_probabilities(probs, image.shape[:2])
                 area = 1.0 / factor**2
@@ -331,7 +335,7 @@ class Segmenter:
             labels = self.postprocess(probs, post)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings, source, found.centre)
+        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings, source, centre)
 
     def goes_blockwise(self, shape: tuple[int, ...], infer: InferConfig | None = None) -> bool:
         """True when :meth:`segment` (without probabilities) segments an image of ``shape`` block by block."""

@@ -4,7 +4,7 @@ The predictor is a plain callable ``(B, C, h, w) float32 -> (B, K, h, w)`` proba
 torch model, an ONNX session and a test-time-augmented wrapper all share this code. Tiles
 overlap and are blended with a window (Gaussian by default, like MONAI's
 ``sliding_window_inference``); memory stays bounded by ``batch_size`` tiles plus the ``(K, H, W)``
-output and an ``(H, W)`` weight map.
+output (the separable weights are summed per axis, not in an ``(H, W)`` map).
 """
 
 from __future__ import annotations
@@ -192,9 +192,12 @@ def predict_tiled(
     wy = _window_1d(th, blend if height > th else "constant", tile - step)
     wx = _window_1d(tw, blend if width > tw else "constant", tile - step)
     weight = np.outer(wy, wx).astype(np.float32)
+    # The windows form a grid and the weights are separable, so their sum is too: two 1-D sums
+    # instead of an (H, W) weight map.
+    norm_y = _axis_sum(wy, sorted({w[0] for w in windows}), height)
+    norm_x = _axis_sum(wx, sorted({w[1] for w in windows}), width)
 
     out: np.ndarray | None = None
-    norm = np.zeros((height, width), np.float32)
     for first in range(0, len(windows), batch_size):
         group = windows[first : first + batch_size]
         batch = np.stack([_pad_tile(image[:, y0 : y0 + th, x0 : x0 + tw], padded) for y0, x0, _, _ in group])
@@ -203,8 +206,16 @@ def predict_tiled(
             out = np.zeros((pred.shape[1], height, width), np.float32)
         for (y0, x0, _, _), p in zip(group, pred, strict=True):
             out[:, y0 : y0 + th, x0 : x0 + tw] += p[:, :th, :tw] * weight
-            norm[y0 : y0 + th, x0 : x0 + tw] += weight
     if out is None:  # unreachable: there is always at least one window
         raise RuntimeError("no tile was predicted")
-    out /= norm
+    out /= norm_y[None, :, None].astype(np.float32)
+    out /= norm_x[None, None, :].astype(np.float32)
     return out
+
+
+def _axis_sum(window: np.ndarray, starts: list[int], size: int) -> np.ndarray:
+    """Sum over ``starts`` of the 1-D ``window`` placed at each start, on an axis of ``size``."""
+    total = np.zeros(size, np.float64)
+    for start in starts:
+        total[start : start + window.size] += window
+    return total
