@@ -336,7 +336,7 @@ class InferConfig:
     rescale_tolerance: float = 1.5
     min_zoom: float = 0.25
     max_zoom: float = 4.0
-    block_pixels: int = 8_000_000
+    block_pixels: int = 4_194_304
     block: int = 1536
 
 

@@ -174,3 +174,34 @@ def mosaic(sources: Sequence[np.ndarray], height: int, width: int, grid: int | N
         base[r * side : (r + 1) * side, c * side : (c + 1) * side] = sources[k % len(sources)]
     reps = (-(-height // base.shape[0]), -(-width // base.shape[1]))
     return np.ascontiguousarray(np.tile(base, reps)[:height, :width])
+
+
+def blockwise_peaks(dsb_root: str | Path, sides: Sequence[int], block: int = 512, model: str = "default") -> dict[str, float]:
+    """Resident memory (MiB) of streaming square mosaics block-wise into a ``_masks.tif``, in this process.
+
+    ``startup`` is measured after loading the model and segmenting one ``block``-sized tile;
+    then each side gets its peak. Run it in a fresh process, so that memory freed by earlier
+    work does not hide growth.
+    """
+    import tempfile
+    from dataclasses import replace
+
+    from nucleiseg.distributed.stream import block_plan, write_block_labels
+    from nucleiseg.inference.segmenter import Segmenter
+
+    seg = Segmenter.from_pretrained(model)
+    infer = replace(seg.config.infer, block=block, diameter=18.0)
+    sources = mosaic_sources(dsb_root)
+    seg.segment(mosaic(sources, block, block), infer, keep_probabilities=False)
+    trim_heap()
+    out: dict[str, float] = {"startup": _rss_reader()() / MB}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in sides:
+            image = mosaic(sources, side, side)
+            with PeakRSS() as rss:
+                write_block_labels(Path(tmp) / "masks.tif", image, block_plan(seg, image, infer, seg.config.postprocess))
+            out[str(side)] = rss.peak_bytes / MB
+            del image
+            trim_heap()
+    return out
+

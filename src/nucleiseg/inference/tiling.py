@@ -20,6 +20,10 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 BLENDS = ("gaussian", "linear", "constant")
 # Smallest blending weight relative to the window's maximum: tile borders never weigh zero.
 WEIGHT_FLOOR = 1e-3
+# Most pixels per predictor call: a batch of large tiles costs the network's working memory
+# (about 300 MB per megapixel for the bundled U-Net) and runs no faster on a CPU than one tile
+# after another, so large tiles go one at a time and only small ones are batched.
+BATCH_PIXELS = 1024 * 1024
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -158,7 +162,8 @@ def predict_tiled(
     overlap : float
         Fraction of a tile shared with its neighbour, in ``[0, 1)``.
     batch_size : int
-        Maximum number of tiles per predictor call.
+        Maximum number of tiles per predictor call (fewer when they would exceed
+        :data:`BATCH_PIXELS` pixels together).
     stride : int
         The model's total downsampling factor; tile sides are multiples of it.
     blend : {"gaussian", "linear", "constant"}
@@ -185,6 +190,7 @@ def predict_tiled(
     windows = list(_windows(height, width, tile, step, stride))
     th, tw = windows[0][2], windows[0][3]
     padded = (_round_up(th, stride), _round_up(tw, stride))
+    batch_size = max(1, min(batch_size, BATCH_PIXELS // (padded[0] * padded[1])))
     if len(windows) == 1:  # one window: its weights are all 1, so blending would only copy the output twice
         pred = _predict(predictor, _pad_tile(image, padded)[None])
         return np.ascontiguousarray(pred[0, :, :height, :width], dtype=np.float32)
