@@ -37,13 +37,15 @@ def trim_heap() -> bool:
     return True
 
 
-def map_large_blocks(threshold: int = 4 * 1024 * 1024) -> bool:
+def map_large_blocks(threshold: int = 256 * 1024) -> bool:
     """Serve every allocation of ``threshold`` bytes or more by its own ``mmap`` (glibc); True when set.
 
     glibc raises its mmap threshold after a large block is freed (up to 32 MB), so the arrays
     of the next large image come from the heap and their memory stays with the process after
-    they are freed. A fixed threshold keeps image-sized arrays out of the heap: their memory
-    returns to the OS the moment they are freed. For long-lived processes (the web app).
+    they are freed. A fixed threshold keeps image- and tile-sized arrays out of the heap: their
+    memory returns to the OS the moment they are freed (measured: block-wise segmentation grew
+    by 11 MB per megapixel with glibc's default and by 6 with 256 KB). Process-wide; set by the
+    web app and by block-wise segmentation.
     """
     mallopt = _glibc("mallopt")
     if mallopt is None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.distributed.blocks import Box, BlockPlan, _assemble, _grid, _owned_objects, plan_blocks
+from nucleiseg.heap import map_large_blocks, trim_heap
 from nucleiseg.inference.segmenter import Segmenter
 
 __all__ = ["BLOCK_TILE", "Renumber", "block_plan", "iter_blocks", "segment_in_blocks", "write_block_labels"]
@@ -49,9 +50,12 @@ def iter_blocks(image: np.ndarray, plan: BlockPlan, device: str = "cpu") -> Iter
     """Segment an in-memory image tile by tile, yielding ``(core box, int32 labels)`` row-major.
 
     The tiles, ownership and merge of :func:`~nucleiseg.distributed.blocks.segment_blocks`,
-    run serially: the owned nuclei of at most three rows of tiles are held at a time. Ids are
-    unique over the image but not consecutive (see :class:`Renumber`).
+    run serially: the owned nuclei of at most three rows of tiles are held at a time, and
+    arrays of 256 KB or more are mapped one by one (:func:`~nucleiseg.heap.map_large_blocks`),
+    so freed tile memory is not kept. Ids are unique over the image but not consecutive (see
+    :class:`Renumber`).
     """
+    map_large_blocks()  # each tile's arrays go back to the OS when freed, not into a growing heap
     grid = _grid(image.shape[0], image.shape[1], plan.block, plan.overlap)
     owned: dict[tuple[int, int], np.ndarray] = {}
 
@@ -67,6 +71,7 @@ def iter_blocks(image: np.ndarray, plan: BlockPlan, device: str = "cpu") -> Iter
     for i in range(grid.rows):
         for key in [k for k in owned if k[0] < i - 1]:  # rows no later tile looks at
             del owned[key]
+        trim_heap()
         for j in range(grid.cols):
             parts = [(k, grid.exts[a, b], own(a, b)) for k, a, b in grid.parts(i, j)]
             yield grid.cores[i, j], _assemble(grid.cores[i, j], parts, grid.cap)
