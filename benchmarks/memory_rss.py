@@ -25,8 +25,6 @@ import argparse
 import json
 import math
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +33,19 @@ from typing import Any
 
 import httpx
 import numpy as np
+from serve_load import (  # the benchmarks folder is the script's path
+    free_port,
+    start_server,
+    stop_server,
+)
 
-from nucleiseg.benchmark.memory import MB, RssSampler, child_peak_rss, mosaic, mosaic_sources
+from nucleiseg.benchmark.memory import (
+    MB,
+    RssSampler,
+    child_peak_rss,
+    mosaic,
+    mosaic_sources,
+)
 from nucleiseg.inference.batch import versions
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.io.images import write_image
@@ -49,7 +58,7 @@ ENV = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
 
 def make_image(folder: Path, kind: str, mpx: float, sources: list[np.ndarray]) -> tuple[Path, int]:
     """Write a square ``kind`` PNG of about ``mpx`` megapixels; its path and side."""
-    side = max(64, int(round(math.sqrt(mpx * 1e6))))
+    side = max(64, round(math.sqrt(mpx * 1e6)))
     image = mosaic(sources, side, side) if kind == "mosaic" else np.zeros((side, side), np.uint8)
     path = folder / f"{kind}_{side}.png"
     if not path.exists():
@@ -68,34 +77,11 @@ def run_cli(image: Path, out: Path, extra: list[str], timeout: float | None = No
     return row
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(port: int, max_pixels: int) -> subprocess.Popen:
-    """``nucleiseg serve`` on the loopback interface, once it answers ``/api/health``."""
-    cmd = [sys.executable, "-m", "nucleiseg.cli.serve", "--port", str(port), "--max-pixels", str(max_pixels),
-           "--max-upload-mb", "512", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("server did not start in 180 s")
-
-
 def run_server(images: list[tuple[str, float, Path]], max_pixels: int) -> list[dict[str, Any]]:
     """One server; each image posted once in turn: start-up, peak and after-request memory."""
-    port = _free_port()
-    proc = start_server(port, max_pixels)
+    port = free_port()
+    options = argparse.Namespace(model="default", max_concurrency=2, max_queue=8)
+    proc = start_server(options, port, ("--max-pixels", str(max_pixels), "--max-upload-mb", "512"))
     sampler = RssSampler(proc.pid)
     sampler.start()
     rows = []
@@ -123,20 +109,14 @@ def run_server(images: list[tuple[str, float, Path]], max_pixels: int) -> list[d
             print(json.dumps(rows[-1]), flush=True)
     finally:
         sampler.stop()
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     return rows
 
 
 def merge(rows: list[dict[str, Any]], path: Path, settings: dict[str, Any]) -> None:
     """Merge ``rows`` into the result file by ``(mode, kind, mpx)``."""
     old = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    key = lambda r: (r["mode"], r["kind"], r["mpx"])  # noqa: E731
-    table = {key(r): r for r in old.get("rows", [])}
-    table.update({key(r): r for r in rows})
+    table = {(r["mode"], r["kind"], r["mpx"]): r for r in [*old.get("rows", []), *rows]}
     result = {
         "benchmark": "benchmarks/memory_rss.py", "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": versions(),
         "settings": settings, "startup": {**old.get("startup", {}), **settings.pop("_startup", {})},

@@ -86,6 +86,7 @@ def test_blockwise_matches_whole_image_on_a_mosaic_of_real_nuclei(segmenter: Seg
     assert match.competition_score > 0.95  # nearly every nucleus the same, seams included
 
 
+@pytest.mark.slow
 def test_blockwise_memory_grows_by_at_most_a_few_bytes_per_pixel(dsb_root: Path) -> None:
     # A fresh process: streaming 1 and 4 Mpx of real nuclei block-wise into a _masks.tif.
     # The whole-image path needed about 50 MB more per megapixel (network outputs, labels and
