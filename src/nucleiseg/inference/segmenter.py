@@ -32,7 +32,8 @@ class Result:
     labels : ndarray of int32, shape (H, W)
         Instance labels 1..n, 0 is background, at the input's resolution.
     probabilities : ndarray of float32, shape (K, H, W), or None
-        Network outputs at the input's resolution (None for the classical model).
+        Network outputs at the input's resolution (None for the classical model and for an
+        image segmented block-wise, see :meth:`Segmenter.segment_blockwise`).
     diameter : float or None
         Estimated (or given) typical nucleus diameter in input pixels.
     scale : float
