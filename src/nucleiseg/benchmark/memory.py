@@ -83,6 +83,7 @@ class RssSampler(threading.Thread):
         self.interval = interval
         self.peak = 0
         self._stop_event = threading.Event()
+        self._lock = threading.Lock()  # a reset must not be overwritten by a sample taken before it
 
     def current(self) -> int:
         """Resident bytes of the process tree now (0 once it has gone)."""
@@ -95,12 +96,14 @@ class RssSampler(threading.Thread):
 
     def reset(self) -> None:
         """Start a new peak from the current value."""
-        self.peak = self.current()
+        with self._lock:
+            self.peak = self.current()
 
     def run(self) -> None:
         """Sample until :meth:`stop` is called."""
         while not self._stop_event.is_set():
-            self.peak = max(self.peak, self.current())
+            with self._lock:
+                self.peak = max(self.peak, self.current())
             self._stop_event.wait(self.interval)
 
     def stop(self) -> int:
