@@ -19,7 +19,14 @@ import dask.array as da
 import numpy as np
 
 from nucleiseg.config import InferConfig, PostprocessConfig
-from nucleiseg.distributed.blocks import Box, BlockPlan, _assemble, _grid, _owned_objects, plan_blocks
+from nucleiseg.distributed.blocks import (
+    BlockPlan,
+    Box,
+    _assemble,
+    _grid,
+    _owned_objects,
+    plan_blocks,
+)
 from nucleiseg.heap import map_large_blocks, trim_heap
 from nucleiseg.inference.segmenter import Segmenter
 
