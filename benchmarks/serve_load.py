@@ -28,15 +28,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import psutil
 
+from nucleiseg.benchmark.memory import RssSampler
 from nucleiseg.inference.batch import versions
 from nucleiseg.io.atomic import atomic_write_text
 
@@ -48,31 +47,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class RssSampler(threading.Thread):
-    """Sample the resident memory of a process and its children until stopped."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
-        self.proc = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.stop_event = threading.Event()
-
-    def current(self) -> int:
-        """Resident bytes of the process tree now (0 once it has gone)."""
-        try:
-            procs = [self.proc, *self.proc.children(recursive=True)]
-            return sum(p.memory_info().rss for p in procs)
-        except psutil.Error:
-            return 0
-
-    def run(self) -> None:
-        """Sample until :attr:`stop_event` is set."""
-        while not self.stop_event.is_set():
-            self.peak = max(self.peak, self.current())
-            time.sleep(self.interval)
 
 
 async def upload_all(url: str, data: bytes, name: str, n: int, in_flight: int, timeout: float) -> dict[str, Any]:
@@ -119,12 +93,12 @@ async def upload_all(url: str, data: bytes, name: str, n: int, in_flight: int, t
     }
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    """Start ``python -m nucleiseg.cli.serve`` on 127.0.0.1 and wait until it answers."""
+def start_server(args: argparse.Namespace, port: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start ``python -m nucleiseg.cli.serve`` on 127.0.0.1 (``extra``: more options) and wait until it answers."""
     cmd = [
         sys.executable, "-m", "nucleiseg.cli.serve", "--host", "127.0.0.1", "--port", str(port),
         "--model", args.model, "--max-concurrency", str(args.max_concurrency), "--max-queue", str(args.max_queue),
-        "--log-level", "warning",
+        "--log-level", "warning", *extra,
     ]
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server can never block on it
@@ -180,9 +154,8 @@ def main() -> None:
         }
         health = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).json()
     finally:
-        sampler.stop_event.set()
+        sampler.stop()
         stop_server(proc)
-    sampler.join()
     result = {
         "model": health["model"],
         "image": args.image.name,

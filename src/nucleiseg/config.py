@@ -325,6 +325,10 @@ class InferConfig:
     suite (a few images of 80-100 px nuclei scored lower shrunk to 18 px than to 21-24 px; a
     false nucleus on an empty image), so 1/4 stays the default (docs/size_estimation.md,
     "Large nuclei").
+
+    Images of more than ``block_pixels`` pixels are segmented block by block in ``block``-pixel
+    tiles when their probabilities are not asked for (``nucleiseg segment`` and the web app), so
+    memory stays near the image itself (docs/memory.md); 0 never does.
     """
 
     tile: int = 1024
@@ -339,6 +343,8 @@ class InferConfig:
     rescale_tolerance: float = 1.5
     min_zoom: float = 0.25
     max_zoom: float = 4.0
+    block_pixels: int = 4_194_304
+    block: int = 1536
 
 
 @dataclass

@@ -74,6 +74,7 @@ from nucleiseg.app.routes import AppState, build_router
 from nucleiseg.app.runs import ModelRegistry, list_runs
 from nucleiseg.app.uploads import ZipLimits
 from nucleiseg.bundle import CLASSICAL, list_bundled
+from nucleiseg.heap import map_large_blocks, trim_heap
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.stacks import parse_channel
 from nucleiseg.io.units import Diameter
@@ -209,6 +210,7 @@ def create_app(
         Serve with ``uvicorn.run(app)``; the model is loaded at startup in a worker thread.
     """
     settings = settings or AppSettings()
+    map_large_blocks()  # image-sized arrays get their own mappings, returned to the OS when freed
     if model is not None:
         settings = replace(settings, model=str(model))
     holder = ModelHolder(settings.model, settings.device, segmenter)
@@ -239,10 +241,21 @@ def create_app(
     app.include_router(build_router(state))
 
     async def process(job: Any, *args: Any, model: str | None = None) -> Any:
-        """Admit the request (503 when full) and run ``job(segmenter, *args)`` in a worker."""
+        """Admit the request (503 when full) and run ``job(segmenter, *args)`` in a worker.
+
+        Freed memory goes back to the OS after every job (a large image must not leave the
+        server holding gigabytes; see :mod:`nucleiseg.heap`).
+        """
+
+        def run() -> Any:
+            try:
+                return job(state.models.get(model), *args, settings.max_pixels)
+            finally:
+                trim_heap()
+
         gate.admit()
         try:
-            return await gate.run(lambda: job(state.models.get(model), *args, settings.max_pixels))
+            return await gate.run(run)
         finally:
             gate.release()
 

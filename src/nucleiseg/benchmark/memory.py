@@ -1,11 +1,25 @@
-"""Resident-memory sampling for the benchmark (peak and growth per pass)."""
+"""Resident-memory measurement: in-process sampling (:class:`PeakRSS`) and of a child process.
+
+:func:`child_peak_rss` runs a command and samples the resident memory of its process tree;
+:func:`mosaic` builds large test images with real nucleus content from a few DSB images, so
+memory per megapixel can be measured on images far larger than any in the data set.
+"""
 
 from __future__ import annotations
 
+import subprocess
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["PeakRSS", "trim_heap"]
+import numpy as np
+
+from nucleiseg.heap import trim_heap
+
+__all__ = ["PeakRSS", "RssSampler", "child_peak_rss", "mosaic", "mosaic_sources", "trim_heap"]
+
+MB = 1024 * 1024
 
 
 def _rss_reader() -> Callable[[], int]:
@@ -50,16 +64,147 @@ class PeakRSS:
         self.peak_bytes = max(self.peak_bytes, self._read())
 
 
-def trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``) so RSS growth is per pass."""
-    import ctypes
-    import ctypes.util
+class RssSampler(threading.Thread):
+    """Sample the resident memory of another process and its children until :meth:`stop`.
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
+    Parameters
+    ----------
+    pid : int
+        The process to watch.
+    interval : float
+        Seconds between samples.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        import psutil
+
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()  # a reset must not be overwritten by a sample taken before it
+
+    def current(self) -> int:
+        """Resident bytes of the process tree now (0 once it has gone)."""
+        import psutil
+
+        try:
+            return sum(p.memory_info().rss for p in (self.proc, *self.proc.children(recursive=True)))
+        except psutil.Error:
+            return 0
+
+    def reset(self) -> None:
+        """Start a new peak from the current value."""
+        with self._lock:
+            self.peak = self.current()
+
+    def run(self) -> None:
+        """Sample until :meth:`stop` is called."""
+        while not self._stop_event.is_set():
+            with self._lock:
+                self.peak = max(self.peak, self.current())
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> int:
+        """Stop sampling; the peak in bytes."""
+        self._stop_event.set()
+        self.join()
+        return self.peak
+
+
+def child_peak_rss(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float | None = None) -> dict[str, float | bool]:
+    """Run ``cmd``; its peak resident memory (MiB), wall seconds and whether it completed.
+
+    The kernel's high-water mark of the child (``ru_maxrss`` of ``RUSAGE_CHILDREN``) is not
+    used because it is the largest of all children so far; the tree is sampled every 20 ms.
+    After ``timeout`` seconds the command is stopped and the peak so far is returned with
+    ``completed`` False.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sampler = RssSampler(proc.pid)
+    sampler.start()
+    completed = True
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): growth is then an upper bound
-        pass
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        completed, err = False, ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        peak = sampler.stop()
+    if completed and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}: {err.strip()[-1500:]}")
+    return {"peak_mb": round(peak / MB, 1), "seconds": round(time.perf_counter() - t0, 2), "completed": completed}
+
+
+def mosaic_sources(dsb_root: str | Path, n: int = 16, side: int = 256) -> list[np.ndarray]:
+    """The first ``n`` gray ``side x side`` fluorescence images of a DSB-layout folder (uint8, sorted by id)."""
+    from nucleiseg.io.images import read_image
+
+    found: list[np.ndarray] = []
+    for folder in sorted(Path(dsb_root).iterdir()):
+        path = folder / "images" / f"{folder.name}.png"
+        if not path.is_file():
+            continue
+        image = read_image(path)
+        if image.shape[:2] != (side, side) or image.dtype != np.uint8:
+            continue
+        if image.ndim == 3:
+            rgb = image[..., :3]
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                continue
+            image = rgb[..., 0]
+        found.append(np.ascontiguousarray(image))
+        if len(found) == n:
+            return found
+    raise FileNotFoundError(f"{dsb_root}: fewer than {n} gray {side}x{side} images")
+
+
+def mosaic(sources: Sequence[np.ndarray], height: int, width: int, grid: int | None = None) -> np.ndarray:
+    """A ``height x width`` uint8 image tiled from ``sources`` laid out on a square grid.
+
+    The grid (default: the smallest square holding every source) is built once and repeated,
+    so the image holds real nuclei everywhere, with the sources' seams every source side.
+    """
+    grid = grid or int(np.ceil(np.sqrt(len(sources))))
+    side = sources[0].shape[0]
+    base = np.zeros((grid * side, grid * side), np.uint8)
+    for k in range(grid * grid):
+        r, c = divmod(k, grid)
+        base[r * side : (r + 1) * side, c * side : (c + 1) * side] = sources[k % len(sources)]
+    reps = (-(-height // base.shape[0]), -(-width // base.shape[1]))
+    return np.ascontiguousarray(np.tile(base, reps)[:height, :width])
+
+
+def blockwise_peaks(dsb_root: str | Path, sides: Sequence[int], block: int = 512, model: str = "default") -> dict[str, float]:
+    """Resident memory (MiB) of streaming square mosaics block-wise into a ``_masks.tif``, in this process.
+
+    ``startup`` is measured after loading the model and segmenting one ``block``-sized tile;
+    then each side gets its peak. Run it in a fresh process, so that memory freed by earlier
+    work does not hide growth.
+    """
+    import tempfile
+    from dataclasses import replace
+
+    from nucleiseg.distributed.stream import block_plan, write_block_labels
+    from nucleiseg.inference.segmenter import Segmenter
+
+    seg = Segmenter.from_pretrained(model)
+    infer = replace(seg.config.infer, block=block, diameter=18.0)
+    sources = mosaic_sources(dsb_root)
+    seg.segment(mosaic(sources, block, block), infer, keep_probabilities=False)
+    trim_heap()
+    out: dict[str, float] = {"startup": _rss_reader()() / MB}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in sides:
+            image = mosaic(sources, side, side)
+            with PeakRSS() as rss:
+                write_block_labels(Path(tmp) / "masks.tif", image, block_plan(seg, image, infer, seg.config.postprocess))
+            out[str(side)] = rss.peak_bytes / MB
+            del image
+            trim_heap()
+    return out
 

@@ -44,6 +44,7 @@ from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.distributed.arrays import compute, open_array
 from nucleiseg.bundle import ModelSpec
 from nucleiseg.distributed.workers import as_spec, cached_segmenter
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import busiest_centre, view_box
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms.normalize import IntensityRange, intensity_range
@@ -51,8 +52,8 @@ from nucleiseg.transforms.normalize import IntensityRange, intensity_range
 __all__ = ["BlockPlan", "plan_blocks", "segment_blocks", "segment_dask"]
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
-Model = ModelSpec | str | Path | Callable[[np.ndarray], np.ndarray]
-SAMPLE_PIXELS = 4_000_000  # subsample size for the global intensity percentiles
+Model = ModelSpec | Segmenter | str | Path | Callable[[np.ndarray], np.ndarray]
+SAMPLE_PIXELS = 1_000_000  # subsample size for the global intensity percentiles (plenty for 1% / 99.8%)
 CROP = 1024  # side of the central crop the nucleus diameter is estimated on
 MIN_OVERLAP = 64
 INT32_MAX = 2**31 - 1
@@ -64,8 +65,9 @@ class BlockPlan:
 
     Attributes
     ----------
-    model : ModelSpec or callable
-        The model the workers load (once per worker), or a callable ``image -> labels``.
+    model : ModelSpec, Segmenter or callable
+        The model the workers load (once per worker), a loaded segmenter (this process only:
+        :func:`iter_blocks` or Dask's local scheduler), or a callable ``image -> labels``.
     block, overlap : int
         Tile side and margin in pixels.
     diameter : float or None
@@ -76,7 +78,7 @@ class BlockPlan:
         Global normalisation of network inputs; None for the classical model and callables.
     """
 
-    model: ModelSpec | Callable[[np.ndarray], np.ndarray]
+    model: ModelSpec | Segmenter | Callable[[np.ndarray], np.ndarray]
     block: int
     overlap: int
     diameter: float | None
@@ -93,6 +95,11 @@ class BlockPlan:
         }
 
 
+def _segmenter(model: ModelSpec | Segmenter | str | Path, device: str) -> Segmenter:
+    """A loaded segmenter as it is; a spec, name or folder loaded once per process."""
+    return model if isinstance(model, Segmenter) else cached_segmenter(model, device)
+
+
 def _segment_region(
     image: np.ndarray, model: Model, device: str, infer: InferConfig | None, post: PostprocessConfig | None,
     intensity: IntensityRange | None,
@@ -101,7 +108,7 @@ def _segment_region(
     if callable(model):
         labels = np.asarray(model(image))
         return labels, (estimate_diameter(labels) if labels.any() else None)
-    segmenter = cached_segmenter(model, device)
+    segmenter = _segmenter(model, device)
     result = segmenter.segment(image, infer, post, keep_probabilities=False, intensity=intensity)
     diameter = result.diameter
     if diameter is None and result.labels.any():
@@ -120,7 +127,7 @@ def _estimate_region(
     """
     if callable(model):
         return _segment_region(image, model, device, infer, post, intensity)[1]
-    segmenter = cached_segmenter(model, device)
+    segmenter = _segmenter(model, device)
     if segmenter.is_classical or intensity is None:
         return _segment_region(image, model, device, infer, post, intensity)[1]
     return segmenter.estimate_size(segmenter.normalize(image, intensity), infer, post).diameter
@@ -136,7 +143,9 @@ def plan_blocks(
     central ``1024 x 1024`` crop (on a worker): by the model's size estimator, which only looks
     at a few downsampled views of it (:mod:`nucleiseg.inference.size`), or, for models without
     one, by segmenting the crop. When a network model finds no nucleus there, the crop around
-    the subsample's :func:`~nucleiseg.inference.size.busiest_centre` is tried once more. The
+    the subsample's :func:`~nucleiseg.inference.size.busiest_centre` is tried once more. An
+    estimate within the model's rescale tolerance keeps the native scale, as
+    :meth:`~nucleiseg.inference.segmenter.Segmenter.segment` does for the whole image. The
     default overlap is ``max(64, 4 * diameter)``.
 
     Raises
@@ -146,13 +155,13 @@ def plan_blocks(
     """
     if block < 2 * MIN_OVERLAP:
         raise ValueError(f"block {block} is too small: use at least {2 * MIN_OVERLAP} pixels")
-    reference: ModelSpec | Callable[[np.ndarray], np.ndarray] = model if callable(model) else as_spec(model, device)
+    reference = model if callable(model) or isinstance(model, Segmenter) else as_spec(model, device)
     intensity = None
     h, w = image.shape[:2]
     step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
     sample: np.ndarray | None = None
     if not callable(reference):
-        segmenter = cached_segmenter(reference, device)  # config only on this side; tiles load it on the workers
+        segmenter = _segmenter(reference, device)  # config only on this side; tiles load it on the workers
         infer = infer or segmenter.config.infer
         post = post or segmenter.config.postprocess
         if not segmenter.is_classical:
@@ -172,8 +181,9 @@ def plan_blocks(
             # subsample has the most structure, as the size probe does within an image.
             cy, cx = busiest_centre(segmenter.normalize(sample, intensity), max(1, CROP // step))
             diameter = estimate((cy * step, cx * step))
-        if infer is not None:  # every tile uses this scale (or the native one when no nucleus was found)
-            infer = replace(infer, diameter=diameter) if diameter else replace(infer, rescale=False)
+        if infer is not None:  # every tile uses the scale the whole image would get (native: no nucleus, or close enough)
+            native = not diameter or segmenter.scale_for(diameter, "size_model", infer) == 1.0
+            infer = replace(infer, rescale=False) if native else replace(infer, diameter=diameter)
     size = diameter if diameter else (infer.target_diameter if infer is not None else 18.0)
     if overlap is None:
         overlap = max(MIN_OVERLAP, math.ceil(4 * size))
@@ -281,42 +291,62 @@ def _assemble(core: Box, parts: list[tuple[int, Box, np.ndarray]], cap: int) -> 
     return out
 
 
-def segment_blocks(image: da.Array, plan: BlockPlan, device: str = "cpu") -> da.Array:
-    """Lazy int32 labels of ``image`` (chunked ``plan.block``) following ``plan``; see the module notes."""
-    image = image.rechunk((plan.block, plan.block) + tuple(image.shape[2:]))
-    h, w = image.shape[:2]
-    ys = np.cumsum((0,) + image.chunks[0])
-    xs = np.cumsum((0,) + image.chunks[1])
+@dataclass(frozen=True)
+class _Grid:
+    """The tiles of one image: core and extended boxes by ``(row, column)``, and ids per tile."""
+
+    rows: int
+    cols: int
+    cores: dict[tuple[int, int], Box]
+    exts: dict[tuple[int, int], Box]
+    cap: int
+    margin: int
+
+    def parts(self, i: int, j: int) -> list[tuple[int, int, int]]:
+        """``(index, row, column)`` of the tiles around tile ``(i, j)`` (itself included), row-major."""
+        return [
+            (a * self.cols + b, a, b)
+            for a in range(max(0, i - 1), min(self.rows, i + 2)) for b in range(max(0, j - 1), min(self.cols, j + 2))
+        ]
+
+
+def _grid(height: int, width: int, block: int, overlap: int) -> _Grid:
+    """Cut ``height x width`` into ``block`` tiles with ``overlap`` margins (see the module notes)."""
+    ys = [*range(0, height, block), height]
+    xs = [*range(0, width, block), width]
     nby, nbx = len(ys) - 1, len(xs) - 1
-    ov, margin = plan.overlap, plan.overlap // 4
     # Ids per tile: a power of ten above any possible count (readable: tile k owns k*cap+1...),
     # or as many as int32 allows for huge images (then _owned_objects checks the actual count).
-    most = (plan.block + 2 * ov) ** 2
+    most = (block + 2 * overlap) ** 2
     cap = 10 ** math.ceil(math.log10(most + 1))
     if cap * nby * nbx > INT32_MAX:
         cap = INT32_MAX // (nby * nbx)
-    cores: dict[tuple[int, int], Box] = {}
-    exts: dict[tuple[int, int], Box] = {}
+    cores, exts = {}, {}
+    for i in range(nby):
+        for j in range(nbx):
+            core = (ys[i], ys[i + 1], xs[j], xs[j + 1])
+            cores[i, j] = core
+            exts[i, j] = (max(0, core[0] - overlap), min(height, core[1] + overlap), max(0, core[2] - overlap), min(width, core[3] + overlap))
+    return _Grid(nby, nbx, cores, exts, cap, overlap // 4)
+
+
+def segment_blocks(image: da.Array, plan: BlockPlan, device: str = "cpu") -> da.Array:
+    """Lazy int32 labels of ``image`` (chunked ``plan.block``) following ``plan``; see the module notes."""
+    image = image.rechunk((plan.block, plan.block) + tuple(image.shape[2:]))
+    grid = _grid(image.shape[0], image.shape[1], plan.block, plan.overlap)
     owned = {}
-    for i in range(nby):
-        for j in range(nbx):
-            core = (int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1]))
-            ext = (max(0, core[0] - ov), min(h, core[1] + ov), max(0, core[2] - ov), min(w, core[3] + ov))
-            cores[i, j], exts[i, j] = core, ext
-            region = image[ext[0] : ext[1], ext[2] : ext[3]]
-            owned[i, j] = dask.delayed(_owned_objects, pure=True)(
-                region, ext, core, margin, cap, plan.model, device, plan.infer, plan.post, plan.intensity
-            )
+    for (i, j), ext in grid.exts.items():
+        owned[i, j] = dask.delayed(_owned_objects, pure=True)(
+            image[ext[0] : ext[1], ext[2] : ext[3]], ext, grid.cores[i, j], grid.margin, grid.cap,
+            plan.model, device, plan.infer, plan.post, plan.intensity,
+        )
     rows = []
-    for i in range(nby):
+    for i in range(grid.rows):
         row = []
-        for j in range(nbx):
-            parts = [
-                (a * nbx + b, exts[a, b], owned[a, b])
-                for a in range(max(0, i - 1), min(nby, i + 2)) for b in range(max(0, j - 1), min(nbx, j + 2))
-            ]
-            tile = dask.delayed(_assemble, pure=True)(cores[i, j], parts, cap)
-            core = cores[i, j]
+        for j in range(grid.cols):
+            core = grid.cores[i, j]
+            parts = [(k, grid.exts[a, b], owned[a, b]) for k, a, b in grid.parts(i, j)]
+            tile = dask.delayed(_assemble, pure=True)(core, parts, grid.cap)
             row.append(da.from_delayed(tile, shape=(core[1] - core[0], core[3] - core[2]), dtype=np.int32))
         rows.append(row)
     return da.block(rows)

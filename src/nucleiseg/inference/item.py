@@ -29,7 +29,7 @@ from nucleiseg.io.layout import OutputLayout, OutputOptions
 from nucleiseg.io.stacks import read_planes
 from nucleiseg.io.units import Diameter
 
-__all__ = ["ItemStep", "discard_outputs", "load_segmenter", "segment_one", "spec_of", "write_outputs"]
+__all__ = ["ItemStep", "discard_outputs", "load_segmenter", "segment_one", "spec_of", "streams_masks", "write_outputs"]
 
 Outcome = dict[str, Any]
 
@@ -93,11 +93,39 @@ def write_outputs(
     return written
 
 
-def _image_record(item: InputItem, result: Result, seconds: float, files: list[str]) -> dict[str, Any]:
+def streams_masks(segmenter: Segmenter, shape: tuple[int, ...], options: OutputOptions, infer: InferConfig, want_labels: bool = False) -> bool:
+    """True when an image of ``shape`` is segmented block-wise straight into its ``_masks.tif``.
+
+    That is when :meth:`Segmenter.goes_blockwise` and the masks are the only output asked for
+    (every other output needs the whole label image in memory).
+    """
+    extras = options.png or options.overlay or options.measure or options.rois or options.geojson or options.rle
+    return not extras and not want_labels and segmenter.goes_blockwise(shape, infer)
+
+
+def _stream_masks(
+    item: InputItem, image: np.ndarray, segmenter: Segmenter, out_dir: Path, options: OutputOptions,
+    infer: InferConfig, post: PostprocessConfig, pixel_size: float | None = None,
+) -> tuple[Result, int, list[str]]:
+    """Segment a large image block-wise, writing its labels tile by tile; ``(result, count, files)``.
+
+    The result holds no labels (an empty array): they went to the file as they were made.
+    """
+    from nucleiseg.distributed.stream import block_plan, write_block_labels
+
+    layout = OutputLayout(Path(out_dir), options)
+    t0 = time.perf_counter()
+    plan = block_plan(segmenter, image, infer, post)
+    count = write_block_labels(layout.path(item.id, "masks"), image, plan, pixel_size)
+    result = segmenter.blockwise_result(np.zeros((0, 0), np.int32), plan, infer, time.perf_counter() - t0)
+    return result, count, [layout.name(item.id, "masks")]
+
+
+def _image_record(item: InputItem, result: Result, seconds: float, files: list[str], count: int | None = None) -> dict[str, Any]:
     record = {
         "id": item.id,
         "file": str(item.image_path),
-        "count": result.count,
+        "count": result.count if count is None else count,
         "diameter": None if result.diameter is None else round(float(result.diameter), 2),
         "diameter_source": result.diameter_source,
         "scale": round(float(result.scale), 4),
@@ -179,11 +207,17 @@ def segment_one(
                 files = write_stack_outputs(item.id, planes, stacked, Path(out_dir), options)
         else:
             image = planes.image
-            result = segmenter.segment(image, infer, post, keep_probabilities=False)
-            w = time.perf_counter()
-            with _writing(item.id, out_dir, options):
-                files = write_outputs(item, image, result, Path(out_dir), options, planes.pixel_size.um)
-            write_seconds = time.perf_counter() - w
+            count, w = None, time.perf_counter()
+            if streams_masks(segmenter, image.shape, options, infer, want_labels):  # labels never held whole
+                with _writing(item.id, out_dir, options):
+                    result, count, files = _stream_masks(item, image, segmenter, Path(out_dir), options, infer, post,
+                                                         planes.pixel_size.um)
+            else:
+                result = segmenter.segment(image, infer, post, keep_probabilities=False)
+                w = time.perf_counter()
+                with _writing(item.id, out_dir, options):
+                    files = write_outputs(item, image, result, Path(out_dir), options, planes.pixel_size.um)
+            write_seconds = time.perf_counter() - w if count is None else 0.0
     except (KeyboardInterrupt, SystemExit):
         raise
     except OutputError as exc:  # the folder cannot take more files: the batch stops
@@ -198,7 +232,7 @@ def segment_one(
         record = {"id": item.id, "file": str(item.image_path), **stack_record(planes, stacked)}
         record.update(channel=planes.channel, seconds=round(time.perf_counter() - t, 4), outputs=files)
         return {"record": _noted(record, notes), "labels": None}
-    record = _image_record(item, result, time.perf_counter() - t, files)
+    record = _image_record(item, result, time.perf_counter() - t, files, count)
     record.update(planes.pixel_size.record())
     stages = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k != "total"}, "write": write_seconds}
     record["timings"] = {k: round(v, 4) for k, v in stages.items()}

@@ -32,7 +32,8 @@ class Result:
     labels : ndarray of int32, shape (H, W)
         Instance labels 1..n, 0 is background, at the input's resolution.
     probabilities : ndarray of float32, shape (K, H, W), or None
-        Network outputs at the input's resolution (None for the classical model).
+        Network outputs at the input's resolution (None for the classical model and for an
+        image segmented block-wise, see :meth:`Segmenter.segment_blockwise`).
     diameter : float or None
         Estimated (or given) typical nucleus diameter in input pixels.
     scale : float
@@ -279,12 +280,18 @@ class Segmenter:
         size); ``postprocess`` (:meth:`postprocess`, sizes in input pixels). At native scale,
         probabilities the estimate already computed for the whole image are reused, never
         predicted twice. A given ``infer.diameter`` skips the estimate and is always honoured.
+
+        Without ``keep_probabilities``, a network model segments an image of more than
+        ``infer.block_pixels`` pixels block by block (:meth:`segment_blockwise`), in a fraction
+        of the memory.
         """
         infer = infer or self.config.infer
         post = post or self.config.postprocess
         image = np.asarray(image)
         if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
             raise ValueError(f"expected a 2D gray or colour image, got shape {image.shape}")
+        if self.goes_blockwise(image.shape, infer) and not keep_probabilities and intensity is None:
+            return self.segment_blockwise(image, infer, post)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if self.is_classical:
@@ -308,10 +315,14 @@ class Segmenter:
         factor = self.scale_for(diameter, source, infer)
         t = time.perf_counter()
         labels = None
-        if factor == 1.0 and found.native is not None:  # the estimate's native pass, not predicted twice
-            probs, labels = found.native, found.labels
+        centre, native = found.centre, found.native if factor == 1.0 else None
+        if native is not None:  # the estimate's native pass, not predicted twice
+            probs, labels = native, found.labels
+            del found, norm  # free what post-processing does not need
         else:
+            del found  # its native probabilities (if any) are of no use at another scale
             probs = self.probabilities(rescale_image(norm, factor) if factor != 1.0 else norm, infer)
+            del norm
             if factor != 1.0:  # back to the input's size, then post-process with sizes in input pixels
                 probs = resize_probabilities(probs, image.shape[:2])
                 area = 1.0 / factor**2
@@ -325,4 +336,35 @@ class Segmenter:
             labels = self.postprocess(probs, post)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings, source, found.centre)
+        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings, source, centre)
+
+    def goes_blockwise(self, shape: tuple[int, ...], infer: InferConfig | None = None) -> bool:
+        """True when :meth:`segment` (without probabilities) segments an image of ``shape`` block by block."""
+        infer = infer or self.config.infer
+        return not self.is_classical and 0 < infer.block_pixels < int(shape[0]) * int(shape[1])
+
+    def segment_blockwise(self, image: np.ndarray, infer: InferConfig | None = None, post: PostprocessConfig | None = None) -> Result:
+        """Segment one large image block by block in this process (:mod:`nucleiseg.distributed.stream`).
+
+        The image is cut into ``infer.block`` tiles, each segmented with a margin and stitched
+        without seams; the nucleus scale and the contrast are decided once for the whole image.
+        Memory beyond the image and its int32 labels is one tile's plus three rows of tile
+        labels. ``Result.probabilities`` is None; ``timings`` has ``blocks`` and ``total``.
+        """
+        from nucleiseg.distributed.stream import segment_in_blocks
+
+        infer = infer or self.config.infer
+        t0 = time.perf_counter()
+        labels, plan = segment_in_blocks(self, np.asarray(image), infer, post or self.config.postprocess)
+        return self.blockwise_result(labels, plan, infer, time.perf_counter() - t0)
+
+    def blockwise_result(self, labels: np.ndarray, plan: Any, infer: InferConfig, seconds: float) -> Result:
+        """The :class:`Result` of a block-wise run of ``plan`` (a :class:`~nucleiseg.distributed.blocks.BlockPlan`).
+
+        ``timings`` holds ``blocks``, the seconds of the whole run.
+        """
+        source = None
+        if plan.diameter is not None:
+            source = "given" if infer.diameter is not None else "size_model" if self.size_model is not None else "first_pass"
+        factor = self.scale_for(plan.infer.diameter, "given", plan.infer) if plan.infer is not None else 1.0
+        return Result(labels, None, plan.diameter, factor, {"blocks": seconds, "total": seconds}, source)

@@ -40,6 +40,8 @@ __all__ = [
 # Otsu thresholds on probabilities are clamped to this range so that an image without nuclei
 # (all probabilities near 0) does not get its noise split in two.
 OTSU_CLAMP = (0.1, 0.9)
+# Pixels per step of the chunked reductions (bounds their float64 temporaries to 8 MB).
+CHUNK = 1 << 20
 
 
 def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -134,10 +136,12 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def marker_probability(probs: np.ndarray) -> np.ndarray:
     """Nucleus-core probability ``fg * (1 - contour) * (1 - separation)`` of a ``(K>=2, H, W)`` map."""
-    core = probs[0] * (1.0 - probs[1])
+    core = np.subtract(1.0, probs[1], dtype=np.float32)  # in place from here: one (H, W) array
+    core *= probs[0]
     if probs.shape[0] >= 3:
-        core = core * (1.0 - probs[2])
-    return core.astype(np.float32, copy=False)
+        rest = np.subtract(1.0, probs[2], dtype=np.float32)
+        core *= rest
+    return core
 
 
 def _finish(ws: np.ndarray, mask: np.ndarray, min_size: int) -> np.ndarray:
@@ -328,10 +332,12 @@ def drop_unconfident(labels: np.ndarray, fg: np.ndarray, min_confidence: float) 
     n = int(labels.max(initial=0))
     if min_confidence <= 0 or n == 0:
         return labels
-    flat = labels.ravel()
-    mean = np.bincount(flat, weights=fg.ravel().astype(np.float64), minlength=n + 1) / np.maximum(
-        np.bincount(flat, minlength=n + 1), 1
-    )
+    flat, values = labels.ravel(), fg.ravel()
+    total = np.zeros(n + 1, np.float64)
+    for start in range(0, flat.size, CHUNK):  # in chunks: bincount copies its weights to float64
+        part = slice(start, start + CHUNK)
+        total += np.bincount(flat[part], weights=values[part], minlength=n + 1)
+    mean = total / np.maximum(np.bincount(flat, minlength=n + 1), 1)
     return _keep_only(labels, mean >= min_confidence)
 
 
