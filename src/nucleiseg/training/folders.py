@@ -43,6 +43,9 @@ def labelled_items(root: str | Path, allow_measuring_only: bool = False) -> list
     if not allow_measuring_only:
         _check_trainable(root)
     items = [item for item in discover_inputs(root) if item.gt_kind is not None]
+    if not allow_measuring_only:  # also behind links: every image file's real place
+        for item in items:
+            _check_trainable(item.image_path)
     if not items:
         raise ValueError(
             f"{root}: no images with ground truth (expected a DSB layout, images/ + masks/, "
