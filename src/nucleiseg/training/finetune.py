@@ -133,7 +133,7 @@ def fine_tune_recipe(ft: FineTuneConfig, parent: ModelBundle) -> TrainConfig:
         scheduler="cosine", patience=100000, max_minutes=ft.max_minutes, val_max_images=8, threads=ft.threads,
         oversample=False, train_diameter=recipe.get("train_diameter"), amp=recipe.get("amp", "auto"),
         init_weights=str(parent.weights), rescale_tolerance=cfg.infer.rescale_tolerance,
-        average_from=ft.average_from, average_bn_batches=20,
+        average_from=ft.average_from, average_bn_batches=8,
     )
 
 
@@ -216,7 +216,7 @@ def fine_tune(ft: FineTuneConfig, progress: bool = True, device: str | None = No
 
     parent = open_parent(ft.parent)
     cfg = fine_tune_recipe(ft, parent)
-    run = train(cfg, progress=progress, device=device, allow_measuring_only=allow_measuring_only)
+    run = train(cfg, progress=progress, device=device, allow_measuring_only=allow_measuring_only, strict_budget=True)
     log = ProgressLog(run / PROGRESS_FILE)
     _keep_better_weights(run)
     config = ModelBundleConfig(model=cfg.model, targets=cfg.targets, normalize=cfg.normalize, postprocess=parent.config.postprocess,

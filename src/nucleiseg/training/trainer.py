@@ -174,7 +174,7 @@ def _finish_average(
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device: str | None = None,
-          allow_measuring_only: bool = False) -> Path:
+          allow_measuring_only: bool = False, strict_budget: bool = False) -> Path:
     """Train a model from a recipe and write a complete run folder.
 
     The run folder holds ``config.json`` (inference config), ``train.json`` (this recipe),
@@ -202,6 +202,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     allow_measuring_only : bool
         Accept a measuring-only folder as ``cfg.data`` (benchmarks that fine-tune on a
         committed part of MoNuSeg and score on the rest; never a bundled model).
+    strict_budget : bool
+        With ``cfg.max_minutes``, stop in the middle of an epoch when the time is up (the epoch
+        is then validated as usual) instead of at the end of the epoch that passes it.
 
     Returns
     -------
@@ -299,6 +302,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
             log.step(epoch=epoch, step=step, steps=steps, loss=float(np.mean(losses)), elapsed_s=time.monotonic() - start_time)
+            if strict_budget and cfg.max_minutes is not None and time.monotonic() - start_time > cfg.max_minutes * 60:
+                break
         val = validate(model, val_samples, bundle.infer, bundle.postprocess, device)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"], **val}
         row["seconds"] = time.monotonic() - start_time
