@@ -122,19 +122,16 @@ class TrainingSplit:
 def training_split(data: str | Path, val_fraction: float, seed: int, allow_measuring_only: bool = False) -> TrainingSplit:
     """Find the images of ``data`` and split them (see :func:`choose_split`).
 
-    A DSB-layout folder keeps its historical split (:func:`split_ids`, every id) as long as it
-    leaves a training image; any other layout goes through :func:`labelled_items` and
-    :func:`choose_split`.
+    A DSB-layout folder's ids are its sample folders (no other check: DSB data is for
+    training); any other layout goes through :func:`labelled_items`. Both are split by
+    :func:`choose_split`, which for a folder of at least five images is :func:`split_ids`.
     """
     from nucleiseg.training.data import available_ids
 
     root = Path(data)
     ids = available_ids(root) if root.is_dir() else []
     if ids:
-        train, val = split_ids(ids, val_fraction, seed)
-        if train and val:
-            return TrainingSplit(root, train, val, False, None)
-        return TrainingSplit(root, sorted(ids), sorted(ids), True, None)
+        return TrainingSplit(root, *choose_split(ids, val_fraction, seed), None)
     items = {item.id: item for item in labelled_items(root, allow_measuring_only)}
     train, val, on_train = choose_split(list(items), val_fraction, seed)
     return TrainingSplit(root, train, val, on_train, items)

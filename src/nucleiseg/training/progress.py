@@ -39,7 +39,7 @@ class ProgressLog:
     def __init__(self, path: str | Path | None, interval_s: float = 1.0) -> None:
         self.path = None if path is None else Path(path)
         self.interval_s = interval_s
-        self._last_step = 0.0
+        self._last_step = float("-inf")
 
     def write(self, event: str, **fields: Any) -> None:
         """Append one event (``event``, ``time`` and ``fields``) as a line, flushed at once."""

@@ -1,0 +1,146 @@
+"""Fine-tuning from a bundled model or a run (``nucleiseg train --from``), training folders of any
+ground-truth layout, and the structured progress file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from nucleiseg.cli.main import main as cli_main
+from nucleiseg.training.folders import MIN_TRAIN_IMAGES, choose_split, labelled_items, training_split
+from nucleiseg.training.progress import ProgressLog, read_progress, summarize_progress
+
+#: A fine-tune of seconds: tiny crops, two steps an epoch, a budget of a few seconds.
+TINY = ["--max-minutes", "0.02", "--crop-size", "64", "--batch-size", "2", "--steps-per-epoch", "2", "--threads", "1",
+        "--quiet"]
+
+
+def _disk_image(make_disks, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = [(float(y), float(x)) for y, x in rng.uniform(10, 86, size=(8, 2))]
+    labels = make_disks((96, 96), centers, 6)
+    image = (20 + 180 * (labels > 0) + rng.normal(0, 8, labels.shape)).clip(0, 255).astype(np.uint8)
+    return image, labels
+
+
+def write_layout(root: Path, layout: str, make_disks, n: int = 3) -> Path:
+    """A tiny labelled data set in ``layout``; returns what ``--data`` should name."""
+    for k in range(n):
+        image, labels = _disk_image(make_disks, k)
+        name = f"img{k}"
+        if layout == "dsb":
+            (root / name / "images").mkdir(parents=True)
+            (root / name / "masks").mkdir()
+            Image.fromarray(image).save(root / name / "images" / f"{name}.png")
+            for j in range(1, labels.max() + 1):
+                Image.fromarray(((labels == j) * 255).astype(np.uint8)).save(root / name / "masks" / f"m{j}.png")
+        elif layout == "images_masks":
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            (root / "masks").mkdir(exist_ok=True)
+            Image.fromarray(image).save(root / "images" / f"{name}.png")
+            tifffile.imwrite(root / "masks" / f"{name}.tif", labels)
+        else:  # cellpose pairs; "single" keeps only the first
+            root.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(root / f"{name}.tif", image)
+            tifffile.imwrite(root / f"{name}_masks.tif", labels)
+    return root / "img0.tif" if layout == "single" else root
+
+
+def test_progress_file_round_trip(tmp_path):
+    log = ProgressLog(tmp_path / "progress.jsonl", interval_s=3600)
+    log.write("start", epochs=5, max_minutes=1.0, n_train=2, n_val=2, val_on_train=True)
+    log.step(epoch=1, step=1, steps=4, loss=0.9, elapsed_s=1.0)
+    log.step(epoch=1, step=2, steps=4, loss=0.8, elapsed_s=2.0)  # within interval_s: not written
+    log.write("epoch", epoch=1, train_loss=0.7, val_score=0.4, seconds=3.0)
+    with open(tmp_path / "progress.jsonl", "a") as fh:
+        fh.write('{"event": "step", "epo')  # a line being written
+    events = read_progress(tmp_path / "progress.jsonl")
+    assert [e["event"] for e in events] == ["start", "step", "epoch"]
+    state = summarize_progress(events)
+    assert state["phase"] == "training" and state["epoch"] == 1 and state["epoch_fraction"] == 1.0
+    assert state["history"][0]["val_score"] == 0.4 and state["val_on_train"] is True
+    assert summarize_progress(events + [{"event": "end"}])["phase"] == "finished"
+    assert read_progress(tmp_path / "missing.jsonl") == []
+
+
+def test_split_holds_out_only_when_enough_images_remain():
+    few = [f"i{k}" for k in range(MIN_TRAIN_IMAGES)]
+    assert choose_split(few, 0.2, 0) == (sorted(few), sorted(few), True)
+    many = [f"i{k}" for k in range(10)]
+    train, val, on_train = choose_split(many, 0.2, 0)
+    assert not on_train and len(val) == 2 and not set(train) & set(val) and len(train) == 8
+    assert choose_split(many, 0.0, 0)[2] is True
+
+
+@pytest.mark.parametrize("layout", ["dsb", "images_masks", "cellpose", "single"])
+def test_every_ground_truth_layout_is_training_data(tmp_path, make_disks, layout):
+    data = write_layout(tmp_path / layout, layout, make_disks)
+    split = training_split(data, 0.2, 0)
+    assert len(split.train) == (1 if layout == "single" else 3) and split.val_on_train
+    from nucleiseg.config import NormalizeConfig
+
+    samples = split.load(split.train, NormalizeConfig(), progress=False)
+    assert all(s.labels.max() == 8 for s in samples)
+
+
+def test_measuring_only_data_is_refused(tmp_path, make_disks):
+    data = write_layout(tmp_path / "monuseg_copy", "cellpose", make_disks)
+    with pytest.raises(ValueError, match="measuring only"):
+        labelled_items(data)
+    link = tmp_path / "innocent"
+    link.mkdir()
+    (link / "img0.tif").symlink_to(data / "img0.tif")
+    (link / "img0_masks.tif").symlink_to(data / "img0_masks.tif")
+    with pytest.raises(ValueError, match="measuring only"):
+        labelled_items(link)
+    assert labelled_items(data, allow_measuring_only=True)
+
+
+@pytest.mark.parametrize("layout", ["dsb", "images_masks", "cellpose", "single"])
+def test_cli_fine_tunes_the_default_on_each_layout(tmp_path, make_disks, layout, capsys):
+    data = write_layout(tmp_path / "data", layout, make_disks)
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text("export: false\n")
+    out = tmp_path / "runs" / "ft"
+    rc = cli_main(["train", "--from", "default", "--data", str(data), "--out", str(out), "--config", str(recipe), *TINY])
+    assert rc == 0
+    assert "fine-tuned from default" in capsys.readouterr().out
+    record = json.loads((out / "fine_tune.json").read_text())
+    assert record["parent"] == "default" and len(record["parent_sha256"]) == 64
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["val_on_train"] and {"parent", "native_default", "native_tuned"} <= set(evaluation)
+    config = json.loads((out / "config.json").read_text())
+    default = json.loads((Path(__file__).resolve().parents[1] / "src/nucleiseg/weights/default/config.json").read_text())
+    assert config["model"] == default["model"] and config["normalize"] == default["normalize"]
+    assert config["infer"] == default["infer"] and (out / "size_model.json").is_file()
+    assert "Fine-tuned from `default`" in (out / "MODEL_CARD.md").read_text()
+    events = [e["event"] for e in read_progress(out / "progress.jsonl")]
+    assert events[0] == "start" and "epoch" in events and "end" in events and events[-1] == "phase"
+
+
+def test_fine_tuned_run_is_a_model_for_segment(tmp_path, make_disks):
+    data = write_layout(tmp_path / "data", "cellpose", make_disks)
+    out = tmp_path / "ft"
+    assert cli_main(["train", "--from", "default", "--data", str(data), "--out", str(out), *TINY]) == 0
+    assert (out / "model.int8.onnx").is_file() and (out / "thresholds.json").is_file()
+    seg_out = tmp_path / "seg"
+    assert cli_main(["segment", str(data / "img1.tif"), "--model", str(out), "--out", str(seg_out)]) == 0
+    masks = tifffile.imread(seg_out / "img1_masks.tif")
+    assert masks.shape == (96, 96)
+
+
+def test_fine_tune_refusals_are_one_line_errors(tmp_path, make_disks, capsys):
+    data = write_layout(tmp_path / "data", "cellpose", make_disks)
+    assert cli_main(["train", "--from", "classical", "--data", str(data), "--out", str(tmp_path / "a"), *TINY]) == 2
+    assert "no weights to fine-tune" in capsys.readouterr().err
+    assert cli_main(["train", "--from", "default", "--data", str(data), "--epochs", "3", "--out", str(tmp_path / "b")]) == 2
+    assert "--epochs: not with --from" in capsys.readouterr().err
+    assert cli_main(["train", "--from", "default", "--out", str(tmp_path / "c")]) == 2
+    assert "--from needs --data" in capsys.readouterr().err
+    assert cli_main(["train", "--from", "default", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "d")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
