@@ -4,6 +4,7 @@ ground-truth layout, and the structured progress file."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +115,11 @@ def test_cli_fine_tunes_the_default_on_each_layout(tmp_path, make_disks, layout,
     assert record["parent"] == "default" and len(record["parent_sha256"]) == 64
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["val_on_train"] and {"parent", "native_default", "native_tuned"} <= set(evaluation)
-    config = json.loads((out / "config.json").read_text())
-    default = json.loads((Path(__file__).resolve().parents[1] / "src/nucleiseg/weights/default/config.json").read_text())
-    assert config["model"] == default["model"] and config["normalize"] == default["normalize"]
-    assert config["infer"] == default["infer"] and (out / "size_model.json").is_file()
+    from nucleiseg.bundle import ModelBundle
+
+    config, default = ModelBundle.open(out).config, ModelBundle.open("default").config
+    assert config.model == default.model and config.normalize == default.normalize and config.targets == default.targets
+    assert config.infer == default.infer and (out / "size_model.json").is_file()
     assert "Fine-tuned from `default`" in (out / "MODEL_CARD.md").read_text()
     events = [e["event"] for e in read_progress(out / "progress.jsonl")]
     assert events[0] == "start" and "epoch" in events and "end" in events and events[-1] == "phase"
@@ -144,3 +146,43 @@ def test_fine_tune_refusals_are_one_line_errors(tmp_path, make_disks, capsys):
     assert "--from needs --data" in capsys.readouterr().err
     assert cli_main(["train", "--from", "default", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "d")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_web_app_fine_tunes_by_default_and_compares_with_the_parent(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():  # Starlette asks for the httpx2 fork; plain httpx still works
+        warnings.filterwarnings("ignore", message=".*httpx2.*")
+        from fastapi.testclient import TestClient
+
+    from nucleiseg.app.limits import AppSettings
+    from nucleiseg.app.server import create_app
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    settings = AppSettings(model="classical", data=(str(examples),), runs=str(tmp_path / "runs"))
+    with TestClient(create_app(settings=settings)) as client:
+        assert "scratch" in client.get("/api/recipes").json()["start_from"]
+        bad = client.post("/api/train", json={"dataset": "examples", "start_from": "nope", "minutes": 1})
+        assert bad.status_code == 404 and "start_from" in bad.json()["error"]
+        r = client.post("/api/train", json={"dataset": "examples", "minutes": 0.01, "name": "ft"})
+        assert r.status_code == 202
+        job = r.json()
+        # The shown command is the real one: what the child ran, with the server's folder names.
+        assert job["command"].startswith(f"nucleiseg train --from default --data {examples} --max-minutes 0.01 --out ")
+        seen_training = False
+        deadline = time.monotonic() + 600
+        while job["state"] not in ("finished", "failed", "stopped"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+            job = client.get(f"/api/jobs/{job['id']}").json()
+            seen_training |= job["progress"].get("phase") == "training" and "epoch" in job["progress"]
+        assert job["state"] == "finished", job.get("error")
+        assert seen_training and job["progress"]["history"] and job["progress"]["history"][0]["epoch"] == 1
+        ev = job["result"]["evaluation"]
+        assert ev["parent"]["model"] == "default" and 0 <= ev["native_tuned"]["val_score"] <= 1
+        assert ev["n_images"] == 1 and not ev["val_on_train"]  # 5 examples: 4 train, 1 held out
+        runs = client.get("/api/runs").json()["runs"]
+        assert [r["name"] for r in runs] == ["ft"]
+        assert "ft" in client.get("/api/models").json()["available"]  # selectable as a model
+        card = client.get("/api/runs/ft").json()["model_card"]
+        assert "Fine-tuned from `default`" in card

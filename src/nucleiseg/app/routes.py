@@ -3,7 +3,8 @@
 ``GET /api/datasets``, ``POST /api/datasets`` (multipart ``file``: a ZIP of images and masks),
 ``GET /api/datasets/{name}`` (the ``nucleiseg inspect`` summary, computed once), ``GET
 /api/datasets/{name}/thumbs/{k}.png``; ``GET /api/recipes``; ``POST /api/train`` (JSON ``{dataset,
-recipe, arch, minutes, epochs?, name?}``, answers 202 with the job); ``GET /api/runs``, ``GET
+start_from, recipe, arch, minutes, epochs?, name?}``: fine-tunes ``start_from`` (default ``default``)
+unless it is ``scratch``; answers 202 with the job); ``GET /api/runs``, ``GET
 /api/runs/{name}`` (model card and curves); ``POST /api/evaluate-dataset`` (JSON ``{dataset,
 models: [1 or 2 names], tta}``, 202); ``GET /api/jobs``, ``GET /api/jobs/{id}``, ``GET
 /api/jobs/{id}/events`` (Server-Sent Events: an ``update`` event with the job record whenever it
@@ -32,7 +33,7 @@ from nucleiseg.app.jobs import TERMINAL, JobManager
 from nucleiseg.app.limits import AppSettings, api_error, read_upload
 from nucleiseg.app.performance import diff_png, evaluation_command, evaluation_runner, table_csv, thumb_png
 from nucleiseg.app.runs import RUN_NAME, ModelRegistry, list_runs, run_details
-from nucleiseg.app.training import TrainRequest, list_recipes, load_recipe, shown_command, train_runner
+from nucleiseg.app.training import SCRATCH, TrainRequest, list_recipes, load_recipe, shown_command, train_runner
 
 __all__ = ["AppState", "EvaluateBody", "TrainBody", "build_router"]
 
@@ -66,6 +67,8 @@ class TrainBody(BaseModel):
     minutes: float = Field(10.0, gt=0, le=24 * 60, allow_inf_nan=False, description="time budget")
     epochs: int | None = Field(None, ge=1, le=10_000, description="override the recipe's epochs")
     name: str | None = Field(None, pattern=RUN_NAME.pattern, description="run folder name (default: generated)")
+    start_from: str = Field("default", max_length=80, description="a bundled model or finished run to fine-tune; "
+                            "'scratch' trains the recipe from random weights")
 
 
 class EvaluateBody(BaseModel):
@@ -88,6 +91,18 @@ def _prune_evaluations(jobs: JobManager) -> None:
         hook = old.private.pop("on_forget", None)
         if callable(hook):
             hook()
+
+
+def _parent(state: AppState, start_from: str) -> tuple[str, str]:
+    """The model a training request fine-tunes (path, label in the shown command), or 404."""
+    from nucleiseg.bundle import CLASSICAL, list_bundled
+
+    if start_from == SCRATCH or start_from in list_bundled():
+        return start_from, start_from
+    if start_from in {r["name"] for r in list_runs(state.runs_root)}:
+        return str(state.runs_root / start_from), f"{state.runs_label}/{start_from}"
+    choices = [m for m in list_bundled() if m != CLASSICAL] + [SCRATCH]
+    raise api_error(404, f"start_from: no model named '{start_from}' to fine-tune; one of {', '.join(choices)} or a finished run")
 
 
 def build_router(state: AppState) -> APIRouter:
@@ -130,7 +145,10 @@ def build_router(state: AppState) -> APIRouter:
         """Training recipes and architectures."""
         from nucleiseg.models.registry import list_models
 
-        return {"recipes": list_recipes(), "architectures": list_models(), "runs_persistent": state.runs_label != "<temporary>"}
+        from nucleiseg.bundle import list_bundled
+
+        return {"recipes": list_recipes(), "architectures": list_models(), "runs_persistent": state.runs_label != "<temporary>",
+                "start_from": list_bundled() + [SCRATCH]}
 
     @router.post("/api/train", status_code=202)
     async def start_training(body: TrainBody) -> dict[str, Any]:
@@ -145,10 +163,15 @@ def build_router(state: AppState) -> APIRouter:
         pending = {j["params"].get("name") for j in jobs.list() if j["kind"] == "train" and j["state"] not in TERMINAL}
         if (state.runs_root / name).exists() or name in pending:
             raise api_error(409, f"a run named '{name}' exists already")
-        req = TrainRequest(name, dataset, body.recipe, body.arch, body.minutes, body.epochs)
+        parent, parent_label = _parent(state, body.start_from)
+        data_label = (f"{state.runs_label}/{dataset.path.relative_to(state.runs_root).as_posix()}"
+                      if dataset.source == "upload" and dataset.path.is_relative_to(state.runs_root) else str(dataset.path))
+        req = TrainRequest(name, dataset, body.recipe, body.arch, body.minutes, body.epochs, body.start_from, parent,
+                           parent_label, data_label)
         params = {"name": name, "dataset": dataset.name, "recipe": body.recipe, "arch": body.arch,
-                  "minutes": body.minutes, "epochs": body.epochs}
-        job = jobs.submit("train", params, shown_command(req, state.runs_label), train_runner(req, state.runs_root, settings.device))
+                  "minutes": body.minutes, "epochs": body.epochs, "start_from": body.start_from}
+        command = shown_command(req, state.runs_label, settings.device)
+        job = jobs.submit("train", params, command, train_runner(req, state.runs_root, settings.device))
         return job.snapshot()
 
     @router.get("/api/runs")
