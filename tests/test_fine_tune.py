@@ -186,3 +186,44 @@ def test_web_app_fine_tunes_by_default_and_compares_with_the_parent(tmp_path):
         assert "ft" in client.get("/api/models").json()["available"]  # selectable as a model
         card = client.get("/api/runs/ft").json()["model_card"]
         assert "Fine-tuned from `default`" in card
+
+
+@pytest.mark.filterwarnings("ignore:`json_encoders` is deprecated:DeprecationWarning",
+                            "ignore:System theme detection requires a Qt6 backend:UserWarning")
+@pytest.mark.skipif(not __import__("os").environ.get("DISPLAY"), reason="needs an X display: run under xvfb-run")
+def test_napari_widget_trains_on_corrections_and_offers_the_run(tmp_path, make_disks, monkeypatch):
+    pytest.importorskip("napari")
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from nucleiseg.inference.segmenter import Segmenter
+
+    monkeypatch.setenv("NUCLEISEG_RUNS", str(tmp_path / "runs"))
+    viewer = napari.Viewer(show=False)
+    try:
+        for k in range(2):
+            image, labels = _disk_image(make_disks, k)
+            viewer.add_image(image, name=f"cells{k}")
+            viewer.add_labels(labels, name=f"cells{k} nuclei")
+        _, widget = viewer.window.add_plugin_dock_widget("nucleiseg", "Train on these corrections")
+        assert set(widget._pairs.value) == {"cells0 ← cells0 nuclei", "cells1 ← cells1 nuclei"}
+        assert widget._from.value == "default"
+        widget.extra_args = [*TINY[2:], "--config", str(tmp_path / "ft.yaml")]
+        (tmp_path / "ft.yaml").write_text("export: false\n")
+        widget._minutes.value, widget._name.value = 0.02, "corrected"
+        worker = widget.start()
+        assert worker is not None
+        deadline = time.monotonic() + 600
+        while widget.last_run is None and time.monotonic() < deadline and "failed" not in widget._status.value:
+            QApplication.processEvents()  # the viewer stays responsive while the child trains
+            time.sleep(0.05)
+        assert widget.last_run == tmp_path / "runs" / "corrected", widget._status.value
+        assert "is a model now" in widget._status.value
+        assert str(tmp_path / "runs" / "corrected") in widget._from.choices  # selectable as a model
+        assert sorted(p.name for p in (tmp_path / "runs" / ".data" / "corrected").iterdir()) == [
+            "cells0.tif", "cells0_masks.tif", "cells1.tif", "cells1_masks.tif"]
+        seg = Segmenter.from_pretrained(widget.last_run)
+        assert seg.segment(_disk_image(make_disks, 5)[0]).labels.shape == (96, 96)
+    finally:
+        viewer.close()
+        QApplication.processEvents()
