@@ -12,7 +12,8 @@ Sets:
   the rest are scored.
 
 Each cell ``SET:N[c]xMIN[:VARIANT]`` (``c``: 256 x 256 crops holding ~100 nuclei, one per pool
-image, instead of whole images; variants: ``lr1e-3``, ``light``, ``noavg``) runs
+image, instead of whole images; variants: ``lr1e-3``, ``light`` augmentation, ``noavg`` (no
+weight averaging), ``small`` (128-pixel crops, 4 a batch: four times the steps)) runs
 ``nucleiseg train --from default`` through the Python API, then scores the run with the user
 pipeline (int8 ONNX, size estimate, tuned thresholds) on the scored images. The result file is
 rewritten after every cell, and cells already in it are skipped, so the benchmark resumes; the
@@ -40,9 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULT = ROOT / "benchmarks" / "results" / "fine_tune.json"
 SPLIT = ROOT / "benchmarks" / "monuseg_finetune_split.txt"
-PRIORITY = ("monuseg:2x10,monuseg:1x5,monuseg:2x5,monuseg:4x5,dsb_tissue:4x5,monuseg:2x5:lr1e-3,monuseg:2x2,"
-            "monuseg:2cx5,monuseg:4x10,monuseg:1x2,monuseg:4x2,monuseg:1x10,monuseg:2x5:light,monuseg:2x5:noavg")
-VARIANTS: dict[str, dict[str, Any]] = {"": {}, "lr1e-3": {"lr": 1e-3}, "light": {"augment": "light"}, "noavg": {"average_from": None}}
+PRIORITY = ("monuseg:2x10,monuseg:1x5,monuseg:2x5,monuseg:2x5:lr1e-3,monuseg:2x5:small,monuseg:4x5,dsb_tissue:4x5,"
+            "monuseg:2x2,monuseg:2cx5,monuseg:4x10,monuseg:1x2,monuseg:4x2,monuseg:1x10,monuseg:2x5:light,monuseg:2x5:noavg")
+VARIANTS: dict[str, dict[str, Any]] = {"": {}, "lr1e-3": {"lr": 1e-3}, "light": {"augment": "light"}, "noavg": {"average_from": None},
+                                       "small": {"crop_size": 128, "batch_size": 4}}
 
 
 def load_pair(image: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +142,18 @@ def train_diameter(folder: Path) -> float:
     return float(np.median([estimate_diameter(tifffile.imread(p)) for p in sorted(folder.glob("*_masks.tif"))]))
 
 
+def training_steps(run: Path) -> int:
+    """Optimizer steps a run took (from its ``progress.jsonl``)."""
+    from nucleiseg.training.progress import read_progress
+
+    steps: dict[int, int] = {}
+    for ev in read_progress(run / "progress.jsonl"):
+        if ev["event"] in ("step", "epoch") and "epoch" in ev:
+            count = ev.get("steps") if ev["event"] == "epoch" else ev.get("step")
+            steps[ev["epoch"]] = max(steps.get(ev["epoch"], 0), int(count or 0))
+    return sum(steps.values())
+
+
 def run_cell(key: str, args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune and score one cell ``SET:N[c]xMIN[:VARIANT]``."""
     from nucleiseg.training.finetune import FineTuneConfig, fine_tune
@@ -162,7 +176,8 @@ def run_cell(key: str, args: argparse.Namespace, result: dict[str, Any]) -> dict
     report = json.loads((run / "report.json").read_text())
     cell = {"set": set_name, "n": n, "crops": crops, "minutes": float(minutes), "variant": variant or "built-in",
             "staged": staged, "recipe": {k: v for k, v in vars(ft).items() if k not in ("data", "out")},
-            "fine_tune_wall_s": round(wall, 1), "epochs_run": report["epochs_run"], "weights": report["weights"],
+            "fine_tune_wall_s": round(wall, 1), "epochs_run": report["epochs_run"], "steps": training_steps(run),
+            "weights": report["weights"],
             "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "evaluation": json.loads((run / "evaluation.json").read_text()),
             "fine_tuned": score(run, scored)}
@@ -177,12 +192,12 @@ def markdown(result: dict[str, Any]) -> str:
     """The result as a table."""
     lines = ["# Fine-tuning the default on a few images (`benchmarks/fine_tune.py`)", "",
              f"Command: `{result['command']}`; {result['machine']}.", "",
-             "| set | training data | budget (min) | recipe | parent | fine-tuned | AP@0.5 | epochs | load avg (1 min) |",
+             "| set | training data | budget (min) | recipe | parent | fine-tuned | AP@0.5 | steps | load avg (1 min) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for key, c in result["cells"].items():
         data = f"{c['n']} crop(s) 256x256, {c['staged']['nuclei']} nuclei" if c["crops"] else f"{c['n']} image(s), {c['staged']['nuclei']} nuclei"
         lines.append(f"| {c['set']} | {data} | {c['minutes']:g} | {c['variant']} | {c['parent_score']:.4f} | "
-                     f"**{c['fine_tuned']['score']:.4f}** | {c['fine_tuned']['ap50']:.4f} | {c['epochs_run']} | "
+                     f"**{c['fine_tuned']['score']:.4f}** | {c['fine_tuned']['ap50']:.4f} | {c.get('steps', '?')} | "
                      f"{c['loadavg_before'][0]:.1f} -> {c['loadavg_after'][0]:.1f} |")
     for key, c in result["cells"].items():
         if "fixed_diameter" in c:
@@ -211,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = json.loads(args.result.read_text()) if args.result.is_file() else {"cells": {}, "parents": {}}
     result["command"] = "python benchmarks/fine_tune.py" + (f" --cells {args.cells}" if args.cells != PRIORITY else "")
+    for key, cell in result["cells"].items():  # cells of an older version of this script
+        run = Path(args.work) / key.replace(":", "_") / "run"
+        if "steps" not in cell and run.is_dir():
+            cell["steps"] = training_steps(run)
     result["machine"] = f"{os.cpu_count()} CPU cores shared with other jobs (load average recorded per cell), torch threads {args.threads}"
     for key in [k.strip() for k in args.cells.split(",") if k.strip()]:
         if key in result["cells"]:

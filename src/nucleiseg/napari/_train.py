@@ -155,12 +155,15 @@ class TrainWidget(Container):
         return [f"{image} ← {labels}" for image, labels in image_label_pairs(self.viewer.layers)]
 
     def _model_choices(self, _widget: Any = None) -> List[str]:
-        return [m for m in list_bundled() if m != CLASSICAL] + [str(runs_dir() / r) for r in trained_runs()]
+        bundled = sorted((m for m in list_bundled() if m != CLASSICAL), key=lambda m: (m != "default", m))
+        return bundled + [str(runs_dir() / r) for r in trained_runs()]
 
     def _refresh(self) -> None:
         self._pairs.reset_choices()
         self._pairs.value = list(self._pairs.choices)
+        chosen = self._from.value
         self._from.reset_choices()
+        self._from.value = chosen if chosen in self._from.choices else self._from.choices[0]
 
     def start(self) -> Any:
         """Stage the chosen pairs and start the fine-tune; returns the napari worker."""

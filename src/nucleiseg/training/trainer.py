@@ -323,7 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         if averaging is not None:  # after last.safetensors: a crash in between leaves one epoch out of the mean, never in twice
             averaging.save(out / AVERAGE_FILE)
         write_metrics_csv(out / "metrics.csv", info["history"])
-        log.write("epoch", **row, best_score=info["best_score"], best_epoch=info["best_epoch"])
+        log.write("epoch", **row, steps=len(losses), best_score=info["best_score"], best_epoch=info["best_epoch"])
         if progress:
             tqdm.write(
                 f"epoch {epoch}: loss {row['train_loss']:.4f}  val score {val['val_score']:.4f}  "
