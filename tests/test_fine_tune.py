@@ -186,6 +186,20 @@ def test_web_app_fine_tunes_by_default_and_compares_with_the_parent(tmp_path):
         assert "ft" in client.get("/api/models").json()["available"]  # selectable as a model
         card = client.get("/api/runs/ft").json()["model_card"]
         assert "Fine-tuned from `default`" in card
+        # Performance: the fine-tuned run beside its parent, on the image held out of its training only.
+        refused = client.post("/api/evaluate-dataset", json={"dataset": "examples", "models": ["default"], "held_out": True})
+        assert refused.status_code == 422 and "held_out" in refused.json()["error"]
+        r = client.post("/api/evaluate-dataset", json={"dataset": "examples", "models": ["ft", "default"], "held_out": True})
+        assert r.status_code == 202
+        evaluation = r.json()
+        while evaluation["state"] not in ("finished", "failed"):
+            time.sleep(0.2)
+            evaluation = client.get(f"/api/jobs/{evaluation['id']}").json()
+        assert evaluation["state"] == "finished", evaluation.get("error")
+        held_out = json.loads((tmp_path / "runs" / "ft" / "split.json").read_text())["val"]
+        assert [row["id"] for row in evaluation["result"]["images"]] == held_out and len(held_out) == 1
+        scores = [m["summary"]["score_macro"] for m in evaluation["result"]["models"]]
+        assert all(0 <= x <= 1 for x in scores)
 
 
 @pytest.mark.filterwarnings("ignore:`json_encoders` is deprecated:DeprecationWarning",

@@ -77,6 +77,8 @@ class EvaluateBody(BaseModel):
     dataset: str = Field(max_length=80)
     models: list[str] = Field(min_length=1, max_length=2)
     tta: bool = False
+    held_out: bool = Field(False, description="score only the images a fine-tuned run among the models held out "
+                           "of its training on this dataset (its split.json 'val')")
 
 
 def _run_name(arch: str, dataset: str) -> str:
@@ -103,6 +105,20 @@ def _parent(state: AppState, start_from: str) -> tuple[str, str]:
         return str(state.runs_root / start_from), f"{state.runs_label}/{start_from}"
     choices = [m for m in list_bundled() if m != CLASSICAL] + [SCRATCH]
     raise api_error(404, f"start_from: no model named '{start_from}' to fine-tune; one of {', '.join(choices)} or a finished run")
+
+
+def _held_out_ids(state: AppState, dataset: Any, runs: list[str]) -> list[str]:
+    """The validation ids of the first run fine-tuned on ``dataset`` with images held out, or 422."""
+    for name in runs:
+        folder = state.runs_root / name
+        try:
+            record = json.loads((folder / "fine_tune.json").read_text(encoding="utf-8"))
+            split = json.loads((folder / "split.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if Path(record.get("data", "")).resolve() == dataset.path.resolve() and not split.get("val_on_train"):
+            return list(split["val"])
+    raise api_error(422, f"held_out: none of the models is a run fine-tuned on dataset '{dataset.name}' with images held out")
 
 
 def build_router(state: AppState) -> APIRouter:
@@ -194,10 +210,11 @@ def build_router(state: AppState) -> APIRouter:
                 raise api_error(404, f"no model named '{model}'; GET /api/models lists them")
         run_names = {r["name"] for r in list_runs(state.runs_root)}
         shown = [f"{state.runs_label}/{m}" if m in run_names else m for m in body.models]
-        params = {"dataset": dataset.name, "models": body.models, "tta": body.tta}
+        ids = _held_out_ids(state, dataset, [m for m in body.models if m in run_names]) if body.held_out else None
+        params = {"dataset": dataset.name, "models": body.models, "tta": body.tta, "held_out": body.held_out}
         _prune_evaluations(jobs)
         work = state.work_root / f"eval-{time.time_ns()}"
-        runner = evaluation_runner(state.models, dataset, body.models, body.tta, work, settings.max_pixels)
+        runner = evaluation_runner(state.models, dataset, body.models, body.tta, work, settings.max_pixels, ids)
         return jobs.submit("evaluate", params, evaluation_command(dataset, shown, body.tta), runner).snapshot()
 
     @router.get("/api/jobs")

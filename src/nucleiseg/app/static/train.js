@@ -207,7 +207,7 @@ const Train = (() => {
     if (box.hidden) return;
     const where = ev.val_on_train ? `its ${ev.n_images} training image(s) (too few to hold any out)` : `${ev.n_images} held-out image(s)`;
     box.textContent = `On ${where}: parent ${ev.parent.model} ${fmt(ev.parent.val_score, 3)}, fine-tuned ${fmt(ev.native_tuned.val_score, 3)} ` +
-      "(competition score). Compare them on any dataset in the Performance screen.";
+      "(competition score). The Performance screen compares them on any dataset (\"held-out images only\" for these).";
   }
 
   async function stop() {
