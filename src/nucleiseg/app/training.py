@@ -69,7 +69,8 @@ def list_recipes() -> dict[str, dict[str, Any]]:
         names[name] = {"source": "built-in"}
     if REPO_CONFIGS.is_dir():
         for path in sorted(REPO_CONFIGS.glob("*.yaml")):
-            names.setdefault(path.stem, {"source": f"configs/{path.name}"})
+            if not path.stem.startswith("fine_tune"):  # FineTuneConfig files: the fine-tune path, not a recipe
+                names.setdefault(path.stem, {"source": f"configs/{path.name}"})
     out = {}
     for name, info in names.items():
         recipe = load_recipe(name)
@@ -83,7 +84,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     if name in BUILTIN_RECIPES:
         return json.loads(json.dumps(BUILTIN_RECIPES[name]))
     path = REPO_CONFIGS / f"{name}.yaml"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file():
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file() or name.startswith("fine_tune"):
         raise api_error(404, f"no recipe named '{name}'; GET /api/recipes lists them")
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
