@@ -136,6 +136,17 @@ def test_fine_tuned_run_is_a_model_for_segment(tmp_path, make_disks):
     assert masks.shape == (96, 96)
 
 
+def test_training_from_scratch_reads_any_layout(tmp_path, make_disks):
+    data = write_layout(tmp_path / "data", "images_masks", make_disks)
+    out = tmp_path / "scratch"
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1", "--crop-size", "64",
+            "--batch-size", "2", "--threads", "1", "--quiet"]
+    assert cli_main(args) == 0
+    split = json.loads((out / "split.json").read_text())
+    assert split["val_on_train"] and split["train"] == ["img0", "img1", "img2"]
+    assert [e["event"] for e in read_progress(out / "progress.jsonl")] == ["start", "step", "epoch", "end"]
+
+
 def test_fine_tune_refusals_are_one_line_errors(tmp_path, make_disks, capsys):
     data = write_layout(tmp_path / "data", "cellpose", make_disks)
     assert cli_main(["train", "--from", "classical", "--data", str(data), "--out", str(tmp_path / "a"), *TINY]) == 2
