@@ -83,7 +83,7 @@ class FineTuneConfig:
     data: str = ""
     out: str = "runs/fine_tune"
     max_minutes: float = 5.0
-    lr: float = 3e-4
+    lr: float = 1e-3
     crop_size: int = 192
     batch_size: int = 8
     steps_per_epoch: int = 20
