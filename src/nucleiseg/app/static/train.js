@@ -72,7 +72,8 @@ const Train = (() => {
     const res = await api("/api/recipes");
     if (res.status !== 200) return;
     recipes = res.body.recipes;
-    bundled = (res.body.start_from || ["default", SCRATCH]).filter((m) => m !== SCRATCH);
+    bundled = (res.body.start_from || ["default", SCRATCH]).filter((m) => m !== SCRATCH)
+      .sort((a, b) => (a !== "default") - (b !== "default") || a.localeCompare(b));
     setOptions($("#train-arch"), res.body.architectures);
     setOptions($("#train-recipe"), Object.keys(recipes), { label: (n) => `${n} (${recipes[n].source})` });
     if (recipes["small-cpu"]) $("#train-recipe").value = "small-cpu";
@@ -94,14 +95,18 @@ const Train = (() => {
     const choices = [...bundled, ...runs.filter((r) => r.state !== "failed").map((r) => r.name), SCRATCH];
     setOptions($("#train-from"), choices, { label: (v) => v === SCRATCH ? "nothing: train the recipe from scratch" :
       bundled.includes(v) ? `${v} (bundled)` : `${v} (trained here)` });
-    if (!$("#train-from").value) $("#train-from").value = "default";
-    startFromChanged();
+    if (!$("#train-from").dataset.chosen) $("#train-from").value = bundled.includes("default") ? "default" : choices[0];
+    showScratchFields();
   }
 
-  function startFromChanged() {
+  function showScratchFields() {
     const scratch = $("#train-from").value === SCRATCH;
     for (const label of document.querySelectorAll("#panel-train .scratch-only")) label.hidden = !scratch;
     $("#train-start").textContent = scratch ? "Start training" : "Start fine-tuning";
+  }
+
+  function startFromChanged() {
+    showScratchFields();
     updateCommand();
   }
 
@@ -243,7 +248,7 @@ const Train = (() => {
   function init() {
     $("#dataset-upload").addEventListener("change", upload);
     $("#train-recipe").addEventListener("change", recipeChanged);
-    $("#train-from").addEventListener("change", startFromChanged);
+    $("#train-from").addEventListener("change", () => { $("#train-from").dataset.chosen = "1"; startFromChanged(); });
     for (const id of ["#train-dataset", "#train-arch", "#train-minutes", "#train-epochs"]) $(id).addEventListener("input", () => updateCommand());
     $("#train-start").addEventListener("click", start);
     $("#train-stop").addEventListener("click", stop);
