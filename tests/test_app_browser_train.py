@@ -68,6 +68,8 @@ def test_train_compare_and_predict_in_the_page(page):
     assert card.locator("img").count() >= 3
 
     page.select_option("[data-testid=train-dataset]", "examples")
+    assert page.input_value("[data-testid=train-from]") == "default"  # fine-tuning unless asked otherwise
+    page.select_option("[data-testid=train-from]", "scratch")
     page.select_option("[data-testid=train-recipe]", "tiny")
     page.fill("[data-testid=train-minutes]", "2")
     page.fill("[data-testid=train-epochs]", "4")

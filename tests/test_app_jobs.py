@@ -98,11 +98,11 @@ def _segment_seconds(client, n: int = 5) -> float:
 
 
 def test_bad_datasets_fail_with_a_clear_error(client):
-    r = client.post("/api/train", json={"dataset": "unlabelled", "recipe": "tiny", "arch": "unet", "minutes": 1})
+    r = client.post("/api/train", json={"dataset": "unlabelled", "recipe": "tiny", "start_from": "scratch", "arch": "unet", "minutes": 1})
     assert r.status_code == 202
     job = _wait(client, r.json()["id"], lambda j: j["state"] in ("failed", "finished"))
     assert job["state"] == "failed" and "0 image(s) with ground-truth masks" in job["error"]
-    r = client.post("/api/train", json={"dataset": "broken", "recipe": "tiny", "arch": "unet", "minutes": 1, "name": "broken-run"})
+    r = client.post("/api/train", json={"dataset": "broken", "recipe": "tiny", "start_from": "scratch", "arch": "unet", "minutes": 1, "name": "broken-run"})
     job = _wait(client, r.json()["id"], lambda j: j["state"] in ("failed", "finished"))
     assert job["state"] == "failed" and job["error"].startswith("training failed: ") and "mask shape" in job["error"]
     assert str(REPO) not in job["error"] and "broken-run" not in [x["name"] for x in client.get("/api/runs").json()["runs"]]
@@ -119,8 +119,8 @@ def test_bad_datasets_fail_with_a_clear_error(client):
 
 def test_training_lifecycle_queue_stop_and_latency(client):
     idle = _segment_seconds(client)
-    first = client.post("/api/train", json={"dataset": "examples", "recipe": "tiny", "arch": "unet", "minutes": 2, "epochs": 3, "name": "t1"})
-    second = client.post("/api/train", json={"dataset": "examples", "recipe": "tiny", "arch": "unet", "minutes": 2, "epochs": 500, "name": "t2"})
+    first = client.post("/api/train", json={"dataset": "examples", "recipe": "tiny", "start_from": "scratch", "arch": "unet", "minutes": 2, "epochs": 3, "name": "t1"})
+    second = client.post("/api/train", json={"dataset": "examples", "recipe": "tiny", "start_from": "scratch", "arch": "unet", "minutes": 2, "epochs": 500, "name": "t2"})
     assert first.status_code == second.status_code == 202
     assert "nucleiseg train --config" in first.json()["command"] and "nucleiseg validate" in first.json()["command"]
     queued = client.get(f"/api/jobs/{second.json()['id']}").json()

@@ -7,6 +7,7 @@ anything is imported, as in a virtual environment where the ``[train]`` extra wa
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -142,3 +143,42 @@ def test_train_with_cuda_on_cpu_torch_is_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: this PyTorch")
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
+APP_SCRIPT = '''
+import json, sys
+from fastapi.testclient import TestClient
+from nucleiseg.app.server import create_app
+with TestClient(create_app()) as client:
+    seg = client.post("/api/segment", files={"file": ("a.png", open(sys.argv[1], "rb"), "image/png")})
+    recipes = client.get("/api/recipes")
+    train = client.post("/api/train", json={"dataset": "x", "recipe": "tiny"})
+    print(json.dumps({"segment": [seg.status_code, seg.json().get("count")], "recipes": [recipes.status_code, recipes.json()],
+                      "train": [train.status_code, train.json()], "torch": "torch" in sys.modules}))
+'''
+
+
+def test_web_app_without_torch_segments_and_says_training_needs_the_extra(no_torch_env):
+    pytest.importorskip("fastapi")
+    done = subprocess.run([sys.executable, "-c", APP_SCRIPT, str(EXAMPLES / "fluo_small.png")], env=no_torch_env,
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["segment"][0] == 200 and answer["segment"][1] > 5
+    status, recipes = answer["recipes"]
+    assert status == 200 and recipes["training"]["available"] is False
+    assert "pip install 'nucleiseg[train]'" in recipes["training"]["message"]
+    status, body = answer["train"]
+    assert status == 501 and "pip install 'nucleiseg[train]'" in body["error"]
+    assert answer["torch"] is False
+
+
+def test_web_app_with_torch_offers_training(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from nucleiseg.app.server import create_app
+
+    with TestClient(create_app()) as client:
+        body = client.get("/api/recipes").json()
+    assert body["training"] == {"available": True, "message": ""} and "unet" in body["architectures"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["EXTRA_OF", "MissingExtraError", "extra_for", "require"]
+__all__ = ["EXTRA_OF", "MissingExtraError", "extra_for", "missing_extra", "require"]
 
 #: Top-level import name -> the extra that installs it.
 EXTRA_OF: dict[str, str] = {
@@ -70,3 +70,21 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
     except ImportError as exc:
         top = module.split(".")[0]
         raise MissingExtraError(top, EXTRA_OF.get(top, "all"), f"{purpose} needs {top}" if purpose else None) from exc
+
+
+def missing_extra(module: str, purpose: str) -> str | None:
+    """The one-line message for ``purpose`` when ``module`` cannot be imported here, else None.
+
+    Looks the module up without importing it (a web page asking whether it can train should not
+    load PyTorch).
+    """
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return None
+    top = module.split(".")[0]
+    return str(MissingExtraError(top, EXTRA_OF.get(top, "all"), f"{purpose} needs {top}"))

@@ -50,15 +50,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def evaluation_runner(registry: ModelRegistry, dataset: Dataset, models: list[str], tta: bool, work: Path, max_pixels: int):
-    """The job runner scoring ``models`` on ``dataset`` (see the module docstring)."""
+def evaluation_runner(registry: ModelRegistry, dataset: Dataset, models: list[str], tta: bool, work: Path, max_pixels: int,
+                      ids: list[str] | None = None):
+    """The job runner scoring ``models`` on ``dataset`` (see the module docstring); only images ``ids`` when given."""
 
     def run(job: Job) -> dict[str, Any] | None:
         from nucleiseg.api import evaluate_paths
         from nucleiseg.io.images import ImageReadError, read_image, write_labels
         from nucleiseg.io.labels import discover_inputs
 
-        items = [i for i in discover_inputs([dataset.path]) if i.gt_path is not None]
+        items = [i for i in discover_inputs([dataset.path]) if i.gt_path is not None and (ids is None or i.id in ids)]
         if not items:
             raise JobFailed(f"dataset '{dataset.name}' has no images with ground truth to score against")
         work.mkdir(parents=True, exist_ok=True)
@@ -87,10 +88,22 @@ def evaluation_runner(registry: ModelRegistry, dataset: Dataset, models: list[st
                 rate = (time.monotonic() - start) / done
                 job.update(done=done, eta_s=round(rate * (total - done), 1), current=item.id)
         job.update(phase="scoring")
-        reports = [evaluate_paths(dataset.path, work / f"m{m}") for m in range(len(models))]
+        reports = [evaluate_paths(dataset.path, work / f"m{m}") if ids is None else _score_items(items, work / f"m{m}")
+                   for m in range(len(models))]
         return _result(models, items, reports)
 
     return run
+
+
+def _score_items(items: list, pred_dir: Path) -> Any:
+    """The evaluation report of the predictions in ``pred_dir`` on ``items`` only (a subset of a dataset)."""
+    from nucleiseg.io.images import read_labels
+    from nucleiseg.io.labels import load_item_gt
+    from nucleiseg.metrics import evaluate_pairs
+
+    report = evaluate_pairs((item.id, load_item_gt(item), read_labels(pred_dir / output_name(item.id, "masks"))) for item in items)
+    report.summary.update(missing_predictions=[], unmatched_predictions=[])
+    return report
 
 
 def _result(models: list[str], items: list, reports: list) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 ``GET /api/datasets``, ``POST /api/datasets`` (multipart ``file``: a ZIP of images and masks),
 ``GET /api/datasets/{name}`` (the ``nucleiseg inspect`` summary, computed once), ``GET
 /api/datasets/{name}/thumbs/{k}.png``; ``GET /api/recipes``; ``POST /api/train`` (JSON ``{dataset,
-recipe, arch, minutes, epochs?, name?}``, answers 202 with the job); ``GET /api/runs``, ``GET
+start_from, recipe, arch, minutes, epochs?, name?}``: fine-tunes ``start_from`` (default ``default``)
+unless it is ``scratch``; answers 202 with the job); ``GET /api/runs``, ``GET
 /api/runs/{name}`` (model card and curves); ``POST /api/evaluate-dataset`` (JSON ``{dataset,
 models: [1 or 2 names], tta}``, 202); ``GET /api/jobs``, ``GET /api/jobs/{id}``, ``GET
 /api/jobs/{id}/events`` (Server-Sent Events: an ``update`` event with the job record whenever it
@@ -32,8 +33,9 @@ from nucleiseg.app.jobs import TERMINAL, JobManager
 from nucleiseg.app.limits import AppSettings, api_error, read_upload
 from nucleiseg.app.performance import diff_png, evaluation_command, evaluation_runner, table_csv, thumb_png
 from nucleiseg.app.runs import RUN_NAME, ModelRegistry, list_runs, run_details
-from nucleiseg.app.training import TrainRequest, list_recipes, load_recipe, shown_command, train_runner
+from nucleiseg.app.training import SCRATCH, TrainRequest, list_recipes, load_recipe, shown_command, train_runner
 from nucleiseg.bundle import reserved_name_error
+from nucleiseg.extras import missing_extra
 
 __all__ = ["AppState", "EvaluateBody", "TrainBody", "build_router"]
 
@@ -41,7 +43,8 @@ _PNG = {"Cache-Control": "no-cache"}
 #: Finished dataset evaluations whose predictions stay on disk for the difference views.
 KEEP_EVALUATIONS = 4
 
-#: How the runs folder appears in the commands a job shows (server paths stay private).
+#: How the runs folder (``nucleiseg serve --runs``) appears in the commands a job shows: the
+#: command is the one that ran, with this standing for the server's folder (which stays private).
 RUNS_SHOWN = "<runs>"
 
 #: How often an event stream looks for a change (an epoch of a tiny recipe takes ~0.2 s).
@@ -70,6 +73,8 @@ class TrainBody(BaseModel):
     minutes: float = Field(10.0, gt=0, le=24 * 60, allow_inf_nan=False, description="time budget")
     epochs: int | None = Field(None, ge=1, le=10_000, description="override the recipe's epochs")
     name: str | None = Field(None, pattern=RUN_NAME.pattern, description="run folder name (default: generated)")
+    start_from: str = Field("default", max_length=80, description="a bundled model or finished run to fine-tune; "
+                            "'scratch' trains the recipe from random weights")
 
 
 class EvaluateBody(BaseModel):
@@ -78,6 +83,8 @@ class EvaluateBody(BaseModel):
     dataset: str = Field(max_length=80)
     models: list[str] = Field(min_length=1, max_length=2)
     tta: bool = False
+    held_out: bool = Field(False, description="score only the images a fine-tuned run among the models held out "
+                           "of its training on this dataset (its split.json 'val')")
 
 
 def _run_name(arch: str, dataset: str) -> str:
@@ -92,6 +99,32 @@ def _prune_evaluations(jobs: JobManager) -> None:
         hook = old.private.pop("on_forget", None)
         if callable(hook):
             hook()
+
+
+def _parent(state: AppState, start_from: str) -> tuple[str, str]:
+    """The model a training request fine-tunes (path, label in the shown command), or 404."""
+    from nucleiseg.bundle import CLASSICAL, list_bundled
+
+    if start_from == SCRATCH or start_from in list_bundled():
+        return start_from, start_from
+    if start_from in {r["name"] for r in list_runs(state.runs_root)}:
+        return str(state.runs_root / start_from), f"{RUNS_SHOWN}/{start_from}"
+    choices = [m for m in list_bundled() if m != CLASSICAL] + [SCRATCH]
+    raise api_error(404, f"start_from: no model named '{start_from}' to fine-tune; one of {', '.join(choices)} or a finished run")
+
+
+def _held_out_ids(state: AppState, dataset: Any, runs: list[str]) -> list[str]:
+    """The validation ids of the first run fine-tuned on ``dataset`` with images held out, or 422."""
+    for name in runs:
+        folder = state.runs_root / name
+        try:
+            record = json.loads((folder / "fine_tune.json").read_text(encoding="utf-8"))
+            split = json.loads((folder / "split.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if Path(record.get("data", "")).resolve() == dataset.path.resolve() and not split.get("val_on_train"):
+            return list(split["val"])
+    raise api_error(422, f"held_out: none of the models is a run fine-tuned on dataset '{dataset.name}' with images held out")
 
 
 def build_router(state: AppState) -> APIRouter:
@@ -131,14 +164,25 @@ def build_router(state: AppState) -> APIRouter:
 
     @router.get("/api/recipes")
     async def recipes() -> dict[str, Any]:
-        """Training recipes and architectures."""
+        """Training recipes and architectures; ``training`` says whether this install can train."""
+        from nucleiseg.bundle import list_bundled
+
+        unavailable = missing_extra("torch", "training")
+        training = {"available": unavailable is None, "message": unavailable or ""}
+        if unavailable is not None:
+            return {"recipes": {}, "architectures": [], "runs_persistent": state.runs_label != "<temporary>",
+                    "start_from": [], "training": training}
         from nucleiseg.models.registry import list_models
 
-        return {"recipes": list_recipes(), "architectures": list_models(), "runs_persistent": state.runs_label != "<temporary>"}
+        return {"recipes": list_recipes(), "architectures": list_models(), "runs_persistent": state.runs_label != "<temporary>",
+                "start_from": list_bundled() + [SCRATCH], "training": training}
 
     @router.post("/api/train", status_code=202)
     async def start_training(body: TrainBody) -> dict[str, Any]:
-        """Queue a training run; one trains at a time."""
+        """Queue a training run; one trains at a time (501 where PyTorch is not installed)."""
+        unavailable = missing_extra("torch", "training")
+        if unavailable is not None:
+            raise api_error(501, unavailable)
         from nucleiseg.models.registry import list_models
 
         dataset = datasets.get(body.dataset)
@@ -152,10 +196,15 @@ def build_router(state: AppState) -> APIRouter:
         pending = {j["params"].get("name") for j in jobs.list() if j["kind"] == "train" and j["state"] not in TERMINAL}
         if (state.runs_root / name).exists() or name in pending:
             raise api_error(409, f"a run named '{name}' exists already")
-        req = TrainRequest(name, dataset, body.recipe, body.arch, body.minutes, body.epochs)
+        parent, parent_label = _parent(state, body.start_from)
+        data_label = (f"{RUNS_SHOWN}/{dataset.path.relative_to(state.runs_root).as_posix()}"
+                      if dataset.source == "upload" and dataset.path.is_relative_to(state.runs_root) else str(dataset.path))
+        req = TrainRequest(name, dataset, body.recipe, body.arch, body.minutes, body.epochs, body.start_from, parent,
+                           parent_label, data_label)
         params = {"name": name, "dataset": dataset.name, "recipe": body.recipe, "arch": body.arch,
-                  "minutes": body.minutes, "epochs": body.epochs}
-        job = jobs.submit("train", params, shown_command(req, RUNS_SHOWN), train_runner(req, state.runs_root, settings.device))
+                  "minutes": body.minutes, "epochs": body.epochs, "start_from": body.start_from}
+        command = shown_command(req, RUNS_SHOWN, settings.device)
+        job = jobs.submit("train", params, command, train_runner(req, state.runs_root, settings.device))
         return job.snapshot()
 
     @router.get("/api/runs")
@@ -174,10 +223,12 @@ def build_router(state: AppState) -> APIRouter:
         dataset = datasets.get(body.dataset)
         targets = [state.models.resolve(model) for model in body.models]  # 404 for an unknown name
         shown = [f"{RUNS_SHOWN}/{t.name}" if isinstance(t, Path) else t for t in targets]
-        params = {"dataset": dataset.name, "models": body.models, "tta": body.tta}
+        runs = [t.name for t in targets if isinstance(t, Path)]
+        ids = _held_out_ids(state, dataset, runs) if body.held_out else None
+        params = {"dataset": dataset.name, "models": body.models, "tta": body.tta, "held_out": body.held_out}
         _prune_evaluations(jobs)
         work = state.work_root / f"eval-{time.time_ns()}"
-        runner = evaluation_runner(state.models, dataset, body.models, body.tta, work, settings.max_pixels)
+        runner = evaluation_runner(state.models, dataset, body.models, body.tta, work, settings.max_pixels, ids)
         return jobs.submit("evaluate", params, evaluation_command(dataset, shown, body.tta), runner).snapshot()
 
     @router.get("/api/jobs")

@@ -1,12 +1,16 @@
-"""Training from the web app: recipes, and a training job that runs ``nucleiseg train`` in a child process.
+"""Training from the web app: fine-tuning a model or training a recipe from scratch, in a child process.
 
-The job writes the effective recipe to ``RUN/recipe.yaml`` and runs
-``python -m nucleiseg.cli.main train --config RUN/recipe.yaml --out RUN`` in its own process group
-(at a lower CPU priority, so the web server stays responsive); stopping sends it SIGINT, then
-SIGKILL. Progress comes from the files the trainer writes: ``metrics.csv`` (one row per epoch:
-loss and validation scores) and the progress bar in ``RUN/train.log``. When training ends or is
-stopped after at least one epoch, ``nucleiseg validate RUN --tune`` scores the run and saves its
-thresholds, and ``RUN/MODEL_CARD.md`` is written (:func:`nucleiseg.app.runs.write_model_card`).
+By default a job fine-tunes a model (``start_from``: a bundled model or a finished run) on the
+dataset: it runs ``nucleiseg train --from PARENT --data DATASET --max-minutes M --out RUN``,
+which also tunes the thresholds, scores the parent on the same held-out images and writes the
+model card; the command shown on the page is that command. Only ``start_from="scratch"`` trains
+the chosen recipe from random weights: the job writes the effective recipe to
+``RUN/recipe.yaml``, runs ``nucleiseg train --config RUN/recipe.yaml --out RUN``, then ``nucleiseg
+validate RUN --tune`` and writes ``RUN/MODEL_CARD.md`` (:func:`nucleiseg.app.runs.write_model_card`).
+
+Children run in their own process group at a lower CPU priority (the web server stays
+responsive); stopping sends SIGINT, then SIGKILL. Progress comes from ``RUN/progress.jsonl``, the
+structured events the trainer writes (:mod:`nucleiseg.training.progress`).
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ from nucleiseg.app.datasets import Dataset, stage_for_training
 from nucleiseg.app.jobs import Job, JobFailed
 from nucleiseg.app.limits import api_error, scrub
 from nucleiseg.app.runs import read_history, write_app_record, write_model_card
+from nucleiseg.training.progress import PROGRESS_FILE, read_progress, summarize_progress
 
-__all__ = ["BUILTIN_RECIPES", "TrainRequest", "list_recipes", "load_recipe", "train_runner"]
+__all__ = ["BUILTIN_RECIPES", "SCRATCH", "TrainRequest", "list_recipes", "load_recipe", "train_runner"]
+
+#: ``start_from`` value that trains the recipe from random weights instead of fine-tuning.
+SCRATCH = "scratch"
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 #: Recipes that need no repository checkout: a seconds-long rehearsal and a small CPU recipe.
@@ -46,7 +54,6 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
         "patience": 8, "lr": 0.002,
     },
 }
-_PROGRESS = re.compile(r"epoch (\d+)/(\d+):\s+(\d+)%")
 _VALIDATE_IMAGES = 20
 NICENESS = 10
 #: How often a running child is checked (a stat() of metrics.csv; read only when it changed).
@@ -62,7 +69,8 @@ def list_recipes() -> dict[str, dict[str, Any]]:
         names[name] = {"source": "built-in"}
     if REPO_CONFIGS.is_dir():
         for path in sorted(REPO_CONFIGS.glob("*.yaml")):
-            names.setdefault(path.stem, {"source": f"configs/{path.name}"})
+            if not path.stem.startswith("fine_tune"):  # FineTuneConfig files: the fine-tune path, not a recipe
+                names.setdefault(path.stem, {"source": f"configs/{path.name}"})
     out = {}
     for name, info in names.items():
         recipe = load_recipe(name)
@@ -76,7 +84,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     if name in BUILTIN_RECIPES:
         return json.loads(json.dumps(BUILTIN_RECIPES[name]))
     path = REPO_CONFIGS / f"{name}.yaml"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file():
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file() or name.startswith("fine_tune"):
         raise api_error(404, f"no recipe named '{name}'; GET /api/recipes lists them")
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
@@ -92,6 +100,15 @@ class TrainRequest:
     arch: str
     minutes: float
     epochs: int | None = None
+    start_from: str = "default"
+    parent: str = "default"
+    parent_label: str = "default"
+    data_label: str = "<dataset>"
+
+    @property
+    def fine_tune(self) -> bool:
+        """True unless the user asked to train from scratch."""
+        return self.start_from != SCRATCH
 
 
 def effective_recipe(req: TrainRequest, data: Path, run: Path, device: str) -> dict[str, Any]:
@@ -107,7 +124,7 @@ def effective_recipe(req: TrainRequest, data: Path, run: Path, device: str) -> d
     recipe.update(data=str(data), out=str(run), max_minutes=req.minutes, extra_data=[], init_weights=None)
     if req.epochs is not None:
         recipe["epochs"] = req.epochs
-    recipe["threads"] = max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else recipe.get("threads")
+    recipe["threads"] = _threads(device) or recipe.get("threads")
     return recipe
 
 
@@ -116,11 +133,34 @@ def train_command(run: Path, device: str) -> list[str]:
     return [sys.executable, "-m", "nucleiseg.cli.main", "train", "--config", str(run / "recipe.yaml"), "--out", str(run), "--device", device]
 
 
-def shown_command(req: TrainRequest, runs_label: str) -> str:
-    """The equivalent command line a user would type (shown on the page)."""
-    parts = ["nucleiseg", "train", "--config", f"{runs_label}/{req.name}/recipe.yaml", "--out", f"{runs_label}/{req.name}"]
-    validate = ["nucleiseg", "validate", f"{runs_label}/{req.name}", "--tune", "--no-pipeline", "--max-images", str(_VALIDATE_IMAGES)]
-    return f"{shlex.join(parts)} && {shlex.join(validate)} --data <training data>"
+def _threads(device: str) -> int | None:
+    """Torch threads of a CPU child: all cores but one, so the server stays responsive."""
+    return max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else None
+
+
+def fine_tune_args(req: TrainRequest, parent: str, data: str, run: str, device: str) -> list[str]:
+    """The arguments after ``nucleiseg`` of a fine-tune (the same for the child and the page)."""
+    args = ["train", "--from", parent, "--data", data, "--max-minutes", f"{req.minutes:g}", "--out", run]
+    threads = _threads(device)
+    args += ["--threads", str(threads)] if threads else ["--device", device]
+    return args
+
+
+def shown_command(req: TrainRequest, runs_label: str, device: str = "cpu") -> str:
+    """The command line that reproduces the job (shown on the page), with the server's folder names."""
+    run = f"{runs_label}/{req.name}"
+    if req.fine_tune:
+        return shlex.join(["nucleiseg", *fine_tune_args(req, req.parent_label, req.data_label, run, device)])
+    parts = ["nucleiseg", "train", "--config", f"{run}/recipe.yaml", "--out", run, "--device", device]
+    validate = ["nucleiseg", "validate", run, "--tune", "--no-pipeline", "--max-images", str(_VALIDATE_IMAGES),
+                "--data", f"{run}/data" if req.dataset.source == "upload" or not _is_dsb(req.dataset.path) else req.data_label]
+    return f"{shlex.join(parts)} && {shlex.join(validate)}"
+
+
+def _is_dsb(path: Path) -> bool:
+    from nucleiseg.io.dsb import is_dsb_root
+
+    return is_dsb_root(path)
 
 
 def _tail(path: Path, size: int = 4096) -> str:
@@ -139,8 +179,8 @@ def _failure(log: Path, run: Path, rc: int) -> str:
     return scrub(scrub(line, run.parent, ""), Path.cwd(), "")[:300]
 
 
-def _run_child(job: Job, cmd: list[str], log: Path, run: Path, phase: str, epochs: int, budget_s: float) -> int:
-    """Run one child process to its end (or until stopped), reporting training progress."""
+def _run_child(job: Job, cmd: list[str], log: Path, run: Path, phase: str, budget_s: float) -> int:
+    """Run one child process to its end (or until stopped), reporting its ``progress.jsonl``."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -150,6 +190,7 @@ def _run_child(job: Job, cmd: list[str], log: Path, run: Path, phase: str, epoch
     except OSError:
         pass
     start, seen, interrupted, reported = time.monotonic(), -1.0, None, 0.0
+    progress = run / PROGRESS_FILE
     while proc.poll() is None:
         if job.stop_requested and interrupted is None:
             interrupted = time.monotonic()
@@ -157,30 +198,52 @@ def _run_child(job: Job, cmd: list[str], log: Path, run: Path, phase: str, epoch
         if interrupted is not None and time.monotonic() - interrupted > 10:
             os.killpg(proc.pid, signal.SIGKILL)
         if phase == "training":
-            mtime = (run / "metrics.csv").stat().st_mtime if (run / "metrics.csv").is_file() else 0.0
+            mtime = progress.stat().st_mtime if progress.is_file() else 0.0
             now = time.monotonic()
-            if mtime != seen or now - reported >= REPORT_S:  # a new epoch at once, the rest twice a second
-                history = read_history(run / "metrics.csv") if mtime != seen else None
+            if mtime != seen or now - reported >= REPORT_S:  # new events at once, the time left twice a second
                 seen, reported = mtime, now
-                _report_training(job, history, _tail(run / "train.log", 2048), epochs, budget_s, now - start)
+                _report_training(job, summarize_progress(read_progress(progress)), budget_s, now - start)
         job.wait_stop(POLL_S) if interrupted is None else time.sleep(0.2)
     return proc.returncode
 
 
-def _report_training(job: Job, history: list | None, tail: str, epochs: int, budget_s: float, elapsed: float) -> None:
-    fields: dict[str, Any] = {"phase": "training", "elapsed_s": round(elapsed, 1)}
-    if history is not None:
-        fields["history"] = history
-    hist = history if history is not None else job.progress.get("history", [])
-    matches = _PROGRESS.findall(tail)
-    epoch, fraction = (int(matches[-1][0]), int(matches[-1][2]) / 100) if matches else (len(hist) + 1 if hist else 0, 0.0)
-    fields.update(epoch=epoch, epochs=epochs, epoch_fraction=fraction)
-    if hist:
-        per_epoch = hist[-1]["seconds"] / len(hist)
-        left = per_epoch * max(0.0, epochs - len(hist) - fraction)
-        used = hist[-1]["seconds"] + per_epoch * fraction
-        fields["eta_s"] = round(max(0.0, min(left, budget_s + per_epoch - used)), 1)
+def _report_training(job: Job, state: dict[str, Any], budget_s: float, elapsed: float) -> None:
+    """Publish a run's progress (:func:`~nucleiseg.training.progress.summarize_progress`) on the job."""
+    history = [{k: round(float(v), 5) for k, v in row.items() if k in _HISTORY_KEYS} for row in state["history"]]
+    phase = state["phase"] if state["phase"] not in ("starting", "finished") else "training"
+    fields: dict[str, Any] = {"phase": phase, "elapsed_s": round(elapsed, 1), "history": history,
+                              "epoch": state["epoch"], "epoch_fraction": round(state["epoch_fraction"], 3)}
+    if state.get("epochs"):
+        fields["epochs"] = state["epochs"]
+    trained = float(state.get("elapsed_s") or 0.0)
+    if budget_s > 0:
+        fields["eta_s"] = round(max(0.0, budget_s - trained), 1)
+        fields["budget_fraction"] = round(min(1.0, trained / budget_s), 3)
     job.update(**fields)
+
+
+#: The per-epoch fields the Train screen draws.
+_HISTORY_KEYS = ("epoch", "train_loss", "val_score", "val_ap50", "val_f1", "seconds")
+
+
+def _fine_tune_job(job: Job, req: TrainRequest, folder: Path, record: dict[str, Any], device: str) -> dict[str, Any] | None:
+    """Run ``nucleiseg train --from`` on the dataset itself; the run reports, tunes and writes its card."""
+    args = fine_tune_args(req, req.parent, str(req.dataset.path), str(folder), device)
+    job.update(phase="training", start_from=req.start_from, epoch=0, history=[])
+    rc = _run_child(job, [sys.executable, "-m", "nucleiseg.cli.main", *args], folder / "train.log", folder, "training",
+                    req.minutes * 60)
+    if rc != 0 and not job.stop_requested:
+        write_app_record(folder, {**record, "state": "failed"})
+        raise JobFailed(f"fine-tuning failed: {_failure(folder / 'train.log', folder, rc)}")
+    if not (folder / "evaluation.json").is_file():
+        write_app_record(folder, {**record, "state": "stopped"})
+        for name in ("weights.safetensors", "config.json"):  # not a finished model: not listed
+            (folder / name).unlink(missing_ok=True)
+        return {"run": None, "message": "stopped before the fine-tune ended: no model was kept"}
+    write_app_record(folder, {**record, "state": "finished", "ended": time.time()})
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    keys = ("n_images", "val_on_train", "parent", "native_default", "native_tuned")
+    return {"run": req.name, "evaluation": {k: evaluation.get(k) for k in keys}}
 
 
 def train_runner(req: TrainRequest, runs_root: Path, device: str):
@@ -190,9 +253,12 @@ def train_runner(req: TrainRequest, runs_root: Path, device: str):
         folder = runs_root / req.name
         folder.mkdir(parents=True, exist_ok=False)
         record = {"name": req.name, "dataset": req.dataset.name, "recipe": req.recipe, "arch": req.arch,
-                  "minutes": req.minutes, "command": job.command, "job": job.id, "created": time.time()}
+                  "minutes": req.minutes, "command": job.command, "job": job.id, "created": time.time(),
+                  "start_from": req.start_from}
         write_app_record(folder, {**record, "state": "preparing"})
         job.update(phase="preparing", run=req.name)
+        if req.fine_tune:
+            return _fine_tune_job(job, req, folder, record, device)
         try:
             data, n_images = stage_for_training(req.dataset.path, folder / "data")
         except (ValueError, OSError) as exc:
@@ -202,7 +268,7 @@ def train_runner(req: TrainRequest, runs_root: Path, device: str):
         (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
         epochs = int(recipe.get("epochs", 50))
         job.update(phase="training", images=n_images, epochs=epochs, epoch=0, history=[])
-        rc = _run_child(job, train_command(folder, device), folder / "train.log", folder, "training", epochs, req.minutes * 60)
+        rc = _run_child(job, train_command(folder, device), folder / "train.log", folder, "training", req.minutes * 60)
         stopped = job.stop_requested
         if rc != 0 and not stopped:
             write_app_record(folder, {**record, "state": "failed"})
@@ -215,7 +281,7 @@ def train_runner(req: TrainRequest, runs_root: Path, device: str):
         validate = [sys.executable, "-m", "nucleiseg.cli.main", "validate", str(folder), "--data", str(data),
                     "--tune", "--no-pipeline", "--max-images", str(_VALIDATE_IMAGES)]
         job.clear_stop()  # a stop during training still validates what was learnt; a second stop ends it
-        rc = _run_child(job, validate, folder / "validate.log", folder, "validating", epochs, 0.0)
+        rc = _run_child(job, validate, folder / "validate.log", folder, "validating", 0.0)
         state = "stopped" if stopped or job.stop_requested else "finished"
         if rc != 0 and not job.stop_requested:
             write_app_record(folder, {**record, "state": "failed"})

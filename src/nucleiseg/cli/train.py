@@ -12,14 +12,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the sub-command on the main parser's sub-parsers."""
     p = sub.add_parser(
         "train",
-        help="train a U-Net family model on a DSB-layout folder",
+        help="train a model, or fine-tune a bundled model or a run (--from) on a few annotated images",
         description="Train with random augmented crops at native resolution; validate each epoch with "
         "the full instance pipeline and the competition score; keep the best checkpoint. Every option "
         "can also be set in a YAML/JSON file (--config) whose keys are TrainConfig fields; command-line "
-        "options win over the file.",
+        "options win over the file. With --from NAME|RUN, fine-tune that model instead: --data is any "
+        "folder (or image) with ground truth that `nucleiseg evaluate` reads, --max-minutes the budget "
+        "(default 5), and --config a file of FineTuneConfig fields (configs/fine_tune.yaml).",
     )
+    p.add_argument("--from", dest="parent", metavar="NAME|RUN",
+                   help="fine-tune this bundled model (default, accurate) or run folder instead of training from scratch")
     p.add_argument("--config", help="YAML or JSON recipe (see configs/)")
-    p.add_argument("--data", help="DSB-layout training folder")
+    p.add_argument("--data", help="training folder: DSB layout, images/ + masks/, x.tif + x_masks.tif pairs (or one image)")
     p.add_argument("--out", help="run folder (e.g. runs/unet)")
     p.add_argument("--model", dest="arch", help="unet, unetpp, linknet, hrnet, resunet")
     p.add_argument("--targets", help="binary or contour")
@@ -80,10 +84,57 @@ def load_recipe(args: argparse.Namespace):
     return cfg
 
 
+#: Options of a training from scratch that a fine-tune takes from its parent or its built-in recipe.
+_NOT_WITH_FROM = ("arch", "targets", "epochs", "optimizer", "scheduler", "patience", "limit_images", "val_max_images",
+                  "train_diameter", "amp", "workers", "resume")
+
+
+def fine_tune_recipe(args: argparse.Namespace):
+    """Merge a FineTuneConfig YAML/JSON file with command-line options (``--from``)."""
+    import yaml
+
+    from nucleiseg.config import from_dict
+    from nucleiseg.training.finetune import FineTuneConfig
+
+    given = [f"--{k.replace('_', '-')}" for k in _NOT_WITH_FROM if getattr(args, k)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: not with --from (a fine-tune keeps its parent's model and recipe)")
+    data: dict = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    flat = {"parent": args.parent, "data": args.data, "out": args.out, "max_minutes": args.max_minutes, "lr": args.lr,
+            "crop_size": args.crop_size, "batch_size": args.batch_size, "steps_per_epoch": args.steps_per_epoch,
+            "val_fraction": args.val_fraction, "threads": args.threads, "seed": args.seed}
+    data.update({k: v for k, v in flat.items() if v is not None})
+    if not data.get("data"):
+        raise ValueError("--from needs --data: a folder (or image) with ground truth")
+    return from_dict(FineTuneConfig, data)
+
+
+def cmd_fine_tune(args: argparse.Namespace) -> int:
+    """Run ``nucleiseg train --from``."""
+    from nucleiseg.training.finetune import fine_tune
+
+    try:
+        ft = fine_tune_recipe(args)
+        out = fine_tune(ft, progress=not args.quiet, device=args.device)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ev = json.loads((out / "evaluation.json").read_text())
+    where = "the training images (too few to hold any out)" if ev["val_on_train"] else f"{ev['n_images']} held-out images"
+    print(f"run folder {out}: fine-tuned from {ft.parent}; on {where}: parent {ev['parent']['val_score']:.4f}, "
+          f"fine-tuned {ev['native_tuned']['val_score']:.4f} (use it with --model {out})")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``nucleiseg train``."""
     from nucleiseg.training import train
 
+    if args.parent:
+        return cmd_fine_tune(args)
     cfg = load_recipe(args)
     from nucleiseg.bundle import reserved_name_error
 

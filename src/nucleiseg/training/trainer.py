@@ -29,15 +29,9 @@ from nucleiseg.training.checkpoint import (
     save_weights,
     weights_metadata,
 )
-from nucleiseg.training.data import (
-    CropDataset,
-    available_ids,
-    crop_loader,
-    load_extra_samples,
-    load_samples,
-    sampling_summary,
-    split_ids,
-)
+from nucleiseg.training.data import CropDataset, crop_loader, load_extra_samples, sampling_summary
+from nucleiseg.training.folders import training_split
+from nucleiseg.training.progress import PROGRESS_FILE, ProgressLog
 from nucleiseg.training.averaging import WeightAverage, finish_average
 from nucleiseg.training.report import write_curves, write_metrics_csv
 from nucleiseg.training.validation import validate
@@ -180,14 +174,21 @@ def _finish_average(
             "best_epoch": info["best_epoch"], "best_val_score": info["best_score"]}
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device: str | None = None) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device: str | None = None,
+          allow_measuring_only: bool = False, strict_budget: bool = False) -> Path:
     """Train a model from a recipe and write a complete run folder.
 
     The run folder holds ``config.json`` (inference config), ``train.json`` (this recipe),
     ``split.json`` (DSB train/validation ids and, under ``extra``, the images of every
     ``extra_data`` folder used and excluded), ``weights.safetensors`` (best validation score),
     ``last.safetensors`` (+ ``.json``, for ``resume``), ``metrics.csv``, ``curves.png`` and
-    ``report.json``.
+    ``report.json``, and ``progress.jsonl`` (:mod:`nucleiseg.training.progress`: structured
+    events as it goes, for the web app and napari).
+
+    ``cfg.data`` is a DSB-layout folder or any folder (or one image) with ground truth that
+    ``nucleiseg evaluate`` reads (:func:`~nucleiseg.training.folders.training_split`); with
+    too few images to hold some out, validation scores the training images and ``split.json``
+    says ``"val_on_train": true``.
 
     Parameters
     ----------
@@ -199,6 +200,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         Show progress bars.
     device : str, optional
         ``"cuda"`` or ``"cpu"``; defaults to CUDA when available.
+    allow_measuring_only : bool
+        Accept a measuring-only folder as ``cfg.data`` (benchmarks that fine-tune on a
+        committed part of MoNuSeg and score on the rest; never a bundled model).
+    strict_budget : bool
+        With ``cfg.max_minutes``, stop in the middle of an epoch when the time is up (the epoch
+        is then validated as usual) instead of at the end of the epoch that passes it.
 
     Returns
     -------
@@ -212,10 +219,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
 
-    ids = available_ids(cfg.data)
-    if not ids:
-        raise ValueError(f"{cfg.data}: no DSB samples found (expected <id>/images/<id>.png)")
-    train_ids, val_ids = split_ids(ids, cfg.val_fraction, cfg.split_seed)
+    split_data = training_split(cfg.data, cfg.val_fraction, cfg.split_seed, allow_measuring_only)
+    train_ids, val_ids = split_data.train, split_data.val
     if cfg.limit_images:
         train_ids = train_ids[: cfg.limit_images]
     extra_samples, extra_records = [], []
@@ -227,13 +232,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     bundle = bundle_config(cfg)
     save_json(bundle, out / "config.json")
     split: dict[str, Any] = {"seed": cfg.split_seed, "train": train_ids, "val": val_ids}
+    if split_data.val_on_train:
+        split["val_on_train"] = True
     if extra_records:
         split["extra"] = extra_records
     atomic_write_text(out / "split.json", json.dumps(split, indent=1))
     val_ids = val_ids[: cfg.val_max_images] if cfg.val_max_images else val_ids  # per-epoch subset
 
-    train_samples = load_samples(cfg.data, train_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers) + extra_samples
-    val_samples = load_samples(cfg.data, val_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers)  # selection only
+    train_samples = split_data.load(train_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers) + extra_samples
+    val_samples = (train_samples[: len(val_ids)] if split_data.val_on_train and not cfg.limit_images and not extra_samples
+                   else split_data.load(val_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers))  # selection only
     teacher = None
     if cfg.teacher is not None:  # soft targets: the teacher's probabilities of every training image
         from nucleiseg.training.distill import add_teacher_probabilities
@@ -245,6 +253,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         gap_weight=cfg.loss.gap_weight, oversample=cfg.oversample, seed=cfg.seed,
     )
     loader = crop_loader(dataset, cfg.batch_size, cfg.workers, pin_memory=device.startswith("cuda"))
+    if not resume:
+        (out / PROGRESS_FILE).unlink(missing_ok=True)
+    log = ProgressLog(out / PROGRESS_FILE)
+    log.write("start", epochs=cfg.epochs, max_minutes=cfg.max_minutes, steps=steps, n_train=len(train_samples),
+              n_val=len(val_samples), val_on_train=split_data.val_on_train, resume=resume)
 
     model = create_model(bundle.model.arch, bundle.model.in_channels, bundle.model.out_channels, **bundle.model.params)
     model.to(device=device, memory_format=torch.channels_last)  # 10-40 % faster on CPU and GPU
@@ -275,7 +288,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         torch.manual_seed(cfg.seed * 100003 + epoch)
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
-        for images, targets, weights in bar:
+        for step, (images, targets, weights) in enumerate(bar, 1):
             images = images.to(device).contiguous(memory_format=torch.channels_last)
             targets, weights = targets.to(device), weights.to(device)
             if timed_cosine:
@@ -289,6 +302,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
             optimizer.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            log.step(epoch=epoch, step=step, steps=steps, loss=float(np.mean(losses)), elapsed_s=time.monotonic() - start_time)
+            if strict_budget and cfg.max_minutes is not None and time.monotonic() - start_time > cfg.max_minutes * 60:
+                break
         val = validate(model, val_samples, bundle.infer, bundle.postprocess, device)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"], **val}
         row["seconds"] = time.monotonic() - start_time
@@ -308,6 +324,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         if averaging is not None:  # after last.safetensors: a crash in between leaves one epoch out of the mean, never in twice
             averaging.save(out / AVERAGE_FILE)
         write_metrics_csv(out / "metrics.csv", info["history"])
+        log.write("epoch", **row, steps=len(losses), best_score=info["best_score"], best_epoch=info["best_epoch"])
         if progress:
             tqdm.write(
                 f"epoch {epoch}: loss {row['train_loss']:.4f}  val score {val['val_score']:.4f}  "
@@ -323,6 +340,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     write_curves(out / "curves.png", info["history"])
     averaged = None
     if average is not None and average.count > 0:
+        log.write("phase", phase="averaging")
         averaged = _finish_average(cfg, out, average, model, loader, val_samples, bundle, device, info)
     report = {
         "best_epoch": info["best_epoch"],
@@ -330,6 +348,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         "epochs_run": info["epoch"],
         "train_seconds": info["seconds"],
         "n_train": len(train_ids),
+        "val_on_train": split_data.val_on_train,
         "n_train_extra": len(extra_samples),
         "init_weights": None if init_file is None else {"source": cfg.init_weights, "sha256": file_hash(init_file)},
         "teacher": teacher,
@@ -345,4 +364,5 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         "average": averaged,
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    log.write("end", best_val_score=info["best_score"], epochs_run=info["epoch"], weights=report["weights"])
     return out

@@ -15,7 +15,7 @@ const Performance = (() => {
   async function run() {
     showError("");
     const models = [$("#perf-model-a").value, $("#perf-model-b").value].filter(Boolean);
-    const body = { dataset: $("#perf-dataset").value, models, tta: $("#perf-tta").checked };
+    const body = { dataset: $("#perf-dataset").value, models, tta: $("#perf-tta").checked, held_out: $("#perf-heldout").checked };
     const res = await api("/api/evaluate-dataset", { method: "POST", json: body });
     if (res.status !== 202) { showError(`Performance: ${plainError(res.status, res.body, "could not start")}`); return; }
     $("#perf-result").replaceChildren();

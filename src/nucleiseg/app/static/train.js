@@ -3,6 +3,8 @@
 
 const Train = (() => {
   let recipes = {};
+  let bundled = ["default"];  // models a run can start from, besides finished runs and "scratch"
+  const SCRATCH = "scratch";
   let source = null;       // EventSource of the followed job
   let followed = null;     // id of the followed job
   let loaded = false;
@@ -69,7 +71,14 @@ const Train = (() => {
   async function loadRecipes() {
     const res = await api("/api/recipes");
     if (res.status !== 200) return;
+    const training = res.body.training || { available: true };
+    $("#train-unavailable").hidden = training.available;
+    $("#train-unavailable").textContent = training.message;
+    $("#train-form").hidden = !training.available;
+    if (!training.available) return;
     recipes = res.body.recipes;
+    bundled = (res.body.start_from || ["default", SCRATCH]).filter((m) => m !== SCRATCH)
+      .sort((a, b) => (a !== "default") - (b !== "default") || a.localeCompare(b));
     setOptions($("#train-arch"), res.body.architectures);
     setOptions($("#train-recipe"), Object.keys(recipes), { label: (n) => `${n} (${recipes[n].source})` });
     if (recipes["small-cpu"]) $("#train-recipe").value = "small-cpu";
@@ -87,17 +96,42 @@ const Train = (() => {
     updateCommand();
   }
 
+  function fillStartFrom(runs) {
+    const choices = [...bundled, ...runs.filter((r) => r.state !== "failed").map((r) => r.name), SCRATCH];
+    setOptions($("#train-from"), choices, { label: (v) => v === SCRATCH ? "nothing: train the recipe from scratch" :
+      bundled.includes(v) ? `${v} (bundled)` : `${v} (trained here)` });
+    if (!$("#train-from").dataset.chosen) $("#train-from").value = bundled.includes("default") ? "default" : choices[0];
+    showScratchFields();
+  }
+
+  function showScratchFields() {
+    const scratch = $("#train-from").value === SCRATCH;
+    for (const label of document.querySelectorAll("#panel-train .scratch-only")) label.hidden = !scratch;
+    $("#train-start").textContent = scratch ? "Start training" : "Start fine-tuning";
+  }
+
+  function startFromChanged() {
+    showScratchFields();
+    updateCommand();
+  }
+
   function formBody() {
     const body = { dataset: $("#train-dataset").value, recipe: $("#train-recipe").value, arch: $("#train-arch").value,
-      minutes: Number($("#train-minutes").value) };
+      minutes: Number($("#train-minutes").value), start_from: $("#train-from").value || "default" };
     const epochs = $("#train-epochs").value.trim();
-    if (epochs) body.epochs = Number(epochs);
+    if (epochs && body.start_from === SCRATCH) body.epochs = Number(epochs);
     return body;
   }
 
   function updateCommand(command) {
     if (command) { $("#train-command").textContent = command; return; }
     const b = formBody();
+    if (b.start_from !== SCRATCH) {
+      const parent = bundled.includes(b.start_from) ? b.start_from : `RUNS/${b.start_from}`;
+      $("#train-command").textContent = `nucleiseg train --from ${parent} --data <${b.dataset || "dataset"}> ` +
+        `--max-minutes ${b.minutes} --out RUNS/<name>`;
+      return;
+    }
     const r = recipes[b.recipe];
     const config = r && r.source !== "built-in" ? r.source : `<${b.recipe} recipe>`;
     $("#train-command").textContent = `nucleiseg train --config ${config} --data <${b.dataset || "dataset"}> --model ${b.arch} ` +
@@ -142,20 +176,25 @@ const Train = (() => {
     const p = job.progress || {};
     $("#train-job").hidden = false;
     $("#train-job").dataset.state = job.state;
-    $("#train-job-title").textContent = `Training ${job.params.name} · ${job.params.arch} on ${job.params.dataset}`;
+    const from = job.params.start_from || SCRATCH;
+    $("#train-job-title").textContent = from === SCRATCH ? `Training ${job.params.name} · ${job.params.arch} on ${job.params.dataset}`
+      : `Fine-tuning ${from} on ${job.params.dataset} · ${job.params.name}`;
     updateCommand(job.command);
     const history = p.history || [];
     let status = job.state;
     if (job.state === "queued") status = `queued (${p.queue_position} ahead)`;
     else if (job.state === "running") {
-      status = p.phase === "training" ? `training: epoch ${Math.max(1, p.epoch || 0)} of ${p.epochs}` :
-        p.phase === "validating" ? "validating the run (scoring and tuning thresholds)…" : `${p.phase || "starting"}…`;
+      status = p.phase === "training" ? (from === SCRATCH ? `training: epoch ${Math.max(1, p.epoch || 0)} of ${p.epochs}`
+        : `fine-tuning: epoch ${Math.max(1, p.epoch || 0)}`) :
+        p.phase === "validating" ? "validating the run (scoring and tuning thresholds)…" :
+        p.phase === "tuning" ? "scoring the parent and the fine-tuned model, tuning thresholds…" : `${p.phase || "starting"}…`;
       if (p.stop_requested && p.phase === "training") status = "stopping…";
     } else if (job.state === "failed") status = `failed: ${job.error}`;
     else if (job.result) status = job.result.run ? `${job.state}: run ${job.result.run} validated and added to the models` : `${job.state}: ${job.result.message}`;
     $("#train-status").textContent = status;
     if (job.state === "failed") showError(`Training ${job.params.name}: ${job.error}`);
-    const fraction = job.state === "running" && p.epochs ? Math.min(1, (history.length + (p.epoch_fraction || 0)) / p.epochs) :
+    const byEpochs = p.epochs ? (history.length + (p.epoch_fraction || 0)) / p.epochs : 0;
+    const fraction = job.state === "running" ? Math.min(1, Math.max(byEpochs, p.budget_fraction || 0)) :
       ["finished", "stopped"].includes(job.state) ? 1 : 0;
     $("#train-bar").style.width = `${Math.round(fraction * 100)}%`;
     $("#train-eta").textContent = job.state === "running" && p.phase === "training" && p.eta_s !== undefined
@@ -168,6 +207,17 @@ const Train = (() => {
       { label: "AP@0.5", color: "#f59e0b", points: history.map((r) => [r.epoch, r.val_ap50]) },
     ], { xlabel: "epoch", ymin: 0, ymax: 1 });
     $("#train-score").dataset.epochs = String(history.length);
+    showComparison(job.result && job.result.evaluation);
+  }
+
+  /** Parent versus fine-tuned model on the run's held-out images (or its training images, said so). */
+  function showComparison(ev) {
+    const box = $("#train-compare");
+    box.hidden = !(ev && ev.parent && ev.native_tuned);
+    if (box.hidden) return;
+    const where = ev.val_on_train ? `its ${ev.n_images} training image(s) (too few to hold any out)` : `${ev.n_images} held-out image(s)`;
+    box.textContent = `On ${where}: parent ${ev.parent.model} ${fmt(ev.parent.val_score, 3)}, fine-tuned ${fmt(ev.native_tuned.val_score, 3)} ` +
+      "(competition score). The Performance screen compares them on any dataset (\"held-out images only\" for these).";
   }
 
   async function stop() {
@@ -190,6 +240,7 @@ const Train = (() => {
       return tr;
     }));
     if (!res.body.runs.length) body.append(el("tr", {}, el("td", { colspan: "6", class: "none" }, "No trained models yet.")));
+    fillStartFrom(res.body.runs);
   }
 
   async function showCard(name) {
@@ -202,6 +253,7 @@ const Train = (() => {
   function init() {
     $("#dataset-upload").addEventListener("change", upload);
     $("#train-recipe").addEventListener("change", recipeChanged);
+    $("#train-from").addEventListener("change", () => { $("#train-from").dataset.chosen = "1"; startFromChanged(); });
     for (const id of ["#train-dataset", "#train-arch", "#train-minutes", "#train-epochs"]) $(id).addEventListener("input", () => updateCommand());
     $("#train-start").addEventListener("click", start);
     $("#train-stop").addEventListener("click", stop);
