@@ -130,7 +130,14 @@ def _held_out_ids(state: AppState, dataset: Any, runs: list[str]) -> list[str]:
 def build_router(state: AppState) -> APIRouter:
     """The router of the dataset, training, run, job and evaluation endpoints."""
     router = APIRouter()
-    settings, datasets, jobs = state.settings, state.datasets, state.jobs
+    for add in (_dataset_routes, _training_routes, _job_routes, _evaluation_routes):
+        add(router, state)
+    return router
+
+
+def _dataset_routes(router: APIRouter, state: AppState) -> None:
+    """``/api/datasets``: list, upload, summary, thumbnails."""
+    settings, datasets = state.settings, state.datasets
 
     @router.get("/api/datasets")
     async def list_datasets() -> dict[str, Any]:
@@ -161,6 +168,11 @@ def build_router(state: AppState) -> APIRouter:
         if not 0 <= k < len(thumbs):
             raise api_error(404, f"no thumbnail {k} of dataset '{name}'")
         return Response(thumbs[k], media_type="image/png", headers=_PNG)
+
+
+def _training_routes(router: APIRouter, state: AppState) -> None:
+    """``/api/recipes``, ``/api/train`` and ``/api/runs``."""
+    settings, datasets, jobs = state.settings, state.datasets, state.jobs
 
     @router.get("/api/recipes")
     async def recipes() -> dict[str, Any]:
@@ -217,6 +229,11 @@ def build_router(state: AppState) -> APIRouter:
         """One run with its model card, per-epoch history and validation."""
         return run_details(state.runs_root, name)
 
+
+def _evaluation_routes(router: APIRouter, state: AppState) -> None:
+    """``/api/evaluate-dataset`` and the results of a dataset evaluation."""
+    settings, datasets, jobs = state.settings, state.datasets, state.jobs
+
     @router.post("/api/evaluate-dataset", status_code=202)
     async def evaluate_dataset(body: EvaluateBody) -> dict[str, Any]:
         """Queue the scoring of one or two models on a dataset."""
@@ -230,6 +247,36 @@ def build_router(state: AppState) -> APIRouter:
         work = state.work_root / f"eval-{time.time_ns()}"
         runner = evaluation_runner(state.models, dataset, body.models, body.tta, work, settings.max_pixels, ids)
         return jobs.submit("evaluate", params, evaluation_command(dataset, shown, body.tta), runner).snapshot()
+
+    def _evaluation(job_id: str):  # noqa: ANN202
+        found = jobs.get(job_id)
+        if found.kind != "evaluate":
+            raise api_error(404, f"job '{job_id}' is not a dataset evaluation")
+        return found
+
+    @router.get("/api/jobs/{job_id}/table.csv")
+    async def table(job_id: str) -> Response:
+        """The per-image table of a finished evaluation, worst first."""
+        found = _evaluation(job_id)
+        if found.result is None:
+            raise api_error(409, f"job '{job_id}' has no results (state {found.state})")
+        headers = {"Content-Disposition": f'attachment; filename="{found.params["dataset"]}_performance.csv"'}
+        return Response(table_csv(found.result), media_type="text/csv", headers=headers)
+
+    @router.get("/api/jobs/{job_id}/images/{index}/thumb.png", include_in_schema=False)
+    async def eval_thumb(job_id: str, index: int) -> Response:
+        return Response(thumb_png(_evaluation(job_id), index), media_type="image/png", headers=_PNG)
+
+    @router.get("/api/jobs/{job_id}/images/{index}/diff.png")
+    async def eval_diff(job_id: str, index: int, model: int = 0) -> Response:
+        """Difference view of one image for one model: extra predicted pixels blue, missed red."""
+        data = await anyio.to_thread.run_sync(diff_png, _evaluation(job_id), index, model)
+        return Response(data, media_type="image/png", headers=_PNG)
+
+
+def _job_routes(router: APIRouter, state: AppState) -> None:
+    """``/api/jobs``: list, one, stop, and its Server-Sent Events."""
+    jobs = state.jobs
 
     @router.get("/api/jobs")
     async def list_jobs() -> dict[str, Any]:
@@ -270,31 +317,4 @@ def build_router(state: AppState) -> APIRouter:
                     yield ": keep-alive\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    def _evaluation(job_id: str):  # noqa: ANN202
-        found = jobs.get(job_id)
-        if found.kind != "evaluate":
-            raise api_error(404, f"job '{job_id}' is not a dataset evaluation")
-        return found
-
-    @router.get("/api/jobs/{job_id}/table.csv")
-    async def table(job_id: str) -> Response:
-        """The per-image table of a finished evaluation, worst first."""
-        found = _evaluation(job_id)
-        if found.result is None:
-            raise api_error(409, f"job '{job_id}' has no results (state {found.state})")
-        headers = {"Content-Disposition": f'attachment; filename="{found.params["dataset"]}_performance.csv"'}
-        return Response(table_csv(found.result), media_type="text/csv", headers=headers)
-
-    @router.get("/api/jobs/{job_id}/images/{index}/thumb.png", include_in_schema=False)
-    async def eval_thumb(job_id: str, index: int) -> Response:
-        return Response(thumb_png(_evaluation(job_id), index), media_type="image/png", headers=_PNG)
-
-    @router.get("/api/jobs/{job_id}/images/{index}/diff.png")
-    async def eval_diff(job_id: str, index: int, model: int = 0) -> Response:
-        """Difference view of one image for one model: extra predicted pixels blue, missed red."""
-        data = await anyio.to_thread.run_sync(diff_png, _evaluation(job_id), index, model)
-        return Response(data, media_type="image/png", headers=_PNG)
-
-    return router
 
