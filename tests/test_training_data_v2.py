@@ -344,6 +344,12 @@ def test_v2_recipes_parse_and_round_trip(name, tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_parses_and_never_trains_on_measuring_sets(path, tmp_path):
     raw = yaml.safe_load(path.read_text())
+    if path.stem.startswith("fine_tune"):  # fine-tuning settings (FineTuneConfig), not a training recipe
+        from nucleiseg.training.finetune import FineTuneConfig
+
+        assert from_dict(FineTuneConfig, raw).parent == raw["parent"]
+        assert "monuseg" not in json.dumps(raw).lower()
+        return
     cfg = from_dict(TrainConfig, raw)
     assert "monuseg" not in json.dumps(raw).lower()  # MoNuSeg is for measuring only
     for extra in cfg.extra_data:
