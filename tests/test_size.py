@@ -286,7 +286,10 @@ def test_estimated_size_rescales_and_given_diameter_overrides(make_disks):
     assert off.scale == 1.0 and off.diameter is None and "estimate" not in off.timings
 
 
-def test_fallback_without_size_model_measures_a_native_pass(make_disks):
+def test_fallback_without_size_model_measures_a_native_pass(make_disks, monkeypatch):
+    import nucleiseg.inference.tiling as tiling
+
+    monkeypatch.setattr(tiling, "BATCH_PIXELS", 1 << 40)  # every pass in one call, so calls count passes
     for diameter in (5, 18, 200):
         image, truth = disks(make_disks, diameter, n=2)
         net = Counting()
@@ -324,6 +327,15 @@ def test_large_image_with_an_empty_centre_is_probed_where_the_nuclei_are(make_di
     tifffile.imwrite(tmp_path / "corner.tif", image)
     step = ItemStep(tmp_path / "out", OutputOptions(), seg.config.infer, seg.config.postprocess)
     record = step(InputItem("corner", tmp_path / "corner.tif"), seg)["record"]
+    assert record["diameter"] == pytest.approx(diameter)
+    # Above InferConfig.block_pixels the image is segmented block-wise: its estimate on a
+    # 1024-px crop also moved to the nuclei, and the record says where.
+    assert image.size > seg.config.infer.block_pixels
+    cy, cx = record["probe_centre"]
+    assert 0 <= cy <= 400 and 0 <= cx <= 400
+    whole_step = ItemStep(tmp_path / "out2", OutputOptions(), replace(seg.config.infer, block_pixels=image.size + 1),
+                          seg.config.postprocess)
+    record = whole_step(InputItem("corner", tmp_path / "corner.tif"), seg)["record"]
     assert record["probe_centre"] == list(est.centre) and record["diameter"] == pytest.approx(diameter)
     tifffile.imwrite(tmp_path / "small.tif", image[:300, :300])  # probed where it is: no key
     assert "probe_centre" not in step(InputItem("small", tmp_path / "small.tif"), seg)["record"]

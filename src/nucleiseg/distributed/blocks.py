@@ -76,6 +76,8 @@ class BlockPlan:
         Settings every tile uses (``infer.diameter`` fixed, so no tile re-estimates the scale).
     intensity : (low, high, invert) or None
         Global normalisation of network inputs; None for the classical model and callables.
+    probe_centre : (y, x) or None
+        Where the size was estimated when the central crop held no nucleus (None: the centre).
     """
 
     model: ModelSpec | Segmenter | Callable[[np.ndarray], np.ndarray]
@@ -85,6 +87,7 @@ class BlockPlan:
     infer: InferConfig | None
     post: PostprocessConfig | None
     intensity: IntensityRange | None
+    probe_centre: tuple[int, int] | None = None
 
     def describe(self) -> dict[str, Any]:
         """Settings for ``run.json``."""
@@ -168,6 +171,7 @@ def plan_blocks(
             sample = compute(image[::step, ::step], client)
             intensity = intensity_range(sample, segmenter.config.normalize)
     diameter = infer.diameter if infer is not None else None
+    centre = None
     if diameter is None:
 
         def estimate(centre: tuple[int, int] | None) -> float | None:
@@ -180,7 +184,8 @@ def plan_blocks(
             # No nucleus in the central crop (an empty centre): estimate once more where the
             # subsample has the most structure, as the size probe does within an image.
             cy, cx = busiest_centre(segmenter.normalize(sample, intensity), max(1, CROP // step))
-            diameter = estimate((cy * step, cx * step))
+            centre = (int(cy * step), int(cx * step))
+            diameter = estimate(centre)
         if infer is not None:  # every tile uses the scale the whole image would get (native: no nucleus, or close enough)
             native = not diameter or segmenter.scale_for(diameter, "size_model", infer) == 1.0
             infer = replace(infer, rescale=False) if native else replace(infer, diameter=diameter)
@@ -192,7 +197,7 @@ def plan_blocks(
             f"overlap {overlap} px must be between 1 and half the block ({block} px); "
             f"use --block {max(2 * overlap, 2 * MIN_OVERLAP)} or larger"
         )
-    return BlockPlan(reference, int(block), int(overlap), diameter, infer, post, intensity)
+    return BlockPlan(reference, int(block), int(overlap), diameter, infer, post, intensity, centre if diameter else None)
 
 
 def _owned_objects(

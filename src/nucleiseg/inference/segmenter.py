@@ -367,4 +367,5 @@ class Segmenter:
         if plan.diameter is not None:
             source = "given" if infer.diameter is not None else "size_model" if self.size_model is not None else "first_pass"
         factor = self.scale_for(plan.infer.diameter, "given", plan.infer) if plan.infer is not None else 1.0
-        return Result(labels, None, plan.diameter, factor, {"blocks": seconds, "total": seconds}, source)
+        return Result(labels, None, plan.diameter, factor, {"blocks": seconds, "total": seconds}, source,
+                      getattr(plan, "probe_centre", None))
