@@ -88,17 +88,15 @@ def diameter_pixels(diameter: float | None, unit: str = "px", pixel_size: float 
     pixel_size : float, optional
         Micrometres per pixel.
     """
+    from nucleiseg.io.units import Diameter
+
     if diameter is None:
         return None
     if diameter <= 0:
         raise ValueError(f"diameter must be > 0 (or auto), got {diameter}")
-    if unit == "px":
-        return float(diameter)
-    if unit not in ("µm", "um"):
+    if unit not in ("px", "µm", "um"):
         raise ValueError(f"diameter unit must be px or µm, got {unit!r}")
-    if not pixel_size or pixel_size <= 0:
-        raise ValueError("a diameter in µm needs the pixel size (µm per pixel)")
-    return float(diameter) / float(pixel_size)
+    return Diameter(float(diameter), "px" if unit == "px" else "um").pixels(pixel_size)  # the CLI's conversion
 
 
 @dataclass(frozen=True)
