@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULT = ROOT / "benchmarks" / "results" / "fine_tune.json"
 SPLIT = ROOT / "benchmarks" / "monuseg_finetune_split.txt"
-PRIORITY = ("monuseg:2x10,monuseg:2x5,monuseg:2x5:lr3e-4,monuseg:2x5:small_lr3e-4,monuseg:4x5,dsb_tissue:4x5,monuseg:1x5,"
-            "monuseg:2x2,monuseg:2cx5,monuseg:4x10,monuseg:1x2,monuseg:4x2,monuseg:1x10,monuseg:2x5:light,monuseg:2x5:noavg")
+PRIORITY = ("monuseg:2x10,monuseg:2x5,monuseg:2x2,monuseg:1x5,monuseg:4x5,monuseg:4x10,monuseg:1x2,monuseg:2cx5,"
+            "monuseg:4cx10,dsb_tissue:4x5,monuseg:4x2,monuseg:1x10,monuseg:4x30")
 VARIANTS: dict[str, dict[str, Any]] = {"": {}, "lr3e-4": {"lr": 3e-4}, "light": {"augment": "light"}, "noavg": {"average_from": None},
                                        "small_lr3e-4": {"crop_size": 128, "batch_size": 4, "lr": 3e-4}}
 
@@ -189,6 +189,31 @@ def run_cell(key: str, args: argparse.Namespace, result: dict[str, Any]) -> dict
     return cell
 
 
+def forgetting(key: str, work: Path) -> dict[str, Any]:
+    """The accuracy suite (the user's ``nucleiseg segment`` per row) for the parent and for the run of cell ``key``."""
+    from nucleiseg.benchmark.accuracy import run_suite
+
+    rows: dict[str, Any] = {"cell": key}
+    for name, model in (("parent", "default"), ("fine_tuned", str(work / key.replace(":", "_") / "run"))):
+        suite = run_suite(model, SHARED, work / "suite" / name, baseline_file=ROOT / "benchmarks" / "results" / "accuracy_classical.json")
+        rows[name] = {"unseen_kinds": suite["summary"]["unseen_kinds"], "rows": {k: v["score"] for k, v in suite["rows"].items()},
+                      "validation_by_kind": {k: v["score"] for k, v in suite["val_by_kind"]["model"].items()}}
+    return rows
+
+
+def forgetting_lines(f: dict[str, Any]) -> list[str]:
+    """The forgetting check as Markdown rows: parent and fine-tuned score per suite row."""
+    lines = ["", (f"What the `{f['cell']}` run forgot, on the accuracy suite (`benchmarks/accuracy_suite.py` rows; its 4 training "
+                  "images are among the DSB validation rows, so the tissue figures there are not held out):"), "",
+             "| suite row | parent | fine-tuned |", "|---|---|---|",
+             f"| unseen kinds | {f['parent']['unseen_kinds']:.4f} | {f['fine_tuned']['unseen_kinds']:.4f} |"]
+    for row, value in f["parent"]["rows"].items():
+        lines.append(f"| {row} | {value:.4f} | {f['fine_tuned']['rows'][row]:.4f} |")
+    for kind, value in f["parent"]["validation_by_kind"].items():
+        lines.append(f"| DSB validation, {kind} | {value:.4f} | {f['fine_tuned']['validation_by_kind'][kind]:.4f} |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The result as a table."""
     lines = ["# Fine-tuning the default on a few images (`benchmarks/fine_tune.py`)", "",
@@ -205,6 +230,8 @@ def markdown(result: dict[str, Any]) -> str:
             f = c["fixed_diameter"]
             lines.append(f"\n{key}: size model reused {c['fine_tuned']['score']:.4f}; fixed diameter {f['diameter']} px "
                          f"from the training labels instead {f['score']:.4f}.")
+    if "forgetting" in result:
+        lines += forgetting_lines(result["forgetting"])
     return "\n".join(lines) + "\n"
 
 
@@ -224,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/nucleiseg_fine_tune_bench")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dsb-pool", type=int, default=4)
+    parser.add_argument("--forgetting", default="dsb_tissue:4x5",
+                        help="after the cells, run the accuracy suite on this cell's run and on the parent ('' to skip)")
     args = parser.parse_args(argv)
     result = json.loads(args.result.read_text()) if args.result.is_file() else {"cells": {}, "parents": {}}
     result["command"] = "python benchmarks/fine_tune.py" + (f" --cells {args.cells}" if args.cells != PRIORITY else "")
@@ -231,18 +260,21 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(args.work) / key.replace(":", "_") / "run"
         if "steps" not in cell and run.is_dir():
             cell["steps"] = training_steps(run)
-    result["machine"] = f"{os.cpu_count()} CPU cores shared with other jobs (load average recorded per cell), torch threads {args.threads}"
+    result["machine"] = (f"{os.cpu_count()} CPU cores, other work on the machine at nice 19 (load average recorded per cell), "
+                         f"torch threads {args.threads}")
     for key in [k.strip() for k in args.cells.split(",") if k.strip()]:
         if key in result["cells"]:
             continue
         try:
             result["cells"][key] = run_cell(key, args, result)
-        except Exception as exc:  # one failed cell must not lose the others
+        except Exception as exc:  # noqa: BLE001 - one failed cell must not lose the others
             print(f"{key}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         save(result, args.result)
         c = result["cells"][key]
         print(f"{key}: parent {c['parent_score']:.4f} fine-tuned {c['fine_tuned']['score']:.4f} ({c['fine_tune_wall_s']:.0f} s)", flush=True)
+    if args.forgetting in result["cells"] and "forgetting" not in result:
+        result["forgetting"] = forgetting(args.forgetting, Path(args.work))
     save(result, args.result)
     return 0
 

@@ -191,6 +191,17 @@ def test_stack_refuses_png_and_rle_per_image(tmp_path: Path, classical: Segmente
     assert not summary.failures and summary.images[0]["axes"] == "TYX" and summary.images[0]["planes"] == 3
 
 
+def test_stack_progress_counts_planes(tmp_path: Path, classical: Segmenter, capsys) -> None:
+    """A long stack moves a bar per plane (the batch bar moves once per file); it is cleared when done."""
+    tifffile.imwrite(tmp_path / "z.tif", np.stack([_nuclear(z % 4) for z in range(12)]), metadata={"axes": "ZYX"}, photometric="minisblack")
+    summary = segment_items(discover_inputs([tmp_path / "z.tif"]), tmp_path / "out", classical, OutputOptions(), progress=True)
+    assert not summary.failures and summary.images[0]["planes"] == 12
+    err = capsys.readouterr().err
+    assert "z planes:" in err and "0/12 [" in err and "plane/s" in err
+    summary = segment_items(discover_inputs([tmp_path / "z.tif"]), tmp_path / "quiet", classical, OutputOptions(), progress=False)
+    assert "planes" not in capsys.readouterr().err
+
+
 def test_python_api_channel_and_axes(classical: Segmenter) -> None:
     stack = np.stack([_nuclear(z) for z in range(3)])
     labels = nucleiseg.segment(stack, model="classical", axes="ZYX")

@@ -300,7 +300,7 @@ def segment_items(
     items = [_absolute(item) for item in items]
     todo = _prepare(out, layout, items, resume, verify, progress)
     runner = _make_executor(kind, spec, segmenter, workers, client, block, block_overlap, progress)
-    step = ItemStep(out, options, infer, post, want_labels=bool(options.rle))
+    step = ItemStep(out, options, infer, post, want_labels=bool(options.rle), plane_progress=progress and kind == "serial" and block is None)
     start = time.perf_counter()
     outcomes, fatal = _run(runner, step, todo, progress)
     record = RunRecord(segmenter.describe(infer, post), runner.describe())

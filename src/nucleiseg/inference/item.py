@@ -180,6 +180,7 @@ def segment_one(
     infer: InferConfig,
     post: PostprocessConfig,
     want_labels: bool = False,
+    plane_progress: bool = False,
 ) -> Outcome:
     """Segment one image and write its outputs; a bad file gives ``{"failure": ...}``, never raises.
 
@@ -188,6 +189,7 @@ def segment_one(
     itself (full, read-only, no permission: :class:`~nucleiseg.io.atomic.OutputError`) gives
     ``{"fatal": ...}``: the batch stops. A failed image leaves no outputs. Warnings of the
     readers are folded into the file's one-line error (or its record's ``warnings``).
+    ``plane_progress`` shows a bar over the planes of a stack (the serial batch only).
     """
     t = time.perf_counter()
     notes: list[str] = []
@@ -202,7 +204,7 @@ def segment_one(
             if options.rle or options.png:  # refused before the planes are segmented
                 flag = "--rle" if options.rle else "--png"
                 raise ValueError(f"a {planes.stack_axes} stack of {len(planes.planes)} planes cannot be written by {flag} (2-D only); drop {flag}")
-            stacked = segment_planes(segmenter, planes, infer, post)
+            stacked = segment_planes(segmenter, planes, infer, post, progress=plane_progress, name=item.id)
             with _writing(item.id, out_dir, options):
                 files = write_stack_outputs(item.id, planes, stacked, Path(out_dir), options)
         else:
@@ -260,7 +262,10 @@ class ItemStep:
     infer: InferConfig
     post: PostprocessConfig
     want_labels: bool = False
+    #: A progress bar per stack over its planes (set for the serial batch with progress on).
+    plane_progress: bool = False
 
     def __call__(self, item: InputItem, segmenter: Segmenter) -> Outcome:
         """Run :func:`segment_one` on ``item``."""
-        return segment_one(item, segmenter, self.out_dir, self.options, self.infer, self.post, self.want_labels)
+        return segment_one(item, segmenter, self.out_dir, self.options, self.infer, self.post, self.want_labels,
+                           self.plane_progress)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import roifile
 import tifffile
+from tqdm import tqdm
 
 from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.inference.segmenter import Result, Segmenter
@@ -62,6 +63,8 @@ def segment_planes(
     planes: Planes,
     infer: InferConfig | None = None,
     post: PostprocessConfig | None = None,
+    progress: bool = False,
+    name: str = "",
 ) -> StackResult:
     """Segment every plane with ``segmenter.segment`` and stack the labels.
 
@@ -73,8 +76,14 @@ def segment_planes(
         From :func:`nucleiseg.io.stacks.read_planes` or :func:`~nucleiseg.io.stacks.resolve_planes`.
     infer, post : optional
         Settings for every plane (default: the model's).
+    progress : bool
+        A progress bar over the planes (stderr, removed when done; only for two planes or more).
+    name : str
+        The bar's label (the image id).
     """
-    results = [segmenter.segment(plane, infer, post, keep_probabilities=False) for plane in planes.planes]
+    bar = tqdm(planes.planes, desc=f"{name} planes".strip(), unit="plane", leave=False,
+               disable=not progress or len(planes.planes) < 2)
+    results = [segmenter.segment(plane, infer, post, keep_probabilities=False) for plane in bar]
     height, width = planes.planes.shape[1:3]
     dtype = np.uint32 if any(int(r.labels.max(initial=0)) > np.iinfo(np.int32).max for r in results) else np.int32
     labels = np.stack([r.labels.astype(dtype, copy=False) for r in results]).reshape((*planes.stack_shape, height, width))
