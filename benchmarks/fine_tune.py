@@ -11,10 +11,17 @@ Sets:
   of the stained-tissue kind, its weakest; the first ``--dsb-pool`` (sorted ids) are the pool,
   the rest are scored.
 
+Budgets: a cell's ``MIN`` minutes are run as ``round(EPOCHS_PER_MINUTE * MIN)`` epochs of the
+built-in 20 steps (``FineTuneConfig.epochs``), the number of epochs the idle 2-core machine trains
+in that time (measured: ``monuseg:2x10:clock``, a real 10-minute budget on the idle machine, ran
+17 epochs and one step). So a cell gives the same result whatever else the machine runs; its
+wall time is recorded beside it. The ``clock`` variant runs the real time budget instead.
+
 Each cell ``SET:N[c]xMIN[:VARIANT]`` (``c``: 256 x 256 crops holding ~100 nuclei, one per pool
 image, instead of whole images; variants: ``lr3e-4`` (the built-in recipe's learning rate before
 these measurements made it 1e-3), ``light`` augmentation, ``noavg`` (no weight averaging),
-``small_lr3e-4`` (128-pixel crops, 4 a batch: about twice the steps, at lr 3e-4)) runs
+``small_lr3e-4`` (128-pixel crops, 4 a batch: about twice the steps, at lr 3e-4), ``clock`` (the
+time budget itself instead of its epochs)) runs
 ``nucleiseg train --from default`` through the Python API, then scores the run with the user
 pipeline (int8 ONNX, size estimate, tuned thresholds) on the scored images. The result file is
 rewritten after every cell, and cells already in it are skipped, so the benchmark resumes; the
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -42,10 +50,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULT = ROOT / "benchmarks" / "results" / "fine_tune.json"
 SPLIT = ROOT / "benchmarks" / "monuseg_finetune_split.txt"
-PRIORITY = ("monuseg:2x10,monuseg:2x5,monuseg:2x2,monuseg:1x5,monuseg:4x5,monuseg:4x10,monuseg:1x2,monuseg:2cx5,"
-            "monuseg:4cx10,dsb_tissue:4x5,monuseg:4x2,monuseg:1x10,monuseg:4x30")
+PRIORITY = ("monuseg:2x10:clock,monuseg:2x5,monuseg:2x2,monuseg:1x5,monuseg:4x5,monuseg:4x10,monuseg:2cx5,"
+            "monuseg:4cx10,dsb_tissue:4x5,monuseg:1x10,monuseg:1x2,monuseg:4x2,monuseg:4x30")
+#: Epochs the idle 2-core machine trains per minute of budget (monuseg:2x10:clock: 17 epochs + 1 step in 10 min).
+EPOCHS_PER_MINUTE = 1.7
 VARIANTS: dict[str, dict[str, Any]] = {"": {}, "lr3e-4": {"lr": 3e-4}, "light": {"augment": "light"}, "noavg": {"average_from": None},
-                                       "small_lr3e-4": {"crop_size": 128, "batch_size": 4, "lr": 3e-4}}
+                                       "small_lr3e-4": {"crop_size": 128, "batch_size": 4, "lr": 3e-4}, "clock": {}}
 
 
 def load_pair(image: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +179,8 @@ def run_cell(key: str, args: argparse.Namespace, result: dict[str, Any]) -> dict
     work = Path(args.work) / key.replace(":", "_")
     data = work / "data"
     staged = stage(pool, n, crops, data)
-    ft = FineTuneConfig(parent="default", data=str(data), out=str(work / "run"), max_minutes=float(minutes),
+    epochs = None if variant == "clock" else max(1, math.floor(EPOCHS_PER_MINUTE * float(minutes) + 0.5))
+    ft = FineTuneConfig(parent="default", data=str(data), out=str(work / "run"), max_minutes=float(minutes), epochs=epochs,
                         threads=args.threads, **VARIANTS[variant])
     load_before, t = os.getloadavg(), time.perf_counter()
     run = fine_tune(ft, progress=False, device="cpu", allow_measuring_only=set_name == "monuseg")
@@ -182,7 +193,7 @@ def run_cell(key: str, args: argparse.Namespace, result: dict[str, Any]) -> dict
             "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "evaluation": json.loads((run / "evaluation.json").read_text()),
             "fine_tuned": score(run, scored)}
-    if n == 2 and not crops and not variant:  # the size model: reused (above) vs a fixed diameter from the labels
+    if n == 2 and not crops and variant in ("", "clock"):  # the size model: reused (above) vs a fixed diameter from the labels
         diameter = train_diameter(data)
         cell["fixed_diameter"] = {"diameter": round(diameter, 1), **score(run, scored, diameter)}
     cell["parent_score"] = result["parents"][set_name]["default"]["score"]
@@ -218,12 +229,13 @@ def markdown(result: dict[str, Any]) -> str:
     """The result as a table."""
     lines = ["# Fine-tuning the default on a few images (`benchmarks/fine_tune.py`)", "",
              f"Command: `{result['command']}`; {result['machine']}.", "", *([result["note"], ""] if result.get("note") else []),
-             "| set | training data | budget (min) | recipe | parent | fine-tuned | AP@0.5 | steps | load avg (1 min) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| set | training data | budget | recipe | parent | fine-tuned | AP@0.5 | steps | wall (s) | load avg (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for key, c in result["cells"].items():
         data = f"{c['n']} crop(s) 256x256, {c['staged']['nuclei']} nuclei" if c["crops"] else f"{c['n']} image(s), {c['staged']['nuclei']} nuclei"
-        lines.append(f"| {c['set']} | {data} | {c['minutes']:g} | {c['variant']} | {c['parent_score']:.4f} | "
-                     f"**{c['fine_tuned']['score']:.4f}** | {c['fine_tuned']['ap50']:.4f} | {c.get('steps', '?')} | "
+        budget = f"{c['minutes']:g} min" + (f" ({c['recipe']['epochs']} epochs)" if c["recipe"].get("epochs") else " (clock)")
+        lines.append(f"| {c['set']} | {data} | {budget} | {c['variant']} | {c['parent_score']:.4f} | "
+                     f"**{c['fine_tuned']['score']:.4f}** | {c['fine_tuned']['ap50']:.4f} | {c.get('steps', '?')} | {c['fine_tune_wall_s']:.0f} | "
                      f"{c['loadavg_before'][0]:.1f} -> {c['loadavg_after'][0]:.1f} |")
     for key, c in result["cells"].items():
         if "fixed_diameter" in c:

@@ -119,3 +119,23 @@ def test_model_card_tables_only_tables(tmp_path: Path) -> None:
     card.write_text("# Card\n\ntext\n\n## Accuracy\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![x](y.png)\n", encoding="utf-8")
     assert model_card_tables(card).splitlines() == ["### Accuracy", "", "| a | b |", "|---|---|", "| 1 | 2 |"]
     assert "no model card" in model_card_tables(tmp_path / "missing.md").lower()
+
+
+def test_fine_tuned_run_exports_and_passes_bioimageio_checks(tmp_path: Path, make_disks) -> None:
+    """A fine-tuned run exports to ONNX and to a bioimage.io package that names its parent's data and the user's images."""
+    from test_fine_tune import TINY, write_layout
+
+    data = write_layout(tmp_path / "my_nuclei", "cellpose", make_disks)
+    run = tmp_path / "ft"
+    assert main(["train", "--from", "default", "--data", str(data), "--out", str(run), *TINY]) == 0
+    assert main(["export", str(run), "-o", str(run / "model.onnx")]) == 0
+    package = tmp_path / "ft.zip"
+    assert main(["export", str(run), "--format", "bioimageio", "-o", str(package)]) == 0
+    with zipfile.ZipFile(package) as zf:
+        spec = yaml.safe_load(zf.read("rdf.yaml"))
+        readme = zf.read("README.md").decode()
+    assert "Data Science Bowl 2018" in spec["training_data"]["name"] and "fine-tuning images" in spec["training_data"]["name"]
+    assert "fine-tuning images (my_nuclei, the user's own): 3 training images; fine-tuned from default" in readme
+    core = pytest.importorskip("bioimageio.core")
+    summary = core.test_model(package)
+    assert summary.status == "passed", [f"{d.name}: {[e.msg for e in d.errors]}" for d in summary.details if d.status != "passed"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from nucleiseg.config import ModelBundleConfig, PostprocessConfig, from_dict, load_json
 
 __all__ = [
-    "CLASSICAL", "ONNX_FILES", "RUN_PREFIX", "WEIGHTS_DIR", "ModelBundle", "ModelSpec", "file_hash", "list_bundled",
+    "CLASSICAL", "FINE_TUNE_FILE", "ONNX_FILES", "RUN_PREFIX", "WEIGHTS_DIR", "ModelBundle", "ModelSpec", "file_hash", "list_bundled",
     "onnx_precision", "reserved_name_error", "reserved_names",
 ]
 
@@ -32,6 +32,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CLASSICAL = "classical"
 #: File inside a model folder for each ONNX precision (``nucleiseg export`` writes these names).
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+#: The record of a fine-tune inside its run folder (parent, data, recipe).
+FINE_TUNE_FILE = "fine_tune.json"
 
 
 def file_hash(path: str | Path) -> str:

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (e.g. runs/unet)")
     p.add_argument("--model", dest="arch", help="unet, unetpp, linknet, hrnet, resunet")
     p.add_argument("--targets", help="binary or contour")
-    p.add_argument("--epochs", type=int, help="maximum epochs")
+    p.add_argument("--epochs", type=int, help="maximum epochs (with --from: a budget of epochs instead of --max-minutes)")
     p.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: one pass over the images)")
     p.add_argument("--batch-size", type=int, help="crops per batch")
     p.add_argument("--crop-size", type=int, help="crop side in pixels")
@@ -85,7 +85,7 @@ def load_recipe(args: argparse.Namespace):
 
 
 #: Options of a training from scratch that a fine-tune takes from its parent or its built-in recipe.
-_NOT_WITH_FROM = ("arch", "targets", "epochs", "optimizer", "scheduler", "patience", "limit_images", "val_max_images",
+_NOT_WITH_FROM = ("arch", "targets", "optimizer", "scheduler", "patience", "limit_images", "val_max_images",
                   "train_diameter", "amp", "workers", "resume")
 
 
@@ -103,7 +103,8 @@ def fine_tune_recipe(args: argparse.Namespace):
     if args.config:
         with open(args.config, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
-    flat = {"parent": args.parent, "data": args.data, "out": args.out, "max_minutes": args.max_minutes, "lr": args.lr,
+    flat = {"parent": args.parent, "data": args.data, "out": args.out, "max_minutes": args.max_minutes, "epochs": args.epochs,
+            "lr": args.lr,
             "crop_size": args.crop_size, "batch_size": args.batch_size, "steps_per_epoch": args.steps_per_epoch,
             "val_fraction": args.val_fraction, "threads": args.threads, "seed": args.seed}
     data.update({k: v for k, v in flat.items() if v is not None})

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from nucleiseg import __version__
+from nucleiseg.bundle import FINE_TUNE_FILE, ModelBundle
 from nucleiseg.config import ModelBundleConfig, load_json
 from nucleiseg.io.atomic import atomic_path
 from nucleiseg.io.images import read_image, write_image
@@ -119,9 +120,12 @@ def fit_test_image(image: np.ndarray, min_size: int, step: int) -> np.ndarray:
 def training_sets(folder: Path) -> list[dict[str, Any]]:
     """The training data of a model folder, from its ``split.json``: DSB 2018 and each extra folder.
 
+    A fine-tuned run names its parent's sets and then the user's images it was fine-tuned on.
     Each entry: ``name``, ``images`` (training images used; None when unknown), ``license``,
     ``citation``, ``doi`` and ``note``.
     """
+    if (folder / FINE_TUNE_FILE).is_file():
+        return _fine_tune_sets(folder)
     split_file = folder / "split.json"
     split = json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
     n_val = len(split.get("val", []))
@@ -135,6 +139,24 @@ def training_sets(folder: Path) -> list[dict[str, Any]]:
         held = len(extra.get("excluded", []))
         sets.append({"name": title, "images": len(extra.get("used", [])), "license": licence, "citation": citation,
                      "doi": doi, "note": f"{held} held-out images never loaded" if held else ""})
+    return sets
+
+
+def _fine_tune_sets(folder: Path) -> list[dict[str, Any]]:
+    """The parent's training sets followed by the fine-tuning images of a fine-tuned run."""
+    record = json.loads((folder / FINE_TUNE_FILE).read_text(encoding="utf-8"))
+    split_file = folder / "split.json"
+    split = json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
+    try:
+        parent = ModelBundle.open(record["parent"]).folder
+    except (FileNotFoundError, ValueError):  # the parent run was moved or deleted
+        parent = None
+    sets = training_sets(parent) if parent is not None else [
+        {"name": f"the training data of `{record.get('parent_name', record['parent'])}`", "images": None, "license": None,
+         "citation": "", "doi": "", "note": "parent model folder not found"}]
+    sets.append({"name": f"fine-tuning images ({Path(str(record['data'])).name}, the user's own)",
+                 "images": len(split["train"]) if "train" in split else None, "license": None, "citation": "", "doi": "",
+                 "note": f"fine-tuned from {record.get('parent_name', record['parent'])}"})
     return sets
 
 
@@ -154,7 +176,7 @@ def _documentation(name: str, config: ModelBundleConfig, card: Path, stride: int
     return f"""# nucleiseg `{name}`: nucleus probabilities for 2-D microscopy images
 
 A U-Net ({config.model.arch}, {json.dumps(config.model.params)}) trained by
-[nucleiseg](https://github.com/) {__version__} on {" and ".join(s["name"].split(" (")[0] for s in sets)}.
+[nucleiseg](https://github.com/) {__version__} on {" and ".join(dict.fromkeys(s["name"].split(" (")[0] for s in sets))}.
 It returns, per pixel, the probability of
 {", ".join(OUTPUT_CHANNELS.get(config.model.out_channels, ["class"]))}.
 
@@ -229,7 +251,6 @@ def build_bioimageio(model: str | Path, out: str | Path, image: str | Path | Non
     from bioimageio.spec import save_bioimageio_package
 
     from nucleiseg.export.runtime import read_metadata
-    from nucleiseg.bundle import ModelBundle
 
     folder = ModelBundle.open(model).folder
     if folder is None:
@@ -317,7 +338,7 @@ def _describe(v: Any, config: ModelBundleConfig, work: Path, onnx_file: Path, te
     cites = [CiteEntry(text=s["citation"], doi=Doi(s["doi"])) for s in sets if s["doi"]]
     licences = {s["license"] for s in sets}
     data = DatasetDescr(
-        name=" + ".join(s["name"].split(" (")[0] for s in sets),
+        name=" + ".join(dict.fromkeys(s["name"].split(" (")[0] for s in sets)),
         description="; ".join(f"{s['name']}: {s['images']} training images" + (f" ({s['note']})" if s["note"] else "")
                               for s in sets),
         authors=[Author(name="Kaggle Data Science Bowl 2018 and Broad Bioimage Benchmark Collection")],

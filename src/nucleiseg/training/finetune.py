@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nucleiseg.bundle import ModelBundle, file_hash
+from nucleiseg.bundle import FINE_TUNE_FILE, ModelBundle, file_hash
 from nucleiseg.config import (
     AugmentConfig,
     LossConfig,
@@ -35,9 +35,6 @@ from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.training.progress import PROGRESS_FILE, ProgressLog
 
 __all__ = ["FINE_TUNE_FILE", "FineTuneConfig", "fine_tune", "fine_tune_recipe", "open_parent"]
-
-#: The record of a fine-tune inside its run folder (parent, data, recipe).
-FINE_TUNE_FILE = "fine_tune.json"
 
 
 @dataclass
@@ -55,6 +52,10 @@ class FineTuneConfig:
     max_minutes : float
         The time budget of the training itself (the main knob); loading, the final weight
         average, threshold tuning and export come on top (seconds to a minute).
+    epochs : int or None
+        A budget of epochs instead of ``max_minutes`` (each ``steps_per_epoch`` batches): the
+        same run whatever else the machine is doing (the learning rate and the weight average
+        follow the epochs instead of the clock).
     lr : float
         Peak learning rate of the time-based cosine schedule (Adam).
     crop_size, batch_size : int
@@ -83,6 +84,7 @@ class FineTuneConfig:
     data: str = ""
     out: str = "runs/fine_tune"
     max_minutes: float = 5.0
+    epochs: int | None = None
     lr: float = 1e-3
     crop_size: int = 192
     batch_size: int = 8
@@ -129,8 +131,8 @@ def fine_tune_recipe(ft: FineTuneConfig, parent: ModelBundle) -> TrainConfig:
     return TrainConfig(
         data=ft.data, out=ft.out, val_fraction=ft.val_fraction, seed=ft.seed, model=cfg.model, targets=cfg.targets,
         normalize=cfg.normalize, augment=augment, loss=loss, postprocess=cfg.postprocess, crop_size=ft.crop_size,
-        batch_size=ft.batch_size, epochs=100000, steps_per_epoch=ft.steps_per_epoch, optimizer="adam", lr=ft.lr,
-        scheduler="cosine", patience=100000, max_minutes=ft.max_minutes, val_max_images=8, threads=ft.threads,
+        batch_size=ft.batch_size, epochs=ft.epochs or 100000, steps_per_epoch=ft.steps_per_epoch, optimizer="adam", lr=ft.lr,
+        scheduler="cosine", patience=100000, max_minutes=None if ft.epochs else ft.max_minutes, val_max_images=8, threads=ft.threads,
         oversample=False, train_diameter=recipe.get("train_diameter"), amp=recipe.get("amp", "auto"),
         init_weights=str(parent.weights), rescale_tolerance=cfg.infer.rescale_tolerance,
         average_from=ft.average_from, average_bn_batches=8,
@@ -239,6 +241,11 @@ def fine_tune(ft: FineTuneConfig, progress: bool = True, device: str | None = No
     return run
 
 
+def budget_text(recipe: dict[str, Any]) -> str:
+    """``"5 min budget"`` or ``"12-epoch budget"`` for a fine-tune recipe (a :class:`FineTuneConfig` as a dict)."""
+    return f"{recipe['epochs']}-epoch budget" if recipe.get("epochs") else f"{recipe['max_minutes']:g} min budget"
+
+
 def model_card(run: Path, record: dict[str, Any], evaluation: dict[str, Any]) -> str:
     """``MODEL_CARD.md`` of a fine-tuned run: parent, data, recipe, time, and the parent-vs-fine-tuned scores."""
     report = json.loads((run / "report.json").read_text(encoding="utf-8"))
@@ -252,7 +259,7 @@ def model_card(run: Path, record: dict[str, Any], evaluation: dict[str, Any]) ->
         "normalisation, targets, inference settings and size model are the parent's.",
         f"- Weights: `weights.safetensors`, SHA-256 `{file_hash(weights)}`.",
         f"- Data: `{record['data']}`, {report['n_train']} training images (`split.json`).",
-        f"- Recipe: {recipe['max_minutes']} min budget, lr {recipe['lr']} (cosine over the budget), crops "
+        f"- Recipe: {budget_text(recipe)}, lr {recipe['lr']} (cosine over the budget), crops "
         f"{recipe['crop_size']} x {recipe['batch_size']}, augmentation `{recipe['augment']}`, weight averaging from "
         f"{recipe['average_from']} of the run; {report['epochs_run']} epochs of {recipe['steps_per_epoch']} steps in "
         f"{report['train_seconds'] / 60:.1f} min on {report['device']} ({report['threads']} threads).",
