@@ -112,8 +112,8 @@ def test_shared_channels_are_rescaled_once_with_the_same_result():
 
 
 def test_split_images_go_to_the_network_in_small_windows_one_at_a_time():
-    """An image inside one tile is one window; a larger one is split into windows of at most SPLIT_TILE."""
-    from nucleiseg.inference.tiling import SPLIT_TILE
+    """A small image inside one tile is one window; a larger one is split into windows of at most SPLIT_TILE."""
+    from nucleiseg.inference.tiling import SPLIT_PIXELS, SPLIT_TILE
 
     calls: list[tuple[int, ...]] = []
 
@@ -121,12 +121,14 @@ def test_split_images_go_to_the_network_in_small_windows_one_at_a_time():
         calls.append(batch.shape)
         return np.full((batch.shape[0], 3, *batch.shape[2:]), 0.5, np.float32)
 
-    predict_tiled(record, np.zeros((3, 1000, 1000), np.float32), tile=1024, batch_size=4, stride=32)
-    assert calls == [(1, 3, 1024, 1024)]  # padded to the stride, no overlap spent
-    calls.clear()
-    out = predict_tiled(record, np.zeros((3, 1448, 1448), np.float32), tile=1024, batch_size=4, stride=32)
-    assert out.shape == (3, 1448, 1448) and np.allclose(out, 0.5)
-    assert len(calls) == 9 and all(b == 1 and max(h, w) <= SPLIT_TILE for b, _, h, w in calls)
+    assert 900 * 900 <= SPLIT_PIXELS < 1000 * 1000
+    predict_tiled(record, np.zeros((3, 900, 900), np.float32), tile=1024, batch_size=4, stride=32)
+    assert calls == [(1, 3, 928, 928)]  # padded to the stride, no overlap spent
+    for side, n in ((1000, 4), (1448, 9)):
+        calls.clear()
+        out = predict_tiled(record, np.zeros((3, side, side), np.float32), tile=1024, batch_size=4, stride=32)
+        assert out.shape == (3, side, side) and np.allclose(out, 0.5)
+        assert len(calls) == n and all(b == 1 and max(h, w) <= SPLIT_TILE for b, _, h, w in calls)
 
 
 def test_postprocess_temporaries():
