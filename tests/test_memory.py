@@ -44,7 +44,7 @@ def test_large_tiles_go_to_the_network_one_at_a_time() -> None:
 
     out = predict_tiled(record, np.zeros((3, 2048, 2048), np.float32), tile=1024, batch_size=4, stride=32)
     assert out.shape == (2, 2048, 2048) and np.allclose(out, 0.5)
-    assert len(calls) == 9 and all(b * h * w <= BATCH_PIXELS for b, _, h, w in calls)
+    assert len(calls) == 16 and all(b == 1 and h * w > BATCH_PIXELS for b, _, h, w in calls)  # 640-pixel windows
     calls.clear()
     predict_tiled(record, np.zeros((3, 512, 512), np.float32), tile=256, batch_size=4, stride=32)
     assert [c[0] for c in calls] == [4, 4, 1]  # small tiles are still batched

@@ -290,6 +290,7 @@ def test_fallback_without_size_model_measures_a_native_pass(make_disks, monkeypa
     import nucleiseg.inference.tiling as tiling
 
     monkeypatch.setattr(tiling, "BATCH_PIXELS", 1 << 40)  # every pass in one call, so calls count passes
+    monkeypatch.setattr(tiling, "SPLIT_TILE", 1 << 20)  # and windows as large as the tile
     for diameter in (5, 18, 200):
         image, truth = disks(make_disks, diameter, n=2)
         net = Counting()

@@ -204,9 +204,11 @@ class Segmenter:
         """Stage 1: the raw image as the network's float32 ``(H, W, C)`` input.
 
         ``intensity`` imposes an image-wide mapping (:func:`~nucleiseg.transforms.normalize.intensity_range`),
-        as the block-wise path does for the tiles of one huge image.
+        as the block-wise path does for the tiles of one huge image. A gray image fed to a
+        colour network comes back as a read-only view whose channels share one plane (4 bytes
+        per pixel, not 12): every stage only reads it.
         """
-        return normalize_image(image, self.config.normalize, intensity)
+        return normalize_image(image, self.config.normalize, intensity, share_channels=True)
 
     def probabilities(self, norm: np.ndarray, infer: InferConfig | None = None) -> np.ndarray:
         """Stage 3: tiled probabilities ``(K, H, W)`` of a normalised image, with the TTA and scales of ``infer``."""
@@ -321,7 +323,7 @@ class Segmenter:
             del found, norm  # free what post-processing does not need
         else:
             del found  # its native probabilities (if any) are of no use at another scale
-            probs = self.probabilities(rescale_image(norm, factor) if factor != 1.0 else norm, infer)
+            probs = self.probabilities(_rescaled(norm, factor), infer)
             del norm
             if factor != 1.0:  # back to the input's size, then post-process with sizes in input pixels
                 probs = resize_probabilities(probs, image.shape[:2])
@@ -369,3 +371,13 @@ class Segmenter:
         factor = self.scale_for(plan.infer.diameter, "given", plan.infer) if plan.infer is not None else 1.0
         return Result(labels, None, plan.diameter, factor, {"blocks": seconds, "total": seconds}, source,
                       getattr(plan, "probe_centre", None))
+
+
+def _rescaled(norm: np.ndarray, factor: float) -> np.ndarray:
+    """``norm`` zoomed by ``factor`` (itself at 1.0); channels sharing one plane are zoomed once and stay shared."""
+    if factor == 1.0:
+        return norm
+    if norm.ndim == 3 and norm.shape[2] > 1 and norm.strides[2] == 0:
+        plane = rescale_image(norm[:, :, :1], factor)
+        return np.broadcast_to(plane, plane.shape[:2] + norm.shape[2:])
+    return rescale_image(norm, factor)

@@ -62,12 +62,25 @@ def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
     out = np.array(labels, copy=True)
     if min_size <= 1 or out.size == 0:
         return out
-    sizes = np.bincount(out.ravel().astype(np.intp, copy=False))
+    sizes = label_sizes(out)
     small = sizes < min_size
     small[0] = False
     if small.any():
         out[small[out]] = 0
     return out
+
+
+def label_sizes(labels: np.ndarray) -> np.ndarray:
+    """Pixels per id of a non-negative integer label image: ``np.bincount(labels.ravel())``.
+
+    Counted in chunks of :data:`CHUNK` pixels: ``np.bincount`` converts its input to intp, an
+    8-byte copy of the whole image otherwise.
+    """
+    flat = labels.ravel()
+    sizes = np.zeros(int(flat.max(initial=0)) + 1, np.intp)
+    for start in range(0, flat.size, CHUNK):
+        sizes += np.bincount(flat[start : start + CHUNK], minlength=sizes.size)
+    return sizes
 
 
 def remove_small_mask(mask: np.ndarray, min_size: int) -> np.ndarray:
@@ -145,13 +158,14 @@ def marker_probability(probs: np.ndarray) -> np.ndarray:
 
 
 def _finish(ws: np.ndarray, mask: np.ndarray, min_size: int) -> np.ndarray:
-    """Give unmarked foreground components their own ids, drop small objects, relabel 1..n."""
+    """Give unmarked foreground components their own ids (in ``ws``, changed in place), drop small objects, relabel 1..n."""
     unmarked = mask & (ws == 0)
     if unmarked.any():
         extra, _ = ndi.label(unmarked)
-        ws = np.where(extra > 0, extra + ws.max(), ws)
-    sizes = np.bincount(ws.ravel().astype(np.intp, copy=False))
-    return _keep_only(ws, sizes >= max(min_size, 1))
+        ws[unmarked] = extra[unmarked] + ws.max()  # in place: ``ws`` is the caller's own, unshared
+        del extra
+    del unmarked
+    return _keep_only(ws, label_sizes(ws) >= max(min_size, 1))
 
 
 def _keep_only(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -163,11 +177,17 @@ def _keep_only(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def _contour_labels(mask: np.ndarray, core: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
-    """Watershed of the core probability from thresholded cores, inside ``mask``."""
+def _contour_labels(mask: np.ndarray, core: np.ndarray, cfg: PostprocessConfig, scratch: bool = False) -> np.ndarray:
+    """Watershed of the core probability from thresholded cores, inside ``mask``.
+
+    With ``scratch`` the relief is ``core`` negated in place (the caller has no further use for it).
+    """
     markers, _ = ndi.label((core > cfg.marker_threshold) & mask)
     markers = remove_small_labels(markers, cfg.min_marker_size)
-    return _finish(watershed_by_component(-core, markers, mask), mask, cfg.min_size)
+    relief = np.negative(core, out=core if scratch else None)
+    ws = watershed_by_component(relief, markers, mask)
+    del markers, relief, core  # freed before the last steps (with ``scratch`` nobody else holds ``core``)
+    return _finish(ws, mask, cfg.min_size)
 
 
 def watershed_by_component(
@@ -201,19 +221,19 @@ def watershed_by_component(
         Labels of ``markers``' dtype (int32 at least), 0 outside the flooded components.
     """
     comps, n = ndi.label(mask) if components is None else components
-    out = np.zeros(markers.shape, np.promote_types(markers.dtype, np.int32))
+    dtype = np.promote_types(markers.dtype, np.int32)
     if n == 0:
-        return out
+        return np.zeros(markers.shape, dtype)
     flat_m, flat_c = markers.ravel(), comps.ravel()
     marked = np.flatnonzero(flat_m)
     stride = np.int64(flat_m.max()) + 1
     pairs = np.unique(flat_c[marked].astype(np.int64) * stride + flat_m[marked])  # (component, marker)
     pair_comp, pair_marker = np.divmod(pairs, stride)
     per_comp = np.bincount(pair_comp, minlength=n + 1)
-    lut = np.zeros(n + 1, out.dtype)
+    lut = np.zeros(n + 1, dtype)
     single = per_comp[pair_comp] == 1
     lut[pair_comp[single]] = pair_marker[single]
-    out[...] = lut[comps]
+    out = lut[comps]  # the single-marker components filled in, the others 0 (no zeroed copy first)
     slices = ndi.find_objects(comps)
     for k in np.flatnonzero(per_comp >= 2):
         box = slices[k - 1]
@@ -313,7 +333,7 @@ def labels_from_parts(
     elif not mask.any():
         return np.zeros(mask.shape, np.int32)
     else:
-        labels = _contour_labels(mask, marker_probability(probs) if core is None else core, cfg)
+        labels = _contour_labels(mask, marker_probability(probs) if core is None else core, cfg, scratch=core is None)
     return drop_unconfident(labels, probs[0], cfg.min_confidence)
 
 

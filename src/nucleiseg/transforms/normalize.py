@@ -112,11 +112,14 @@ def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
     span = float(high - low)
     if span <= _EPS:  # constant (or nearly constant) image: nothing to stretch
         return np.zeros_like(values)
-    out = (values - values.dtype.type(low)) / values.dtype.type(span)
+    out = np.subtract(values, values.dtype.type(low))  # then in place: one temporary, not two
+    out /= values.dtype.type(span)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def normalize_image(image: np.ndarray, cfg: NormalizeConfig, intensity: IntensityRange | None = None) -> np.ndarray:
+def normalize_image(
+    image: np.ndarray, cfg: NormalizeConfig, intensity: IntensityRange | None = None, share_channels: bool = False,
+) -> np.ndarray:
     """Turn a raw microscopy image into the float32 network input.
 
     Steps: drop alpha; optionally average RGB to gray (``cfg.grayscale``); scale intensities of
@@ -135,12 +138,16 @@ def normalize_image(image: np.ndarray, cfg: NormalizeConfig, intensity: Intensit
         Normalisation settings.
     intensity : IntensityRange, optional
         Use this mapping (:func:`intensity_range` of the whole image) instead of the image's own.
+    share_channels : bool
+        Return a gray image replicated to several channels as a read-only view whose channels
+        share one plane (``np.broadcast_to``, 4 bytes per pixel instead of ``4 * channels``);
+        the values are the same. For inference, which only reads its input.
 
     Returns
     -------
     np.ndarray
         float32 ``(H, W, cfg.channels)``, values in 0..1 (mode ``"none"``: integer images divided
-        by their dtype maximum, float images unchanged).
+        by their dtype maximum, float images unchanged); C-contiguous unless ``share_channels``.
     """
     if cfg.mode not in _MODES:
         raise ValueError(f"unknown normalize mode {cfg.mode!r}; expected one of {', '.join(_MODES)}")
@@ -161,6 +168,8 @@ def normalize_image(image: np.ndarray, cfg: NormalizeConfig, intensity: Intensit
         img = np.float32(intensity.low + intensity.high) - img
     n = img.shape[2]
     if n != cfg.channels:
+        if n == 1 and share_channels:
+            return np.broadcast_to(img.astype(np.float32, copy=False), img.shape[:2] + (cfg.channels,))
         if n == 1:
             img = np.repeat(img, cfg.channels, axis=2)
         elif cfg.channels == 1:
