@@ -139,17 +139,21 @@ def test_fine_tuned_run_is_a_model_for_segment(tmp_path, make_disks):
 def test_fine_tune_accurate_then_fine_tune_the_run(tmp_path, make_disks):
     """``--from accurate`` (the ensemble, trained as one model) gives a run; ``--from`` that run fine-tunes it again."""
     data = write_layout(tmp_path / "data", "cellpose", make_disks)
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text("export: false\n")
     first, second = tmp_path / "acc", tmp_path / "acc2"
-    assert cli_main(["train", "--from", "accurate", "--data", str(data), "--out", str(first), *TINY]) == 0
+    assert cli_main(["train", "--from", "accurate", "--data", str(data), "--out", str(first), "--config", str(recipe), *TINY]) == 0
     from nucleiseg.bundle import ModelBundle
 
     assert ModelBundle.open(first).config.model == ModelBundle.open("accurate").config.model
-    assert cli_main(["train", "--from", str(first), "--data", str(data), "--out", str(second), "--epochs", "1", *TINY]) == 0
+    args = ["train", "--from", str(first), "--data", str(data), "--out", str(second), "--config", str(recipe), "--epochs", "1", *TINY]
+    assert cli_main(args) == 0
     record = json.loads((second / "fine_tune.json").read_text())
     assert record["parent"] == str(first) and record["recipe"]["epochs"] == 1
     assert "1-epoch budget" in (second / "MODEL_CARD.md").read_text()
     assert [e["epoch"] for e in read_progress(second / "progress.jsonl") if e["event"] == "epoch"] == [1]
-    assert cli_main(["segment", str(data / "img1.tif"), "--model", str(second), "--out", str(tmp_path / "seg"), "--quiet"]) == 0
+    seg = ["segment", str(data / "img1.tif"), "--model", str(second), "--backend", "torch", "--out", str(tmp_path / "seg"), "--quiet"]
+    assert cli_main(seg) == 0
     assert tifffile.imread(tmp_path / "seg" / "img1_masks.tif").shape == (96, 96)
 
 
