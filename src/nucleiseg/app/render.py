@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import re
 import tempfile
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import HTTPException
+from fastapi.responses import StreamingResponse
 from PIL import Image
 from skimage.measure import label as connected_components
 
@@ -36,8 +36,9 @@ from nucleiseg.io.labels import InputItem
 from nucleiseg.io.layout import RUN_RECORD, OutputOptions
 from nucleiseg.io.stacks import Planes, read_planes
 from nucleiseg.io.units import Diameter
-from nucleiseg.io.outputs import difference_overlay, measure, overlay_outlines
+from nucleiseg.io.outputs import difference_overlay, overlay_outlines
 from nucleiseg.metrics import match_labels, pixel_metrics
+from nucleiseg.app.answer import answer, clean_number, render_answer
 from nucleiseg.app.limits import api_error, scrub
 from nucleiseg.app.uploads import member_path
 
@@ -207,58 +208,50 @@ def _merge_zip(upload: Upload, folder: Path, shape: tuple[int, int]) -> np.ndarr
     return labels
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe number: numpy scalars to Python, NaN/inf to None, floats rounded to 4 places."""
-    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return round(value, 4) if math.isfinite(value) else None
-    return value
-
-
 def _run(segmenter: Segmenter, planes: Planes, options: Options) -> tuple[Result, dict[str, Any]]:
     infer, post = options.configs(segmenter, planes.pixel_size.um)
     result = segmenter.segment(planes.image, infer, post, keep_probabilities=False)
     return result, segmenter.describe(infer, post)
 
 
-def segment_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: int) -> dict[str, Any]:
-    """Decode, segment and render one upload into the ``/api/segment`` JSON payload."""
-    t0 = time.perf_counter()
-    planes = decode_image(upload, max_pixels, options=options)
+def _segment_fields(name: str, planes: Planes, result: Result, described: dict[str, Any]) -> dict[str, Any]:
+    """The small members of the ``/api/segment`` answer."""
     image = planes.image
-    t_decode = time.perf_counter() - t0
-    result, described = _run(segmenter, planes, options)
-    t1 = time.perf_counter()
-    labels = result.labels
-    rgb = to_uint8_rgb(image)
-    table = measure(labels, image, planes.pixel_size.um)
-    top = int(labels.max()) if labels.size else 0
-    payload: dict[str, Any] = {
-        "name": upload.name,
+    return {
+        "name": name,
         "count": result.count,
         "width": int(image.shape[1]),
         "height": int(image.shape[0]),
         "channels": 1 if image.ndim == 2 else int(image.shape[2]),
         "dtype": str(image.dtype),
-        "diameter": _clean(result.diameter),
+        "diameter": clean_number(result.diameter),
         "diameter_source": result.diameter_source,
-        "scale": _clean(result.scale),
+        "scale": clean_number(result.scale),
         **planes.pixel_size.record(),
         "model": described["model"],
         "model_hash": described["model_hash"],
         "settings": {"infer": described["infer"], "postprocess": described["postprocess"]},
-        "measurements": [{k: _clean(v) for k, v in row.items()} for row in table.to_dict(orient="records")],
-        "measurements_csv": table.to_csv(index=False),
-        "image_png": png_base64(rgb),
-        "overlay_png": png_base64(overlay_outlines(rgb, labels)),
-        "labels_png": png_base64(labels.astype(np.uint16)) if top <= 65535 else None,
     }
+
+
+def segment_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: int) -> StreamingResponse:
+    """Decode, segment and render one upload into the ``/api/segment`` JSON answer.
+
+    The image and labels are dropped once the answer's PNGs exist; the answer is sent in
+    pieces (:class:`nucleiseg.app.answer.JsonAnswer`).
+    """
+    t0 = time.perf_counter()
+    planes = decode_image(upload, max_pixels, options=options)
+    t_decode = time.perf_counter() - t0
+    result, described = _run(segmenter, planes, options)
+    t1 = time.perf_counter()
+    fields = _segment_fields(upload.name, planes, result, described)
+    rendered = render_answer(planes.image, result.labels, planes.pixel_size.um)
     timings = {k: round(float(v), 4) for k, v in result.timings.items()}
-    timings.update(decode=round(t_decode, 4), render=round(time.perf_counter() - t1, 4), total_server=round(time.perf_counter() - t0, 4))
-    payload["timings"] = timings
-    return payload
+    del planes, result  # the image and its labels are not needed to send the answer
+    t_end = time.perf_counter()
+    fields["timings"] = timings | {"decode": round(t_decode, 4), "render": round(t_end - t1, 4), "total_server": round(t_end - t0, 4)}
+    return answer(fields, rendered).response()
 
 
 def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: int) -> bytes:
@@ -278,9 +271,9 @@ def zip_job(segmenter: Segmenter, upload: Upload, options: Options, max_pixels: 
         "versions": versions(),
         "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0]), "dtype": str(image.dtype)},
         "count": result.count,
-        "diameter": _clean(result.diameter),
+        "diameter": clean_number(result.diameter),
         "diameter_source": result.diameter_source,
-        "scale": _clean(result.scale),
+        "scale": clean_number(result.scale),
         **planes.pixel_size.record(),
         "timings": {k: round(float(v), 4) for k, v in result.timings.items()} | {"total_server": round(time.perf_counter() - t0, 4)},
     }
@@ -333,7 +326,7 @@ def evaluate_job(
     match = match_labels(true, pred)
     pixels = pixel_metrics(true, pred)
     per_threshold = [
-        {"threshold": _clean(t), "tp": int(tp), "fp": int(fp), "fn": int(fn), "score": _clean(s)}
+        {"threshold": clean_number(t), "tp": int(tp), "fp": int(fp), "fn": int(fn), "score": clean_number(s)}
         for t, tp, fp, fn, s in zip(match.thresholds, match.tp, match.fp, match.fn, match.score, strict=True)
     ]
     return {
@@ -346,18 +339,18 @@ def evaluate_job(
         "n_true": match.n_true,
         "n_pred": match.n_pred,
         "count": result.count,
-        "competition_score": _clean(match.competition_score),
-        "ap50": _clean(match.ap50),
-        "f1": _clean(match.f1_50),
-        "precision": _clean(match.precision50),
-        "recall": _clean(match.recall50),
-        "pq": _clean(match.panoptic_quality),
-        "mean_matched_iou": _clean(match.mean_matched_iou),
+        "competition_score": clean_number(match.competition_score),
+        "ap50": clean_number(match.ap50),
+        "f1": clean_number(match.f1_50),
+        "precision": clean_number(match.precision50),
+        "recall": clean_number(match.recall50),
+        "pq": clean_number(match.panoptic_quality),
+        "mean_matched_iou": clean_number(match.mean_matched_iou),
         "tp": match.tp50,
         "fp": match.fp50,
         "fn": match.fn50,
         "per_threshold": per_threshold,
-        "pixel": {k: _clean(v) for k, v in pixels.items()},
+        "pixel": {k: clean_number(v) for k, v in pixels.items()},
         "diff_png": png_base64(difference_overlay(image, true, pred, legend=False)),  # the page has a legend
         "overlay_png": png_base64(overlay_outlines(to_uint8_rgb(image), pred)),
         "timings": {"total_server": round(time.perf_counter() - t0, 4)},

@@ -18,8 +18,8 @@ Endpoints
     ``scale`` the zoom the image was segmented at, ``timings.estimate`` the seconds the size
     estimate took, ``pixel_size_um``/``pixel_size_source`` the pixel size and where it came from
     (``metadata``, ``option`` or ``none``; with one, the measurements gain µm columns). The
-    three images are base64-encoded PNGs: the image scaled to 8-bit RGB for display, the
-    outlines drawn on it, and the labels as a 16-bit gray PNG whose pixel values are the nucleus ids 1..count (``null`` beyond 65,535 nuclei: use
+    three images are base64-encoded PNGs: the image scaled to 8 bits for display (gray stays
+    gray), the outlines drawn on it in RGB, and the labels as a 16-bit gray PNG whose pixel values are the nucleus ids 1..count (``null`` beyond 65,535 nuclei: use
     the ZIP). With ``?format=zip`` the answer is a ZIP holding ``<name>_masks.tif``,
     ``<name>_overlay.png``, ``<name>_measurements.csv``, ``<name>.geojson`` (QuPath detections)
     and ``run.json``; a time/z stack (JSON mode answers 422 for it) gives the label stack

@@ -20,7 +20,9 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
-__all__ = ["MEASUREMENT_COLUMNS", "PHYSICAL_COLUMNS", "add_physical_columns", "measure", "measure_regionprops"]
+__all__ = [
+    "MEASUREMENT_COLUMNS", "PHYSICAL_COLUMNS", "add_physical_columns", "measure", "measure_in_bands", "measure_regionprops",
+]
 
 #: Columns of :func:`measure` (the last two only when an image is given).
 MEASUREMENT_COLUMNS = (
@@ -193,7 +195,9 @@ def add_physical_columns(table: pd.DataFrame, pixel_size: float | None) -> pd.Da
     return table
 
 
-def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: float | None = None) -> pd.DataFrame:
+def measure(
+    labels: np.ndarray, image: np.ndarray | None = None, pixel_size: float | None = None, *, row_offset: int = 0
+) -> pd.DataFrame:
     """Per-nucleus measurements, identical to ``regionprops_table`` but vectorised.
 
     Parameters
@@ -204,6 +208,9 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: flo
         Gray or RGB image in its original units; intensities are measured on the channel mean.
     pixel_size : float, optional
         µm per pixel: adds :data:`PHYSICAL_COLUMNS` (:func:`add_physical_columns`).
+    row_offset : int
+        The labels are rows ``row_offset..`` of a larger image: added to the row coordinates
+        (``centroid_y``, ``bbox_min_y``, ``bbox_max_y``), as :func:`measure_in_bands` needs.
 
     Returns
     -------
@@ -247,8 +254,9 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: flo
     by_label = np.argsort(key, kind="stable")  # by label, then row; columns stay ascending
     convex = _convex_areas(key, by_label, cols, labels.shape[0], ids, bbox)
     table = {
-        "label": ids.astype(np.int64), "area": area, "centroid_y": mean_r + bbox[:, 0], "centroid_x": mean_c + bbox[:, 1],
-        "bbox_min_y": bbox[:, 0], "bbox_min_x": bbox[:, 1], "bbox_max_y": bbox[:, 2], "bbox_max_x": bbox[:, 3],
+        "label": ids.astype(np.int64), "area": area, "centroid_y": mean_r + (bbox[:, 0] + row_offset),
+        "centroid_x": mean_c + bbox[:, 1], "bbox_min_y": bbox[:, 0] + row_offset, "bbox_min_x": bbox[:, 1],
+        "bbox_max_y": bbox[:, 2] + row_offset, "bbox_max_x": bbox[:, 3],
         "perimeter": _perimeters(labels, fg, n)[ids], "eccentricity": eccentricity, "solidity": area / convex,
     }
     if intensity is not None:
@@ -257,3 +265,41 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: flo
         first = np.flatnonzero(np.r_[True, np.diff(lab[by_label]) != 0])
         table["max_intensity"] = np.maximum.reduceat(values[by_label], first)
     return add_physical_columns(pd.DataFrame(table)[columns], pixel_size)
+
+
+def measure_in_bands(
+    labels: np.ndarray, image: np.ndarray | None = None, pixel_size: float | None = None, band_pixels: int = 1 << 16
+) -> pd.DataFrame:
+    """:func:`measure`, computed on row bands of about ``band_pixels`` pixels: the same table.
+
+    :func:`measure` makes several arrays per foreground pixel (about 60 bytes per pixel of a
+    dense image). Here the nuclei are taken in groups by their first row; each group is
+    measured on the rows from its first nucleus's top to its last nucleus's bottom with the
+    other nuclei blanked, so the temporaries are those of one band (a nucleus as tall as the
+    image makes its band the whole image).
+    """
+    labels, _ = _check(labels, None)
+    height, width = labels.shape
+    if image is not None and (np.ndim(image) not in (2, 3) or np.shape(image)[:2] != labels.shape):
+        raise ValueError(f"image shape {np.shape(image)} does not match labels shape {labels.shape}")
+    if labels.size <= band_pixels or not labels.any():
+        return measure(labels, image, pixel_size)
+    present = [(k + 1, s[0].start, s[0].stop) for k, s in enumerate(ndi.find_objects(labels)) if s is not None]
+    ids, tops, bottoms = (np.array(v, np.int64) for v in zip(*present, strict=True))
+    del present
+    first_row = np.full(int(ids[-1]) + 1, -1, np.int64)  # label -> its top row (-1: background, absent)
+    first_row[ids] = tops
+    parts = []
+    step = max(1, band_pixels // max(width, 1))
+    for top in range(0, height, step):
+        group = (tops >= top) & (tops < top + step)
+        if not group.any():
+            continue
+        stop = int(bottoms[group].max())
+        rows = labels[top:stop]
+        starts = first_row[rows]
+        mine = np.where((starts >= top) & (starts < top + step), rows, 0)
+        del starts
+        parts.append(measure(mine, None if image is None else image[top:stop], row_offset=top))
+    table = pd.concat(parts, ignore_index=True).sort_values("label", kind="stable").reset_index(drop=True)
+    return add_physical_columns(table, pixel_size)

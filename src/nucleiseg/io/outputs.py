@@ -20,11 +20,15 @@ __all__ = [
     "DIFF_COLOURS",
     "MEASUREMENT_COLUMNS",
     "difference_overlay",
+    "draw_outlines",
+    "inner_edges",
     "label_colours",
     "label_rois",
     "legend_strip",
     "measure",
     "measure_regionprops",
+    "outline_palette",
+    "outline_rows",
     "overlay_outlines",
     "write_measurements",
     "write_rois",
@@ -48,6 +52,69 @@ def label_colours(ids: np.ndarray) -> np.ndarray:
     return (hsv2rgb(hsv.reshape(-1, 1, 3)).reshape(-1, 3) * 255 + 0.5).astype(np.uint8)
 
 
+#: Raw bytes of label rows handled at once while drawing outlines (bounded temporaries).
+_OUTLINE_BAND_BYTES = 1 << 20
+
+
+def outline_rows(labels: np.ndarray) -> int:
+    """Rows per band for :func:`draw_outlines` on ``labels`` (at least one)."""
+    return max(1, _OUTLINE_BAND_BYTES // max(labels.shape[1] * labels.itemsize, 1))
+
+
+def inner_edges(labels: np.ndarray, top: int, stop: int) -> np.ndarray:
+    """Rows ``top:stop`` of the inner outlines of the nuclei, as a ``bool`` array.
+
+    The same pixels as ``find_boundaries(labels, mode="inner") & (labels > 0)`` (a nucleus pixel
+    with a 4-neighbour of another value; the image border is no outline), computed from those
+    rows and one row on each side, so its temporaries are the size of the band.
+    """
+    rows = labels[top:stop]
+    edges = np.zeros(rows.shape, bool)
+    step = rows[:, 1:] != rows[:, :-1]
+    edges[:, 1:] |= step
+    edges[:, :-1] |= step
+    step = rows[1:] != rows[:-1]
+    edges[1:] |= step
+    edges[:-1] |= step
+    del step
+    if top > 0:
+        edges[0] |= rows[0] != labels[top - 1]
+    if stop < labels.shape[0]:
+        edges[-1] |= rows[-1] != labels[stop]
+    edges &= rows > 0
+    return edges
+
+
+def outline_palette(labels: np.ndarray, color: Sequence[int] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The outline colours of :func:`overlay_outlines`: ``(ids, colours)``.
+
+    ``ids`` are the labels that have an outline pixel (ascending) and ``colours`` their
+    ``uint8`` RGB colours (:func:`label_colours` of their rank); with ``color``, ``ids`` is None
+    and ``colours`` that one colour. Computed band by band.
+    """
+    if color is not None:
+        if len(color) != 3:
+            raise ValueError(f"color must be (r, g, b), got {color!r}")
+        return None, np.clip(np.asarray(color), 0, 255).astype(np.uint8)[None]
+    found = []
+    step = outline_rows(labels)
+    for top in range(0, labels.shape[0], step):
+        rows = labels[top : top + step]
+        found.append(np.unique(rows[inner_edges(labels, top, top + rows.shape[0])]))
+    ids = np.unique(np.concatenate(found)) if found else np.zeros(0, labels.dtype)
+    return ids, label_colours(np.arange(1, ids.size + 1))
+
+
+def draw_outlines(out: np.ndarray, labels: np.ndarray, top: int, palette: tuple[np.ndarray | None, np.ndarray]) -> None:
+    """Draw the outlines of label rows ``top:top + len(out)`` on ``out`` (``uint8`` RGB rows), in place."""
+    edges = inner_edges(labels, top, top + out.shape[0])
+    ids, colours = palette
+    if ids is None:
+        out[edges] = colours[0]
+    else:
+        out[edges] = colours[np.searchsorted(ids, labels[top : top + out.shape[0]][edges])]
+
+
 def overlay_outlines(
     image: np.ndarray, labels: np.ndarray, color: Sequence[int] | None = None
 ) -> np.ndarray:
@@ -65,18 +132,14 @@ def overlay_outlines(
     Returns
     -------
     numpy.ndarray
-        ``(H, W, 3)`` ``uint8``.
+        ``(H, W, 3)`` ``uint8``. The outlines are found band by band (:func:`inner_edges`).
     """
     out = to_uint8_rgb(image).copy()
     labels = _check_labels(labels, out.shape)
-    edges = find_boundaries(labels, mode="inner") & (labels > 0)
-    if color is not None:
-        if len(color) != 3:
-            raise ValueError(f"color must be (r, g, b), got {color!r}")
-        out[edges] = np.clip(np.asarray(color), 0, 255).astype(np.uint8)
-        return out
-    ids, inverse = np.unique(labels[edges], return_inverse=True)
-    out[edges] = label_colours(np.arange(1, ids.size + 1))[inverse]
+    palette = outline_palette(labels, color)
+    step = outline_rows(labels)
+    for top in range(0, labels.shape[0], step):
+        draw_outlines(out[top : top + step], labels, top, palette)
     return out
 
 
