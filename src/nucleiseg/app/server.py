@@ -52,7 +52,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -216,6 +216,24 @@ def create_app(
     holder = ModelHolder(settings.model, settings.device, segmenter)
     gate = RequestGate(settings.max_concurrency, settings.max_queue)
     state = _app_state(settings, holder)
+    app = FastAPI(
+        title="nucleiseg", version=__version__, lifespan=_lifespan(settings, holder, state),
+        docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",  # FastAPI's docs pages load a CDN
+    )
+    app.state.settings, app.state.gate, app.state.models, app.state.app = settings, gate, holder, state
+    one_file = settings.max_upload_bytes + MULTIPART_SLACK
+    limits = {"/api/evaluate": 2 * settings.max_upload_bytes + MULTIPART_SLACK, "/api/datasets": settings.max_dataset_bytes + MULTIPART_SLACK}
+    app.add_middleware(BodySizeLimit, limits=limits, default=one_file, per_file=settings.max_upload_bytes)
+    _install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(build_router(state))
+    _add_info_routes(app, settings, holder, gate, state)
+    _add_image_routes(app, settings, _job_runner(settings, gate, state))
+    return app
+
+
+def _lifespan(settings: AppSettings, holder: ModelHolder, state: AppState) -> Any:
+    """Load the model at startup (in a worker thread); on shutdown stop the jobs and remove temporary folders."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -228,25 +246,17 @@ def create_app(
             if settings.runs is None:
                 shutil.rmtree(state.runs_root, ignore_errors=True)
 
-    app = FastAPI(
-        title="nucleiseg", version=__version__, lifespan=lifespan,
-        docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",  # FastAPI's docs pages load a CDN
-    )
-    app.state.settings, app.state.gate, app.state.models, app.state.app = settings, gate, holder, state
-    one_file = settings.max_upload_bytes + MULTIPART_SLACK
-    limits = {"/api/evaluate": 2 * settings.max_upload_bytes + MULTIPART_SLACK, "/api/datasets": settings.max_dataset_bytes + MULTIPART_SLACK}
-    app.add_middleware(BodySizeLimit, limits=limits, default=one_file, per_file=settings.max_upload_bytes)
-    _install_error_handlers(app)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(build_router(state))
+    return lifespan
+
+
+def _job_runner(settings: AppSettings, gate: RequestGate, state: AppState) -> Callable[..., Awaitable[Any]]:
+    """``process(job, *args, model=None)``: admit the request (503 when full) and run ``job(segmenter, *args)`` in a worker.
+
+    Freed memory goes back to the OS after every job (a large image must not leave the server
+    holding gigabytes; see :mod:`nucleiseg.heap`).
+    """
 
     async def process(job: Any, *args: Any, model: str | None = None) -> Any:
-        """Admit the request (503 when full) and run ``job(segmenter, *args)`` in a worker.
-
-        Freed memory goes back to the OS after every job (a large image must not leave the
-        server holding gigabytes; see :mod:`nucleiseg.heap`).
-        """
-
         def run() -> Any:
             try:
                 return job(state.models.get(model), *args, settings.max_pixels)
@@ -258,6 +268,12 @@ def create_app(
             return await gate.run(run)
         finally:
             gate.release()
+
+    return process
+
+
+def _add_info_routes(app: FastAPI, settings: AppSettings, holder: ModelHolder, gate: RequestGate, state: AppState) -> None:
+    """``GET /``, ``/api/health`` and ``/api/models``."""
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -290,6 +306,10 @@ def create_app(
             "available": await anyio.to_thread.run_sync(state.models.names),
             "runs": await anyio.to_thread.run_sync(list_runs, state.runs_root),
         }
+
+
+def _add_image_routes(app: FastAPI, settings: AppSettings, process: Callable[..., Awaitable[Any]]) -> None:
+    """``POST /api/segment`` and ``POST /api/evaluate``."""
 
     @app.post("/api/segment", response_model=None)
     async def segment(
@@ -341,8 +361,6 @@ def create_app(
         truth = Upload(_upload_name(truth_file, field), truth_data, truth_kind)
         options = Options(tta, threshold, min_size, _diameter(diameter), parse_channel(channel), axes, min_confidence, pixel_size)
         return await process(evaluate_job, upload, truth, options, model=model)
-
-    return app
 
 
 def _app_state(settings: AppSettings, holder: ModelHolder) -> AppState:
