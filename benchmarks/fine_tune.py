@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(args.work) / key.replace(":", "_") / "run"
         if "steps" not in cell and run.is_dir():
             cell["steps"] = training_steps(run)
-    result["machine"] = (f"{os.cpu_count()} CPU cores, other work on the machine at nice 19 (load average recorded per cell), "
+    result["machine"] = (f"{os.cpu_count()} CPU cores shared with other work (load average recorded per cell), "
                          f"torch threads {args.threads}")
     for key in [k.strip() for k in args.cells.split(",") if k.strip()]:
         if key in result["cells"]:
