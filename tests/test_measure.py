@@ -70,3 +70,26 @@ def test_real_ground_truth(name: str) -> None:
     labels = tifffile.imread(EXAMPLES / f"{name}_masks.tif")
     image = read_image(EXAMPLES / f"{name}.png")
     _assert_same(measure(labels, image), measure_regionprops(labels, image))
+
+
+@pytest.mark.parametrize("nuclei", [False, True])
+def test_measure_takes_no_float_copy_of_the_image(nuclei: bool) -> None:
+    """Intensities are read at the nuclei's pixels only: no whole-image float64 copy (8 bytes per pixel),
+    also when there is no nucleus at all (the web app's answer for an empty image used to take it)."""
+    import tracemalloc
+
+    image = np.full((2000, 2000), 7, np.uint8)
+    labels = np.zeros(image.shape, np.int32)
+    if nuclei:
+        labels[100:110, 100:110], labels[500:520, 900:930] = 1, 2
+    tracemalloc.start()
+    try:
+        table = measure(labels, image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the float64 copy alone was 8 bytes per pixel (13 in all with two nuclei, 8 with none)
+    assert peak < (7 if nuclei else 1) * image.size
+    assert len(table) == (2 if nuclei else 0)
+    if nuclei:
+        assert table["mean_intensity"].tolist() == [7.0, 7.0] and table["max_intensity"].tolist() == [7.0, 7.0]

@@ -55,13 +55,21 @@ def _check(labels: np.ndarray, image: np.ndarray | None) -> tuple[np.ndarray, np
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise ValueError("labels must be non-negative")
     labels = labels.astype(np.int64) if labels.dtype == bool else labels
-    intensity = None
     if image is not None:
         image = np.asarray(image)
         if image.shape[:2] != labels.shape or image.ndim not in (2, 3):
             raise ValueError(f"image shape {image.shape} does not match labels shape {labels.shape}")
-        intensity = image.astype(np.float64).mean(axis=2) if image.ndim == 3 else image.astype(np.float64)
-    return labels, intensity
+    return labels, image
+
+
+def _intensity(image: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+    """float64 intensities (the channel mean of an RGB image): of every pixel, or of the flat indices ``pixels``.
+
+    Taking only the pixels asked for keeps a whole-image float64 copy (8 bytes per pixel) out of memory.
+    """
+    flat = image.reshape(image.shape[0] * image.shape[1], -1)
+    values = flat if pixels is None else flat[pixels]
+    return values.astype(np.float64).mean(axis=1)
 
 
 def _empty(columns: list[str]) -> pd.DataFrame:
@@ -73,7 +81,8 @@ def measure_regionprops(labels: np.ndarray, image: np.ndarray | None = None) -> 
 
     Same parameters and result as :func:`measure`.
     """
-    labels, intensity = _check(labels, image)
+    labels, image = _check(labels, image)
+    intensity = None if image is None else _intensity(image).reshape(labels.shape)
     columns = list(MEASUREMENT_COLUMNS if image is not None else MEASUREMENT_COLUMNS[:-2])
     if not labels.any():
         return _empty(columns)
@@ -220,7 +229,7 @@ def measure(
         perimeters are in pixels; bbox max values are exclusive; eccentricity and solidity follow
         scikit-image's definitions.
     """
-    labels, intensity = _check(labels, image)
+    labels, image = _check(labels, image)
     columns = list(MEASUREMENT_COLUMNS if image is not None else MEASUREMENT_COLUMNS[:-2])
     if not labels.any():
         return add_physical_columns(_empty(columns), pixel_size)
@@ -259,8 +268,8 @@ def measure(
         "bbox_max_y": bbox[:, 2] + row_offset, "bbox_max_x": bbox[:, 3],
         "perimeter": _perimeters(labels, fg, n)[ids], "eccentricity": eccentricity, "solidity": area / convex,
     }
-    if intensity is not None:
-        values = intensity.ravel()[fg]
+    if image is not None:
+        values = _intensity(image, fg)
         table["mean_intensity"] = total(values) / area
         first = np.flatnonzero(np.r_[True, np.diff(lab[by_label]) != 0])
         table["max_intensity"] = np.maximum.reduceat(values[by_label], first)
