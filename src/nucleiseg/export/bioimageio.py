@@ -117,6 +117,12 @@ def fit_test_image(image: np.ndarray, min_size: int, step: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def _split(folder: Path) -> dict[str, Any]:
+    """The run's ``split.json`` (empty when the folder has none)."""
+    split_file = folder / "split.json"
+    return json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
+
+
 def training_sets(folder: Path) -> list[dict[str, Any]]:
     """The training data of a model folder, from its ``split.json``: DSB 2018 and each extra folder.
 
@@ -126,8 +132,7 @@ def training_sets(folder: Path) -> list[dict[str, Any]]:
     """
     if (folder / FINE_TUNE_FILE).is_file():
         return _fine_tune_sets(folder)
-    split_file = folder / "split.json"
-    split = json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
+    split = _split(folder)
     n_val = len(split.get("val", []))
     sets = [{"name": "Data Science Bowl 2018 stage 1 training images (fluorescence, brightfield, H&E tissue)",
              "images": len(split["train"]) if "train" in split else None, "license": "CC0-1.0",
@@ -145,18 +150,17 @@ def training_sets(folder: Path) -> list[dict[str, Any]]:
 def _fine_tune_sets(folder: Path) -> list[dict[str, Any]]:
     """The parent's training sets followed by the fine-tuning images of a fine-tuned run."""
     record = json.loads((folder / FINE_TUNE_FILE).read_text(encoding="utf-8"))
-    split_file = folder / "split.json"
-    split = json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
+    split, parent_name = _split(folder), record.get("parent_name", record["parent"])
     try:
         parent = ModelBundle.open(record["parent"]).folder
     except (FileNotFoundError, ValueError):  # the parent run was moved or deleted
         parent = None
     sets = training_sets(parent) if parent is not None else [
-        {"name": f"the training data of `{record.get('parent_name', record['parent'])}`", "images": None, "license": None,
+        {"name": f"the training data of `{parent_name}`", "images": None, "license": None,
          "citation": "", "doi": "", "note": "parent model folder not found"}]
     sets.append({"name": f"fine-tuning images ({Path(str(record['data'])).name}, the user's own)",
                  "images": len(split["train"]) if "train" in split else None, "license": None, "citation": "", "doi": "",
-                 "note": f"fine-tuned from {record.get('parent_name', record['parent'])}"})
+                 "note": f"fine-tuned from {parent_name}"})
     return sets
 
 
