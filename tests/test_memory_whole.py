@@ -151,3 +151,36 @@ def test_postprocess_temporaries():
         tracemalloc.stop()
     assert labels.max() > 1000
     assert (peak - start) / fg.size < 24
+
+
+def test_counting_and_measuring_labels_take_no_eight_byte_copy():
+    """``Result.count``, ``estimate_diameter`` and ``drop_unconfident`` on a whole int32 label image.
+
+    ``np.bincount`` converts its input to intp: on the whole image that was an 8-byte copy per
+    pixel (512 MB at 64 Mpx; the web app's peak for a large upload came from ``count``).
+    """
+    from nucleiseg.inference.segmenter import Result
+    from nucleiseg.postprocess.watershed import drop_unconfident, estimate_diameter
+
+    side = 4096  # 16.8 Mpx: the chunk's 8 MB of intp is 0.5 bytes per pixel
+    labels = np.zeros((side, side), np.int32)
+    labels[::8, ::8] = np.arange(1, (side // 8) ** 2 + 1, dtype=np.int32).reshape(side // 8, side // 8)
+    labels[8, 8] = 0  # ids need not all be used
+    fg = np.full(labels.shape, 0.7, np.float32)
+    fg[labels == 7] = 0.1
+
+    def traced(step):
+        tracemalloc.start()
+        try:
+            value = step()
+            return value, tracemalloc.get_traced_memory()[1] / labels.size
+        finally:
+            tracemalloc.stop()
+
+    count, per_px = traced(lambda: Result(labels, None, None, 1.0).count)
+    assert count == (side // 8) ** 2 - 1 and per_px < 1.5
+    diameter, per_px = traced(lambda: estimate_diameter(labels))
+    assert diameter == pytest.approx(2 / np.sqrt(np.pi)) and per_px < 1.5
+    kept, per_px = traced(lambda: drop_unconfident(labels, fg, 0.5))
+    assert int(kept.max()) == count - 1 and not kept[labels == 7].any()
+    assert per_px < 4 + 1.5  # its output, int32, and the chunked counts

@@ -17,7 +17,7 @@ from nucleiseg.inference.scale import rescale_image, resize_probabilities, scale
 from nucleiseg.inference.size import SizeModel, estimate_size, objects_seen
 from nucleiseg.inference.tiling import predict_tiled
 from nucleiseg.inference.tta import multiscale_predictor, tta_predictor
-from nucleiseg.postprocess.watershed import estimate_diameter, probabilities_to_labels
+from nucleiseg.postprocess.watershed import estimate_diameter, label_sizes, probabilities_to_labels
 from nucleiseg.transforms.normalize import IntensityRange, normalize_image
 
 __all__ = ["BACKENDS", "CLASSICAL", "Result", "Segmenter", "SizeFinding"]
@@ -61,10 +61,14 @@ class Result:
 
     @property
     def count(self) -> int:
-        """Number of nuclei found (distinct labels other than 0; counted in linear time, labels are >= 0)."""
+        """Number of nuclei found (distinct labels other than 0; counted in linear time, labels are >= 0).
+
+        Counted in chunks (:func:`~nucleiseg.postprocess.watershed.label_sizes`): a whole-image
+        ``np.bincount`` would copy the labels to 8 bytes per pixel.
+        """
         if self.labels.size == 0:
             return 0
-        return int(np.count_nonzero(np.bincount(self.labels.ravel())[1:]))
+        return int(np.count_nonzero(label_sizes(self.labels)[1:]))
 
 
 class SizeFinding(NamedTuple):
