@@ -116,7 +116,6 @@ def test_padding_the_input_channels_changes_nothing_but_the_first_convolution(ti
 def test_padding_reaches_every_convolution_that_reads_the_input(tmp_path: Path) -> None:
     """An ensemble's members each read the image: one Pad feeds them all, the output is unchanged."""
     import onnx
-    import torch
 
     from nucleiseg.config import ModelBundleConfig, ModelConfig, save_json
     from nucleiseg.models import create_model

@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from nucleiseg import __version__
-from nucleiseg.config import ModelBundleConfig, PostprocessConfig, load_json, to_dict
+from nucleiseg.config import ModelBundleConfig, to_dict
 from nucleiseg.export.quantize import INT8_MODES, calibration_crops, calibration_images, convert_fp16, quantize_int8
 from nucleiseg.export.runtime import META, ONNX_FILES, onnx_predictor
 from nucleiseg.io.atomic import atomic_path
