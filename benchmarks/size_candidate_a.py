@@ -42,8 +42,9 @@ from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.size import ZOOMS, SizeModel, design, estimate_size
 from nucleiseg.inference.size_calibration import estimate_summary
-from nucleiseg.inference.size_fit import (
-    CHECK_ZOOMS, bbbc039_images, collect, dsb_images, fit_mlp, probe_function, random_zooms, training_samples,
+from nucleiseg.inference.size_fit import CHECK_ZOOMS, fit_mlp
+from nucleiseg.inference.size_samples import (
+    bbbc039_images, collect, dsb_images, probe_function, random_zooms, training_samples,
 )
 from nucleiseg.io.splits import bbbc039_heldout
 from nucleiseg.training.checkpoint import load_model

@@ -37,7 +37,8 @@ from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.inference.scale import resize_labels
 from nucleiseg.inference.size_calibration import estimate_summary as summary
-from nucleiseg.inference.size_fit import CHECK_ZOOMS as ZOOMS, bbbc039_images, dsb_images, zoomed
+from nucleiseg.inference.size_fit import CHECK_ZOOMS as ZOOMS
+from nucleiseg.inference.size_samples import bbbc039_images, dsb_images, zoomed
 from nucleiseg.io.splits import bbbc039_heldout
 from nucleiseg.postprocess import estimate_diameter
 from nucleiseg.transforms import normalize_image

@@ -40,9 +40,10 @@ import numpy as np
 
 from nucleiseg.bundle import ModelBundle
 from nucleiseg.inference.segmenter import Segmenter
-from nucleiseg.inference.size import MIN_VIEW, SHRINK, SizeModel, design, view_box
+from nucleiseg.inference.size import SHRINK, SizeModel, design, view_box
 from nucleiseg.inference.size_calibration import calibrate_offset, choose_gate, estimate_summary
 from nucleiseg.inference.size_fit import CHECK_ZOOMS, fit_mlp, training_probes, validation_samples
+from nucleiseg.inference.size_probe import MIN_VIEW
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Candidate zoom sets (zoom 1 first: the gate and the reuse of the native pass need it).

@@ -368,7 +368,7 @@ def default_model() -> Segmenter:
 
 
 def test_bundled_model_estimates_real_images(default_model, dsb_root):
-    from nucleiseg.inference.size_fit import zoomed
+    from nucleiseg.inference.size_samples import zoomed
     from nucleiseg.io.dsb import load_sample
     from nucleiseg.transforms import normalize_image
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.io.images import ImageReadError, _decode, _load_pil, _pil_to_array, _sniff, read_image, read_image_shape
+from nucleiseg.io.decode import ImageReadError, _decode, _load_pil, _pil_to_array, _sniff
+from nucleiseg.io.images import read_image, read_image_shape
 
 __all__ = [
     "Sample",

@@ -28,7 +28,8 @@ import numpy as np
 import tifffile
 
 from nucleiseg.io.atomic import atomic_path
-from nucleiseg.io.images import DEFAULT_MAX_PIXELS, ImageReadError, _check_pixels, _sniff, read_image, standard_dtype
+from nucleiseg.io.decode import ImageReadError, _check_pixels, _sniff
+from nucleiseg.io.images import DEFAULT_MAX_PIXELS, read_image, standard_dtype
 from nucleiseg.io.units import PixelSize, pixel_size_of, resolution_tags, tiff_pixel_size
 
 __all__ = ["STACK_AXES", "Planes", "parse_channel", "read_planes", "resolve_planes", "write_label_stack"]

@@ -2,10 +2,7 @@
 
 from nucleiseg.metrics.matching import (
     DEFAULT_THRESHOLDS,
-    ImageMatch,
     Overlaps,
-    aggregate,
-    aggregate_per_threshold,
     competition_score,
     iou_matrix,
     match_labels,
@@ -13,6 +10,7 @@ from nucleiseg.metrics.matching import (
 )
 from nucleiseg.metrics.pixel import pixel_metrics
 from nucleiseg.metrics.report import EvaluationReport, evaluate_pairs
+from nucleiseg.metrics.scores import ImageMatch, aggregate, aggregate_per_threshold
 
 __all__ = [
     "DEFAULT_THRESHOLDS",

@@ -12,13 +12,9 @@ import numpy as np
 import pandas as pd
 
 from nucleiseg.io.atomic import atomic_path, atomic_write_text
-from nucleiseg.metrics.matching import (
-    DEFAULT_THRESHOLDS,
-    ImageMatch,
-    aggregate_per_threshold,
-    match_labels,
-)
+from nucleiseg.metrics.matching import DEFAULT_THRESHOLDS, match_labels
 from nucleiseg.metrics.pixel import pixel_metrics
+from nucleiseg.metrics.scores import ImageMatch, aggregate_per_threshold
 
 __all__ = ["EvaluationReport", "evaluate_pairs"]
 
