@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +55,7 @@ def segment(
     >>> nucleiseg.segment(zstack, axes="ZYX").shape  # (10, H, W)  # doctest: +SKIP
     >>> nucleiseg.segment(image, diameter="8um", pixel_size=0.325)  # 24.6 px  # doctest: +SKIP
     """
-    from dataclasses import replace
-
-    from nucleiseg.io.units import parse_diameter
-
-    if "diameter" in infer_options:
-        infer_options["diameter"] = parse_diameter(infer_options["diameter"], pixel_size)
-
+    infer_options = _diameter_in_pixels(infer_options, pixel_size)
     segmenter = _cached_segmenter(str(model))
     infer = replace(segmenter.config.infer, **infer_options)  # type: ignore[arg-type]
     image = np.asarray(image)
@@ -70,6 +65,15 @@ def segment(
     from nucleiseg.inference.stack import segment_array
 
     return segment_array(segmenter, image, axes, channel, channel_names, infer).labels
+
+
+def _diameter_in_pixels(infer_options: dict[str, object], pixel_size: float | None) -> dict[str, object]:
+    """``infer_options`` with a ``diameter`` (``"30px"``, ``"8um"``, ...) as pixels."""
+    from nucleiseg.io.units import parse_diameter
+
+    if "diameter" in infer_options:
+        infer_options["diameter"] = parse_diameter(infer_options["diameter"], pixel_size)
+    return infer_options
 
 
 @functools.lru_cache(maxsize=4)

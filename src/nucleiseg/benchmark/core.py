@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from nucleiseg.benchmark.command import baseline_command, run_command, score_fol
 from nucleiseg.benchmark.images import prepare_images, single_image, validation_set
 from nucleiseg.benchmark.memory import PeakRSS, trim_heap
 from nucleiseg.benchmark.runners import PIPELINES, STAGES, Runner, make_runner
+
+if TYPE_CHECKING:
+    from nucleiseg.bundle import ModelBundle
 
 __all__ = ["format_table", "run_benchmark"]
 
@@ -140,15 +143,9 @@ def _commands(folder: Path, names: Sequence[str], model: str | Path, work: Path,
 
 
 def run_benchmark(
-    images: Sequence[str | Path] | None = None,
-    model: str | Path = "default",
-    backends: Sequence[str] = ("auto", "torch"),
-    repeats: int = 3,
-    threads: int | None = None,
-    sizes: Sequence[int] = (),
-    max_images: int | None = None,
-    command: bool = True,
-    data: str | Path | None = None,
+    images: Sequence[str | Path] | None = None, model: str | Path = "default", backends: Sequence[str] = ("auto", "torch"),
+    repeats: int = 3, threads: int | None = None, sizes: Sequence[int] = (), max_images: int | None = None,
+    command: bool = True, data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``nucleiseg segment`` per backend against the naive baseline, in process and as a command.
 
@@ -185,9 +182,26 @@ def run_benchmark(
         ``one_image`` (seconds of ``nucleiseg segment`` on one 256 x 256 image, process included).
     """
     from nucleiseg.bundle import ModelBundle
-    from nucleiseg.inference.executors import available_cpus
-    from nucleiseg.io.labels import discover_inputs
 
+    _check_settings(backends, repeats, threads)
+    bundle = ModelBundle.open(model)
+    if bundle.folder is None:
+        raise ValueError(f"{model}: the benchmark needs a model folder (the baseline runs its weights)")
+    names = ["baseline", *backends]
+    result = _header(bundle, repeats, threads, backends, sizes)
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as tmp:
+        work = Path(tmp)
+        sets = _image_sets(images, bundle.folder, work, sizes, max_images, data)
+        runners = {name: make_runner(name, bundle.folder if name == "baseline" else model, threads) for name in names}
+        for set_name, folder in sets.items():
+            _bench_set(result, set_name, folder, runners, model, work, repeats, threads, command)
+        if command:
+            result["one_image"] = _one_image(next(iter(sets.values())), model, backends[0], work, repeats, threads)
+    return result
+
+
+def _check_settings(backends: Sequence[str], repeats: int, threads: int | None) -> None:
+    """Refuse ``repeats < 1``, an unknown backend or ``threads < 1``."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for name in backends:
@@ -195,11 +209,13 @@ def run_benchmark(
             raise ValueError(f"unknown backend {name!r}; choose from {', '.join(PIPELINES[1:])}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    bundle = ModelBundle.open(model)
-    if bundle.folder is None:
-        raise ValueError(f"{model}: the benchmark needs a model folder (the baseline runs its weights)")
-    names = ["baseline", *backends]
-    result: dict[str, Any] = {
+
+
+def _header(bundle: ModelBundle, repeats: int, threads: int | None, backends: Sequence[str], sizes: Sequence[int]) -> dict[str, Any]:
+    """The result before any measurement: date, model, machine and settings, no sets or rows yet."""
+    from nucleiseg.inference.executors import available_cpus
+
+    return {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "model": {"name": bundle.name, "path": str(bundle.folder), "arch": bundle.config.model.arch,
                   "params": bundle.config.model.params, "weights_hash": bundle.weights_hash},
@@ -208,33 +224,38 @@ def run_benchmark(
         "settings": {"repeats": repeats, "threads": threads or "default", "backends": list(backends), "sizes": list(sizes)},
         "sets": {}, "rows": [], "one_image": None,
     }
-    with tempfile.TemporaryDirectory(prefix="nucleiseg-bench-") as tmp:
-        work = Path(tmp)
-        sets = _image_sets(images, bundle.folder, work, sizes, max_images, data)
-        runners = {name: make_runner(name, bundle.folder if name == "baseline" else model, threads) for name in names}
-        for set_name, folder in sets.items():
-            items = discover_inputs([folder])
-            if not items:
-                raise FileNotFoundError(f"{folder}: no images")
-            out = work / "out" / set_name
-            out.mkdir(parents=True)
-            result["sets"][set_name] = {"folder": str(folder), "images": len(items), "ground_truth": sum(i.gt_path is not None for i in items)}
-            stats = _in_process(runners, items, out, repeats)
-            for name in names:
-                st = stats[name]
-                result["rows"].append({"set": set_name, "mode": "segment", "pipeline": name, "images": len(items),
-                                       **{k: v for k, v in st.items() if k != "labels"},
-                                       "speedup": round(st["images_per_s"] / stats["baseline"]["images_per_s"], 3)})
-            if command and not set_name[0].isdigit():
-                cmds = _commands(folder, names, model, work, repeats, threads, len(items))
-                for name in names:
-                    result["rows"].append({"set": set_name, "mode": "command", "pipeline": name, "images": len(items), **cmds[name]})
-        if command:
-            one = single_image(next(iter(sets.values())), work)
-            out = work / "one_out"
-            result["one_image"] = {"size": [256, 256], "pipeline": backends[0], "command": "nucleiseg segment IMAGE -o OUT",
-                                   **run_command(segment_command([one], out, model, backends[0]), out, repeats, threads)}
-    return result
+
+
+def _bench_set(result: dict[str, Any], set_name: str, folder: Path, runners: dict[str, Runner], model: str | Path,
+               work: Path, repeats: int, threads: int | None, command: bool) -> None:
+    """Measure one image set: its entry in ``result["sets"]`` and its rows (in process, then as commands)."""
+    from nucleiseg.io.labels import discover_inputs
+
+    items = discover_inputs([folder])
+    if not items:
+        raise FileNotFoundError(f"{folder}: no images")
+    out = work / "out" / set_name
+    out.mkdir(parents=True)
+    result["sets"][set_name] = {"folder": str(folder), "images": len(items), "ground_truth": sum(i.gt_path is not None for i in items)}
+    stats = _in_process(runners, items, out, repeats)
+    names = list(runners)
+    for name in names:
+        st = stats[name]
+        result["rows"].append({"set": set_name, "mode": "segment", "pipeline": name, "images": len(items),
+                               **{k: v for k, v in st.items() if k != "labels"},
+                               "speedup": round(st["images_per_s"] / stats["baseline"]["images_per_s"], 3)})
+    if command and not set_name[0].isdigit():
+        cmds = _commands(folder, names, model, work, repeats, threads, len(items))
+        for name in names:
+            result["rows"].append({"set": set_name, "mode": "command", "pipeline": name, "images": len(items), **cmds[name]})
+
+
+def _one_image(folder: Path, model: str | Path, pipeline: str, work: Path, repeats: int, threads: int | None) -> dict[str, Any]:
+    """``nucleiseg segment`` on one 256 x 256 image of ``folder``, process included."""
+    one = single_image(folder, work)
+    out = work / "one_out"
+    return {"size": [256, 256], "pipeline": pipeline, "command": "nucleiseg segment IMAGE -o OUT",
+            **run_command(segment_command([one], out, model, pipeline), out, repeats, threads)}
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -14,6 +14,21 @@ errors (one bad file never stops the batch), the run-length CSV and ``run.json``
   :class:`nucleiseg.distributed.executor.BlockExecutor`), on the cluster when one is given.
 
 Every executor runs the same step, so the outputs and records do not depend on the executor.
+The default executor is ``"dask"`` with a ``client``, ``"processes"`` with ``workers > 1``, else
+``"serial"``. ``"threads"`` segments ``workers`` images at a time in this process with the one
+model (load it with ``threads=1``); worker processes share the cores out between them unless
+``spec.threads`` says otherwise.
+
+Resuming (``resume``) skips items whose outputs all exist (:meth:`OutputLayout.pending`): their
+records come from the earlier ``run.json`` (rebuilt from the files where it is unreadable) and
+their masks are read back for the CSV. Temporary files of an interrupted run are removed, and
+outputs that are not intact (size and header, :func:`~nucleiseg.io.layout.intact`) are made
+again.
+
+When the output folder cannot take more files (full, read-only, no permission, over quota) the
+batch stops at the first such error with :class:`OutputError`: finished outputs are complete,
+the failed image left nothing, and ``run.json`` was written if it could be (with ``stopped``).
+The error's ``record`` holds what was done.
 """
 
 from __future__ import annotations
@@ -207,104 +222,88 @@ def _finish(record: RunRecord, layout: OutputLayout, labels: dict[str, np.ndarra
         raise fault from exc
 
 
+def _check_block_outputs(block: int | None, options: OutputOptions) -> None:
+    """Refuse extra outputs with block-wise segmentation (it writes only ``<id>_masks.zarr``)."""
+    if block is not None and (options.png or options.overlay or options.measure or options.rois or options.rle or options.geojson):
+        raise ValueError("block-wise segmentation writes only <id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson")
+
+
+def _resolve_model(model: ModelSpec | Segmenter | str | Path, segmenter: Segmenter | None) -> tuple[ModelSpec | None, Segmenter]:
+    """The spec workers load (None for a hand-built segmenter) and the segmenter of this process."""
+    if isinstance(model, Segmenter):
+        return spec_of(model), segmenter or model
+    spec = model if isinstance(model, ModelSpec) else ModelSpec.of(model)
+    return spec, segmenter or load_segmenter(spec)
+
+
+def _execute(runner: Executor, step: ItemStep, segmenter: Segmenter, items: list[InputItem], todo: list[InputItem],
+             layout: OutputLayout, progress: bool) -> RunRecord:
+    """Run ``step`` over ``todo``, then record every item and write the run-length CSV and ``run.json``."""
+    start = time.perf_counter()
+    outcomes, fatal = _run(runner, step, todo, progress)
+    record = RunRecord(segmenter.describe(step.infer, step.post), runner.describe())
+    labels = _collect(record, items, outcomes, layout, {item.id for item in todo}, bool(step.options.rle) and fatal is None)
+    record.seconds = time.perf_counter() - start
+    _finish(record, layout, labels, step.options, fatal)
+    return record
+
+
 def segment_items(
-    items: list[InputItem],
-    out_dir: str | Path,
-    model: ModelSpec | Segmenter | str | Path = "default",
-    options: OutputOptions | None = None,
-    infer: InferConfig | None = None,
-    post: PostprocessConfig | None = None,
-    *,
-    executor: str | None = None,
-    workers: int = 1,
-    resume: bool = False,
-    verify: bool = False,
-    progress: bool = True,
-    segmenter: Segmenter | None = None,
-    client: Any = None,
-    block: int | None = None,
-    block_overlap: int | None = None,
+    items: list[InputItem], out_dir: str | Path, model: ModelSpec | Segmenter | str | Path = "default",
+    options: OutputOptions | None = None, infer: InferConfig | None = None, post: PostprocessConfig | None = None, *,
+    executor: str | None = None, workers: int = 1, resume: bool = False, verify: bool = False, progress: bool = True,
+    segmenter: Segmenter | None = None, client: Any = None, block: int | None = None, block_overlap: int | None = None,
 ) -> RunRecord:
     """Segment every item into ``out_dir``, write the run-length CSV and ``run.json``.
 
     Parameters
     ----------
-    items : list of InputItem
-        From :func:`nucleiseg.io.labels.discover_inputs`.
-    out_dir : path
-        Output folder (created); with Dask it must be visible to every worker.
+    items, out_dir : list of InputItem, path
+        From :func:`nucleiseg.io.labels.discover_inputs`; the output folder (created; with
+        Dask it must be visible to every worker).
     model : ModelSpec, Segmenter, str or Path
-        The model: a spec (what worker processes load), a loaded segmenter (its spec is
+        A spec (what worker processes load), a loaded segmenter (its spec is
         :attr:`Segmenter.source`), or a name or folder (default backend).
     options : OutputOptions
         Extra outputs; ``options.rle`` is written at the end, for all items (resumed included).
     infer, post : optional
         Override the model's inference and post-processing settings.
-    executor : {"serial", "threads", "processes", "dask"}, optional
-        Where images are segmented; default ``"dask"`` with a ``client``, ``"processes"`` with
-        ``workers > 1``, else ``"serial"``. ``"threads"`` segments ``workers`` images at a time
-        in this process with the one model (load it with ``threads=1``).
-    workers : int
-        Worker threads or processes of the ``"threads"`` and ``"processes"`` executors (for
-        processes the cores are shared out between them unless ``spec.threads`` says otherwise).
-    resume : bool
-        Skip items whose outputs all exist (:meth:`OutputLayout.pending`); their records come
-        from the earlier ``run.json`` (rebuilt from the files where it is unreadable) and their
-        masks are read back for the CSV. Temporary files of an interrupted run are removed, and
-        outputs that are not intact (size and header, :func:`~nucleiseg.io.layout.intact`) are
-        made again.
-    verify : bool
-        With ``resume``, decode every label image it would skip completely (slower).
+    executor, workers : str, int
+        Where images are segmented, ``workers`` at a time (see the module notes).
+    resume, verify : bool
+        Skip items whose outputs are all there and intact; ``verify`` decodes every label
+        image it would skip (slower). See the module notes.
     progress : bool
         Progress bar and a note of resumed images on stderr.
-    segmenter : Segmenter, optional
-        The model already loaded from ``model`` (else it is loaded here, for its settings and
-        for the serial executor).
-    client : distributed.Client, optional
-        The Dask cluster (``"dask"`` executor, and block-wise segmentation).
+    segmenter, client : optional
+        The model already loaded from ``model`` (else loaded here); the Dask cluster.
     block, block_overlap : int, optional
-        Segment each image block-wise in ``block x block`` tiles into ``<id>_masks.zarr``
-        (only that file is written), with this margin around each block.
+        Segment each image block-wise in ``block x block`` tiles with this margin, into
+        ``<id>_masks.zarr`` only.
 
     Returns
     -------
     RunRecord
-        Records in input order; ``failures`` holds one record per file that could not be
-        segmented (the batch goes on); ``skipped`` the resumed ids.
+        Records in input order; ``failures`` one per file that could not be segmented (the
+        batch goes on); ``skipped`` the resumed ids.
 
     Raises
     ------
     ValueError
-        For an unknown executor, ``workers < 1``, extra outputs with ``block``, or a hand-built
+        Unknown executor, ``workers < 1``, extra outputs with ``block``, or a hand-built
         segmenter with a parallel executor.
     OutputError
-        The output folder cannot take more files (full, read-only, no permission, over quota):
-        the batch stopped at the first such error, finished outputs are complete, the failed
-        image left nothing, and ``run.json`` was written if it could be (with ``stopped``).
-        The error's ``record`` holds what was done.
+        The output folder cannot take more files (see the module notes).
     """
     kind = _pick_executor(executor, workers, client, block)
     options = options or OutputOptions()
-    if block is not None and (options.png or options.overlay or options.measure or options.rois or options.rle or options.geojson):
-        raise ValueError("block-wise segmentation writes only <id>_masks.zarr; drop --png/--overlay/--measure/--rois/--rle/--geojson")
-    if isinstance(model, Segmenter):
-        segmenter = segmenter or model
-        spec = spec_of(model)
-    else:
-        spec = model if isinstance(model, ModelSpec) else ModelSpec.of(model)
-        segmenter = segmenter or load_segmenter(spec)
-    infer = infer or segmenter.config.infer
-    post = post or segmenter.config.postprocess
+    _check_block_outputs(block, options)
+    spec, segmenter = _resolve_model(model, segmenter)
     out = Path(out_dir).absolute()
     layout = OutputLayout(out, options, blockwise=block is not None)
     items = [_absolute(item) for item in items]
     todo = _prepare(out, layout, items, resume, verify, progress)
     runner = _make_executor(kind, spec, segmenter, workers, client, block, block_overlap, progress)
-    step = ItemStep(out, options, infer, post, want_labels=bool(options.rle), plane_progress=progress and kind == "serial" and block is None)
-    start = time.perf_counter()
-    outcomes, fatal = _run(runner, step, todo, progress)
-    record = RunRecord(segmenter.describe(infer, post), runner.describe())
-    labels = _collect(record, items, outcomes, layout, {item.id for item in todo}, bool(options.rle) and fatal is None)
-    record.seconds = time.perf_counter() - start
-    _finish(record, layout, labels, options, fatal)
-    return record
+    step = ItemStep(out, options, infer or segmenter.config.infer, post or segmenter.config.postprocess,
+                    want_labels=bool(options.rle), plane_progress=progress and kind == "serial" and block is None)
+    return _execute(runner, step, segmenter, items, todo, layout, progress)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,8 +26,11 @@ from nucleiseg.io.captured import captured, fold
 from nucleiseg.io.images import write_labels
 from nucleiseg.io.labels import InputItem, load_item_gt
 from nucleiseg.io.layout import OutputLayout, OutputOptions
-from nucleiseg.io.stacks import read_planes
+from nucleiseg.io.stacks import Planes, read_planes
 from nucleiseg.io.units import Diameter
+
+if TYPE_CHECKING:
+    from nucleiseg.inference.stack import StackResult
 
 __all__ = ["ItemStep", "discard_outputs", "load_segmenter", "segment_one", "spec_of", "streams_masks", "write_outputs"]
 
@@ -196,30 +199,11 @@ def segment_one(
     try:
         planes = _read(item, options, notes)
         read_seconds = time.perf_counter() - t
-        if options.diameter_um is not None:  # a diameter in µm: pixels of this image
-            infer = replace(infer, diameter=Diameter(options.diameter_um, "um").pixels(planes.pixel_size.um))
+        infer = _infer_for(planes, options, infer)
         if planes.is_stack:
-            from nucleiseg.inference.stack import segment_planes, write_stack_outputs
-
-            if options.rle or options.png:  # refused before the planes are segmented
-                flag = "--rle" if options.rle else "--png"
-                raise ValueError(f"a {planes.stack_axes} stack of {len(planes.planes)} planes cannot be written by {flag} (2-D only); drop {flag}")
-            stacked = segment_planes(segmenter, planes, infer, post, progress=plane_progress, name=item.id)
-            with _writing(item.id, out_dir, options):
-                files = write_stack_outputs(item.id, planes, stacked, Path(out_dir), options)
+            stacked, files = _segment_stack(item, planes, segmenter, out_dir, options, infer, post, plane_progress)
         else:
-            image = planes.image
-            count, w = None, time.perf_counter()
-            if streams_masks(segmenter, image.shape, options, infer, want_labels):  # labels never held whole
-                with _writing(item.id, out_dir, options):
-                    result, count, files = _stream_masks(item, image, segmenter, Path(out_dir), options, infer, post,
-                                                         planes.pixel_size.um)
-            else:
-                result = segmenter.segment(image, infer, post, keep_probabilities=False)
-                w = time.perf_counter()
-                with _writing(item.id, out_dir, options):
-                    files = write_outputs(item, image, result, Path(out_dir), options, planes.pixel_size.um)
-            write_seconds = time.perf_counter() - w if count is None else 0.0
+            result, count, files, write_seconds = _segment_image(item, planes, segmenter, out_dir, options, infer, post, want_labels)
     except (KeyboardInterrupt, SystemExit):
         raise
     except OutputError as exc:  # the folder cannot take more files: the batch stops
@@ -229,18 +213,75 @@ def segment_one(
         failure["error"] = fold(failure["error"], notes)
         return {"failure": failure}
     if planes.is_stack:
-        from nucleiseg.inference.stack import stack_record
+        return {"record": _noted(_stack_record(item, planes, stacked, t, files), notes), "labels": None}
+    record = _plane_record(item, planes, result, time.perf_counter() - t, files, count, (read_seconds, write_seconds))
+    return {"record": _noted(record, notes), "labels": result.labels if want_labels else None}
 
-        record = {"id": item.id, "file": str(item.image_path), **stack_record(planes, stacked)}
-        record.update(channel=planes.channel, seconds=round(time.perf_counter() - t, 4), outputs=files)
-        return {"record": _noted(record, notes), "labels": None}
-    record = _image_record(item, result, time.perf_counter() - t, files, count)
+
+def _infer_for(planes: Planes, options: OutputOptions, infer: InferConfig) -> InferConfig:
+    """``infer`` with a diameter given in µm (``options.diameter_um``) as pixels of this image."""
+    if options.diameter_um is not None:
+        return replace(infer, diameter=Diameter(options.diameter_um, "um").pixels(planes.pixel_size.um))
+    return infer
+
+
+def _segment_stack(
+    item: InputItem, planes: Planes, segmenter: Segmenter, out_dir: Path, options: OutputOptions, infer: InferConfig,
+    post: PostprocessConfig, plane_progress: bool,
+) -> tuple[StackResult, list[str]]:
+    """Segment the planes of a stack and write its outputs: ``(stacked, files)``."""
+    from nucleiseg.inference.stack import segment_planes, write_stack_outputs
+
+    if options.rle or options.png:  # refused before the planes are segmented
+        flag = "--rle" if options.rle else "--png"
+        raise ValueError(f"a {planes.stack_axes} stack of {len(planes.planes)} planes cannot be written by {flag} (2-D only); drop {flag}")
+    stacked = segment_planes(segmenter, planes, infer, post, progress=plane_progress, name=item.id)
+    with _writing(item.id, out_dir, options):
+        files = write_stack_outputs(item.id, planes, stacked, Path(out_dir), options)
+    return stacked, files
+
+
+def _segment_image(
+    item: InputItem, planes: Planes, segmenter: Segmenter, out_dir: Path, options: OutputOptions, infer: InferConfig,
+    post: PostprocessConfig, want_labels: bool,
+) -> tuple[Result, int | None, list[str], float]:
+    """Segment a 2-D image and write its outputs: ``(result, count, files, write seconds)``.
+
+    ``count`` is None unless the labels went straight to the file (then ``result`` holds none).
+    """
+    image = planes.image
+    count, w = None, time.perf_counter()
+    if streams_masks(segmenter, image.shape, options, infer, want_labels):  # labels never held whole
+        with _writing(item.id, out_dir, options):
+            result, count, files = _stream_masks(item, image, segmenter, Path(out_dir), options, infer, post,
+                                                 planes.pixel_size.um)
+    else:
+        result = segmenter.segment(image, infer, post, keep_probabilities=False)
+        w = time.perf_counter()
+        with _writing(item.id, out_dir, options):
+            files = write_outputs(item, image, result, Path(out_dir), options, planes.pixel_size.um)
+    return result, count, files, time.perf_counter() - w if count is None else 0.0
+
+
+def _stack_record(item: InputItem, planes: Planes, stacked: StackResult, started: float, files: list[str]) -> dict[str, Any]:
+    """The ``run.json`` record of a segmented stack (``started``: when its step began)."""
+    from nucleiseg.inference.stack import stack_record
+
+    record = {"id": item.id, "file": str(item.image_path), **stack_record(planes, stacked)}
+    record.update(channel=planes.channel, seconds=round(time.perf_counter() - started, 4), outputs=files)
+    return record
+
+
+def _plane_record(item: InputItem, planes: Planes, result: Result, seconds: float, files: list[str], count: int | None,
+                  read_write: tuple[float, float]) -> dict[str, Any]:
+    """The ``run.json`` record of a segmented 2-D image, with its stage timings."""
+    record = _image_record(item, result, seconds, files, count)
     record.update(planes.pixel_size.record())
-    stages = {"read": read_seconds, **{k: v for k, v in result.timings.items() if k != "total"}, "write": write_seconds}
+    stages = {"read": read_write[0], **{k: v for k, v in result.timings.items() if k != "total"}, "write": read_write[1]}
     record["timings"] = {k: round(v, 4) for k, v in stages.items()}
     if planes.channel is not None:
         record["channel"] = planes.channel
-    return {"record": _noted(record, notes), "labels": result.labels if want_labels else None}
+    return record
 
 
 def _noted(record: dict[str, Any], notes: list[str]) -> dict[str, Any]:

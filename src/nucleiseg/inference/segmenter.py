@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -13,90 +13,15 @@ import numpy as np
 from nucleiseg.bundle import CLASSICAL, ModelBundle, ModelSpec
 from nucleiseg.config import InferConfig, ModelBundleConfig, PostprocessConfig, to_dict
 from nucleiseg.inference.predictors import AUTO, BACKENDS, Predictor, build_predictor
+from nucleiseg.inference.result import Result, SizeFinding
 from nucleiseg.inference.scale import rescale_image, resize_probabilities, scale_factor
 from nucleiseg.inference.size import SizeModel, estimate_size, objects_seen
 from nucleiseg.inference.tiling import predict_tiled
 from nucleiseg.inference.tta import multiscale_predictor, tta_predictor
-from nucleiseg.postprocess.watershed import estimate_diameter, label_sizes, probabilities_to_labels
+from nucleiseg.postprocess.watershed import estimate_diameter, probabilities_to_labels
 from nucleiseg.transforms.normalize import IntensityRange, normalize_image
 
 __all__ = ["BACKENDS", "CLASSICAL", "Result", "Segmenter", "SizeFinding"]
-
-
-@dataclass
-class Result:
-    """The segmentation of one image.
-
-    Attributes
-    ----------
-    labels : ndarray of int32, shape (H, W)
-        Instance labels 1..n, 0 is background, at the input's resolution.
-    probabilities : ndarray of float32, shape (K, H, W), or None
-        Network outputs at the input's resolution (None for the classical model and for an
-        image segmented block-wise, see :meth:`Segmenter.segment_blockwise`).
-    diameter : float or None
-        Estimated (or given) typical nucleus diameter in input pixels.
-    scale : float
-        Factor the image was rescaled by before the network (1.0 = native).
-    timings : dict
-        Seconds per stage (``estimate``: finding the nucleus size, when it was estimated).
-    diameter_source : str or None
-        Where ``diameter`` came from: ``"given"`` (``infer.diameter``), ``"size_model"`` (the
-        model's size estimator, :mod:`nucleiseg.inference.size`), ``"first_pass"`` (objects of a
-        native pass, for models without a size estimator), ``"labels"`` (classical model), or
-        None when there is no diameter.
-    probe_centre : tuple of int or None
-        ``(y, x)`` the size estimator's views were centred on when the image's centre showed no
-        nucleus and it looked elsewhere (:func:`~nucleiseg.inference.size.busiest_centre`); None
-        otherwise.
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray | None
-    diameter: float | None
-    scale: float
-    timings: dict[str, float] = field(default_factory=dict)
-    diameter_source: str | None = None
-    probe_centre: tuple[int, int] | None = None
-
-    @property
-    def count(self) -> int:
-        """Number of nuclei found (distinct labels other than 0; counted in linear time, labels are >= 0).
-
-        Counted in chunks (:func:`~nucleiseg.postprocess.watershed.label_sizes`): a whole-image
-        ``np.bincount`` would copy the labels to 8 bytes per pixel.
-        """
-        if self.labels.size == 0:
-            return 0
-        return int(np.count_nonzero(label_sizes(self.labels)[1:]))
-
-
-class SizeFinding(NamedTuple):
-    """What :meth:`Segmenter.estimate_size` found.
-
-    Attributes
-    ----------
-    diameter : float or None
-        Median nucleus diameter in input pixels (None when no nucleus is seen).
-    native : np.ndarray or None
-        Native-resolution probabilities of the whole image, exactly as :meth:`Segmenter.segment`
-        computes them, when the estimate computed them on the way (reused at native scale).
-    labels : np.ndarray or None
-        Their labels, when the estimate computed them too.
-    source : str or None
-        ``"size_model"`` or ``"first_pass"``.
-    gated : bool
-        True when the size model's gate read the diameter off the zoom-1 view alone.
-    centre : tuple of int or None
-        Where the size model's views were centred when not on the image's centre.
-    """
-
-    diameter: float | None
-    native: np.ndarray | None
-    labels: np.ndarray | None
-    source: str | None
-    gated: bool = False
-    centre: tuple[int, int] | None = None
 
 
 class Segmenter:
@@ -298,26 +223,29 @@ class Segmenter:
             raise ValueError(f"expected a 2D gray or colour image, got shape {image.shape}")
         if self.goes_blockwise(image.shape, infer) and not keep_probabilities and intensity is None:
             return self.segment_blockwise(image, infer, post)
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if self.is_classical:
-            from nucleiseg.postprocess.classical import classical_segment
+            return _classical_result(image, post, t0)
+        timings: dict[str, float] = {}
+        done = self._predict_stages(image, infer, post, intensity, timings, t0)
+        t = time.perf_counter()
+        labels = done.labels if done.labels is not None else self.postprocess(done.probs, done.post)
+        timings["postprocess"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        return Result(labels, done.probs if keep_probabilities else None, done.diameter, done.scale, timings, done.source, done.centre)
 
-            labels = classical_segment(image, post)
-            timings["postprocess"] = timings["total"] = time.perf_counter() - t0
-            found = labels.any()
-            return Result(labels, None, estimate_diameter(labels) if found else None, 1.0, timings, "labels" if found else None)
+    def _predict_stages(
+        self, image: np.ndarray, infer: InferConfig, post: PostprocessConfig, intensity: IntensityRange | None,
+        timings: dict[str, float], t0: float,
+    ) -> _Predicted:
+        """Stages 1 to 3 of :meth:`segment` (normalise, estimate, predict), timed into ``timings``.
 
+        The normalised image and the estimate's arrays are dropped as soon as they are of no use,
+        so only the probabilities (and the estimate's labels, when reused) outlive this step.
+        """
         norm = self.normalize(image, intensity)
         timings["normalize"] = time.perf_counter() - t0
-        diameter = infer.diameter or None  # 0 means "estimate it", as everywhere (native scale is rescale=False)
-        source: str | None = "given" if diameter is not None else None
-        found = SizeFinding(None, None, None, None)
-        if diameter is None and infer.rescale:
-            t = time.perf_counter()
-            found = self.estimate_size(norm, infer, post)
-            timings["estimate"] = time.perf_counter() - t
-            diameter, source = found.diameter, (found.source if found.diameter is not None else None)
+        found, diameter, source = self._find_diameter(norm, infer, post, timings)
         factor = self.scale_for(diameter, source, infer)
         t = time.perf_counter()
         labels = None
@@ -331,18 +259,23 @@ class Segmenter:
             del norm
             if factor != 1.0:  # back to the input's size, then post-process with sizes in input pixels
                 probs = resize_probabilities(probs, image.shape[:2])
-                area = 1.0 / factor**2
-                post = replace(
-                    post, min_size=max(1, round(post.min_size * area)),
-                    min_marker_size=max(1, round(post.min_marker_size * area)), diameter=post.diameter / factor,
-                )
+                post = _in_input_pixels(post, factor)
         timings["predict"] = time.perf_counter() - t
-        t = time.perf_counter()
-        if labels is None:
-            labels = self.postprocess(probs, post)
-        timings["postprocess"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        return Result(labels, probs if keep_probabilities else None, diameter, factor, timings, source, centre)
+        return _Predicted(probs, labels, post, diameter, source, factor, centre)
+
+    def _find_diameter(
+        self, norm: np.ndarray, infer: InferConfig, post: PostprocessConfig, timings: dict[str, float],
+    ) -> tuple[SizeFinding, float | None, str | None]:
+        """``(finding, diameter, source)``: the given diameter, else (with ``infer.rescale``) :meth:`estimate_size`'s."""
+        diameter = infer.diameter or None  # 0 means "estimate it", as everywhere (native scale is rescale=False)
+        source: str | None = "given" if diameter is not None else None
+        found = SizeFinding(None, None, None, None)
+        if diameter is None and infer.rescale:
+            t = time.perf_counter()
+            found = self.estimate_size(norm, infer, post)
+            timings["estimate"] = time.perf_counter() - t
+            diameter, source = found.diameter, (found.source if found.diameter is not None else None)
+        return found, diameter, source
 
     def goes_blockwise(self, shape: tuple[int, ...], infer: InferConfig | None = None) -> bool:
         """True when :meth:`segment` (without probabilities) segments an image of ``shape`` block by block."""
@@ -385,3 +318,35 @@ def _rescaled(norm: np.ndarray, factor: float) -> np.ndarray:
         plane = rescale_image(norm[:, :, :1], factor)
         return np.broadcast_to(plane, plane.shape[:2] + norm.shape[2:])
     return rescale_image(norm, factor)
+
+
+class _Predicted(NamedTuple):
+    """What :meth:`Segmenter._predict_stages` hands to post-processing."""
+
+    probs: np.ndarray
+    labels: np.ndarray | None  # the estimate's labels, when its native pass is reused
+    post: PostprocessConfig  # sizes in input pixels
+    diameter: float | None
+    source: str | None
+    scale: float
+    centre: tuple[int, int] | None
+
+
+def _classical_result(image: np.ndarray, post: PostprocessConfig, t0: float) -> Result:
+    """:meth:`Segmenter.segment` with the classical model (no network), timed from ``t0``."""
+    from nucleiseg.postprocess.classical import classical_segment
+
+    timings: dict[str, float] = {}
+    labels = classical_segment(image, post)
+    timings["postprocess"] = timings["total"] = time.perf_counter() - t0
+    found = labels.any()
+    return Result(labels, None, estimate_diameter(labels) if found else None, 1.0, timings, "labels" if found else None)
+
+
+def _in_input_pixels(post: PostprocessConfig, factor: float) -> PostprocessConfig:
+    """``post`` for probabilities computed at zoom ``factor`` and resized back: its sizes in input pixels."""
+    area = 1.0 / factor**2
+    return replace(
+        post, min_size=max(1, round(post.min_size * area)),
+        min_marker_size=max(1, round(post.min_marker_size * area)), diameter=post.diameter / factor,
+    )

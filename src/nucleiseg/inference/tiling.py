@@ -185,6 +185,21 @@ def predict_tiled(
     np.ndarray
         float32 ``(K, H, W)`` blended probabilities.
     """
+    image = _checked_image(image_chw, tile, overlap, batch_size, stride, blend)
+    _, height, width = image.shape
+    tile, step = _tile_and_step(height, width, tile, overlap, stride)
+    windows = list(_windows(height, width, tile, step, stride))
+    th, tw = windows[0][2], windows[0][3]
+    padded = (_round_up(th, stride), _round_up(tw, stride))
+    batch_size = max(1, min(batch_size, BATCH_PIXELS // (padded[0] * padded[1])))
+    if len(windows) == 1:  # one window: its weights are all 1, so blending would only copy the output twice
+        pred = _predict(predictor, _pad_tile(image, padded)[None])
+        return np.ascontiguousarray(pred[0, :, :height, :width], dtype=np.float32)
+    return _blend_windows(predictor, image, windows, padded, batch_size, blend, tile - step)
+
+
+def _checked_image(image_chw: np.ndarray, tile: int, overlap: float, batch_size: int, stride: int, blend: str) -> np.ndarray:
+    """The ``(C, H, W)`` image as float32, after checking it and the settings of :func:`predict_tiled`."""
     image = np.asarray(image_chw)
     if image.ndim != 3 or min(image.shape) < 1:
         raise ValueError(f"image_chw must be a non-empty (C, H, W) array, got shape {image.shape}")
@@ -194,22 +209,27 @@ def predict_tiled(
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if blend not in BLENDS:
         raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
-    image = image.astype(np.float32, copy=False)
-    _, height, width = image.shape
+    return image.astype(np.float32, copy=False)
+
+
+def _tile_and_step(height: int, width: int, tile: int, overlap: float, stride: int) -> tuple[int, int]:
+    """The longest window side (at most :data:`SPLIT_TILE` once the image is split) and the step between windows."""
     if max(height, width) > tile or height * width > SPLIT_PIXELS:
         tile = min(tile, SPLIT_TILE)
     tile = max(stride, tile // stride * stride)
-    step = max(stride, int(tile * (1.0 - overlap)) // stride * stride)
-    windows = list(_windows(height, width, tile, step, stride))
+    return tile, max(stride, int(tile * (1.0 - overlap)) // stride * stride)
+
+
+def _blend_windows(
+    predictor: Predictor, image: np.ndarray, windows: list[tuple[int, int, int, int]], padded: tuple[int, int],
+    batch_size: int, blend: str, ramp: int,
+) -> np.ndarray:
+    """Predict the ``windows`` of ``image`` ``batch_size`` at a time and blend them into float32 ``(K, H, W)``."""
+    _, height, width = image.shape
     th, tw = windows[0][2], windows[0][3]
-    padded = (_round_up(th, stride), _round_up(tw, stride))
-    batch_size = max(1, min(batch_size, BATCH_PIXELS // (padded[0] * padded[1])))
-    if len(windows) == 1:  # one window: its weights are all 1, so blending would only copy the output twice
-        pred = _predict(predictor, _pad_tile(image, padded)[None])
-        return np.ascontiguousarray(pred[0, :, :height, :width], dtype=np.float32)
     # Axes covered by a single window need no taper (it would only cost precision).
-    wy = _window_1d(th, blend if height > th else "constant", tile - step)
-    wx = _window_1d(tw, blend if width > tw else "constant", tile - step)
+    wy = _window_1d(th, blend if height > th else "constant", ramp)
+    wx = _window_1d(tw, blend if width > tw else "constant", ramp)
     weight = np.outer(wy, wx).astype(np.float32)
     # The windows form a grid and the weights are separable, so their sum is too: two 1-D sums
     # instead of an (H, W) weight map.
