@@ -29,11 +29,12 @@ from nucleiseg.training.checkpoint import (
     save_weights,
     weights_metadata,
 )
-from nucleiseg.training.data import CropDataset, crop_loader, load_extra_samples, sampling_summary
+from nucleiseg.training.data import CropDataset, crop_loader, load_extra_samples
 from nucleiseg.training.folders import training_split
 from nucleiseg.training.progress import PROGRESS_FILE, ProgressLog
 from nucleiseg.training.averaging import WeightAverage, finish_average
 from nucleiseg.training.report import write_curves, write_metrics_csv
+from nucleiseg.training.sampling import sampling_summary
 from nucleiseg.training.validation import validate
 
 
