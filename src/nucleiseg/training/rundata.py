@@ -14,8 +14,8 @@ from typing import Any
 from nucleiseg import __version__
 from nucleiseg.config import InferConfig, ModelBundleConfig, TrainConfig, save_json
 from nucleiseg.io.atomic import atomic_write_text
-from nucleiseg.training.data import load_extra_samples
-from nucleiseg.training.folders import training_split
+from nucleiseg.training.data import TrainingSample, load_extra_samples
+from nucleiseg.training.folders import TrainingSplit, training_split
 
 
 def bundle_config(cfg: TrainConfig) -> ModelBundleConfig:
@@ -42,17 +42,34 @@ class RunData:
     """What :func:`~nucleiseg.training.trainer.train` trains and validates on (see :func:`prepare_run_data`)."""
 
     bundle: ModelBundleConfig
-    split: Any
+    split: TrainingSplit
     train_ids: list[str]
     val_ids: list[str]
-    train_samples: list[Any]
-    val_samples: list[Any]
-    extra_samples: list[Any]
-    teacher: Any
+    train_samples: list[TrainingSample]
+    val_samples: list[TrainingSample]
+    extra_samples: list[TrainingSample]
+    teacher: dict[str, Any] | None
 
 
 def prepare_run_data(cfg: TrainConfig, out: Path, progress: bool, allow_measuring_only: bool) -> RunData:
-    """Split and load the data, write ``train.json``, ``config.json`` and ``split.json``."""
+    """Split and load the data, write ``train.json``, ``config.json`` and ``split.json``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The recipe.
+    out : Path
+        The run folder (exists).
+    progress : bool
+        Show progress bars while loading.
+    allow_measuring_only : bool
+        Accept a measuring-only folder as ``cfg.data`` (see :func:`~nucleiseg.training.trainer.train`).
+
+    Returns
+    -------
+    RunData
+        The split, the loaded training and (per-epoch) validation samples, and the teacher's record.
+    """
     split_data = training_split(cfg.data, cfg.val_fraction, cfg.split_seed, allow_measuring_only)
     train_ids, val_ids = split_data.train, split_data.val
     if cfg.limit_images:
