@@ -18,7 +18,7 @@ from nucleiseg.training import file_hash, load_weights, save_weights, split_ids,
 from nucleiseg.training.bundle import bundle_run
 from nucleiseg.training.evaluate import evaluate_run
 from nucleiseg.training.checkpoint import load_training_state, save_training_state
-from nucleiseg.training.trainer import autocast_dtype, cpu_supports_bf16
+from nucleiseg.training.optim import autocast_dtype, cpu_supports_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_canonical_scale_samples_and_bundle(real_sample_dirs, dsb_root):
     from nucleiseg.config import NormalizeConfig
     from nucleiseg.postprocess import estimate_diameter
     from nucleiseg.training.data import load_samples
-    from nucleiseg.training.trainer import bundle_config
+    from nucleiseg.training.rundata import bundle_config
 
     ids = [d.name for d in real_sample_dirs]
     native = load_samples(dsb_root, ids, NormalizeConfig(), progress=False)

@@ -24,8 +24,8 @@ from nucleiseg.training.data import (
     TrainingSample,
     excluded_names,
     load_extra_samples,
-    sampling_weights,
 )
+from nucleiseg.training.sampling import sampling_weights
 from nucleiseg.transforms import build_augment
 from nucleiseg.transforms.augment import HEDJitter
 

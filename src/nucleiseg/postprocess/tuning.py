@@ -102,49 +102,92 @@ def tune_postprocess(
     table : pandas.DataFrame
         One row per combination: the grid values, ``score`` (mean) and ``score_std``, best first.
     """
-    from nucleiseg.metrics import competition_score
-
     base = base_cfg or PostprocessConfig()
     probs_all = _check_inputs(probs_list, gt_list)
+    grid_lists, refine_lists, combos = _search_space(probs_all[0].shape[0], base, grid, refine)
+    keys = list(grid_lists)
+    columns = [*keys, *(k for k in refine_lists if k not in keys)]
+    best_cfg, best_score, rows = _search(_Scorer(probs_all, gt_list), base, combos, refine_lists, columns, progress)
+    table = pd.DataFrame(sorted(rows, key=lambda r: -r["score"]))
+    return best_cfg, best_score, table
+
+
+def _search_space(
+    channels: int,
+    base: PostprocessConfig,
+    grid: dict[str, Iterable[Any]] | None,
+    refine: dict[str, Iterable[Any]] | None,
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]], list[dict[str, Any]]]:
+    """The grid and the line-search settings (defaults filled in, checked) and the grid's combinations.
+
+    ``base``'s own values of the grid's fields come first when the grid does not hold them.
+    """
     if refine is None:
         refine = REFINE if grid is None else {}
-    grid = {k: list(v) for k, v in (grid or default_grid(probs_all[0].shape[0], base)).items()}
-    refine = {k: list(v) for k, v in refine.items()}
+    grid_lists = {k: list(v) for k, v in (grid or default_grid(channels, base)).items()}
+    refine_lists = {k: list(v) for k, v in refine.items()}
     fields = {f.name for f in dataclasses.fields(PostprocessConfig)}
-    unknown = (set(grid) | set(refine)) - fields
+    unknown = (set(grid_lists) | set(refine_lists)) - fields
     if unknown:
         raise ValueError(f"unknown PostprocessConfig field(s) in grid: {', '.join(sorted(unknown))}")
-    if any(len(v) == 0 for v in [*grid.values(), *refine.values()]):
+    if any(len(v) == 0 for v in [*grid_lists.values(), *refine_lists.values()]):
         raise ValueError("every grid entry needs at least one value")
-    keys = list(grid)
-    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+    keys = list(grid_lists)
+    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid_lists.values())]
     base_params = {k: getattr(base, k) for k in keys}
     if base_params not in combos:
         combos.insert(0, base_params)
+    return grid_lists, refine_lists, combos
 
-    cores = [marker_probability(p) if p.shape[0] >= 2 else None for p in probs_all]
-    raw_cache: dict[tuple[int, Any], np.ndarray] = {}
-    mask_cache: dict[tuple[int, Any, int], np.ndarray] = {}
 
-    def mask_for(i: int, cfg: PostprocessConfig) -> np.ndarray:
+class _Scorer:
+    """Mean and spread of the competition score of one setting over all images.
+
+    Foreground masks are computed once per distinct threshold setting (and ``min_size``) and image.
+    """
+
+    def __init__(self, probs_all: list[np.ndarray], gt_list: Sequence[np.ndarray]) -> None:
+        from nucleiseg.metrics import competition_score
+
+        self.competition_score = competition_score
+        self.probs_all, self.gt_list = probs_all, gt_list
+        self.cores = [marker_probability(p) if p.shape[0] >= 2 else None for p in probs_all]
+        self.raw_cache: dict[tuple[int, Any], np.ndarray] = {}
+        self.mask_cache: dict[tuple[int, Any, int], np.ndarray] = {}
+
+    def mask_for(self, i: int, cfg: PostprocessConfig) -> np.ndarray:
+        """The foreground mask of image ``i`` under ``cfg``."""
         key = (i, (cfg.threshold_method, cfg.threshold, cfg.fill_holes))
-        if key not in raw_cache:
-            raw_cache[key] = threshold_mask(probs_all[i][0], cfg)
+        if key not in self.raw_cache:
+            self.raw_cache[key] = threshold_mask(self.probs_all[i][0], cfg)
         full_key = (*key, cfg.min_size)
-        if full_key not in mask_cache:
-            mask_cache[full_key] = remove_small_mask(raw_cache[key], cfg.min_size)
-        return mask_cache[full_key]
+        if full_key not in self.mask_cache:
+            self.mask_cache[full_key] = remove_small_mask(self.raw_cache[key], cfg.min_size)
+        return self.mask_cache[full_key]
 
-    def score(cfg: PostprocessConfig) -> tuple[float, float]:
+    def __call__(self, cfg: PostprocessConfig) -> tuple[float, float]:
         scores = [
-            competition_score(gt, labels_from_parts(probs, mask_for(i, cfg), cfg, cores[i]))
-            for i, (probs, gt) in enumerate(zip(probs_all, gt_list, strict=True))
+            self.competition_score(gt, labels_from_parts(probs, self.mask_for(i, cfg), cfg, self.cores[i]))
+            for i, (probs, gt) in enumerate(zip(self.probs_all, self.gt_list, strict=True))
         ]
         return float(np.mean(scores)), float(np.std(scores))
 
+
+def _search(
+    score: _Scorer,
+    base: PostprocessConfig,
+    combos: list[dict[str, Any]],
+    refine: dict[str, list[Any]],
+    columns: list[str],
+    progress: bool,
+) -> tuple[PostprocessConfig, float, list[dict[str, Any]]]:
+    """Score every combination on top of ``base``, then line-search each ``refine`` field from the best so far.
+
+    Returns the best settings, their mean score and one row (``columns``, ``score``,
+    ``score_std``) per setting scored.
+    """
     from tqdm import tqdm
 
-    columns = [*keys, *(k for k in refine if k not in keys)]
     rows: list[dict[str, Any]] = []
     best_cfg, best_score = base, -1.0
     bar = tqdm(total=len(combos) + sum(len(v) for v in refine.values()), desc="tuning post-processing",
@@ -167,5 +210,4 @@ def tune_postprocess(
                 consider(dataclasses.replace(start, **{key: value}))
             bar.update()
     bar.close()
-    table = pd.DataFrame(sorted(rows, key=lambda r: -r["score"]))
-    return best_cfg, best_score, table
+    return best_cfg, best_score, rows

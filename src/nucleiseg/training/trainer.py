@@ -6,7 +6,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nucleiseg import __version__
-from nucleiseg.config import InferConfig, ModelBundleConfig, TrainConfig, save_json
+from nucleiseg.config import TrainConfig
 from nucleiseg.devices import check_device
 from nucleiseg.io.atomic import atomic_write_text
 from nucleiseg.losses import build_loss
@@ -29,11 +29,13 @@ from nucleiseg.training.checkpoint import (
     save_weights,
     weights_metadata,
 )
-from nucleiseg.training.data import CropDataset, crop_loader, load_extra_samples, sampling_summary
-from nucleiseg.training.folders import training_split
+from nucleiseg.training.data import CropDataset, crop_loader
+from nucleiseg.training.optim import autocast_dtype, build_optimizer, build_scheduler, time_cosine_lr
 from nucleiseg.training.progress import PROGRESS_FILE, ProgressLog
 from nucleiseg.training.averaging import WeightAverage, finish_average
 from nucleiseg.training.report import write_curves, write_metrics_csv
+from nucleiseg.training.rundata import RunData, prepare_run_data
+from nucleiseg.training.sampling import sampling_summary
 from nucleiseg.training.validation import validate
 
 
@@ -42,79 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
-    """Adam, AdamW, SGD (momentum 0.9, Nesterov) or RMSprop from the recipe."""
-    name = cfg.optimizer.lower()
-    if name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd, rmsprop)")
-
-
-def time_cosine_lr(cfg: TrainConfig, elapsed_s: float) -> float:
-    """Cosine learning rate over the time budget: ``lr`` at the start, ``lr / 100`` at the end.
-
-    Used instead of per-epoch cosine when ``max_minutes`` is set, so a time-limited run anneals
-    fully whatever the machine's speed (and resumes at the right point).
-    """
-    assert cfg.max_minutes is not None
-    frac = min(1.0, elapsed_s / (cfg.max_minutes * 60))
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
-    """Cosine annealing over the epochs, reduce-on-plateau on the validation score, or none.
-
-    With ``max_minutes`` set, cosine annealing follows the time budget instead (see
-    :func:`time_cosine_lr`) and no epoch scheduler is returned.
-    """
-    name = cfg.scheduler.lower()
-    if name == "cosine" and cfg.max_minutes is not None:
-        return None
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * 0.01)
-    if name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=max(cfg.patience // 3, 1))
-    if name == "none":
-        return None
-    raise ValueError(f"unknown scheduler {cfg.scheduler!r} (cosine, plateau, none)")
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
-
-    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on plain
-    AVX512 CPUs, where bfloat16 is emulated and a U-Net training step is ~2.5x *slower* than in
-    float32 (measured on an AVX512 Xeon without AVX512-BF16), so the CPU's own flags decide.
-    """
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(amp: str, device: str) -> torch.dtype | None:
-    """The autocast dtype for ``TrainConfig.amp`` on ``device``, or None for float32.
-
-    ``"auto"`` gives bfloat16 on CUDA and on CPUs with native bfloat16 support (emulated
-    bfloat16 is slower than float32, so other CPUs train in float32); ``"bf16"`` always gives
-    bfloat16; ``"off"`` gives None.
-    """
-    name = amp.lower()
-    if name == "off":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") or cpu_supports_bf16() else None
-    raise ValueError(f"unknown amp {amp!r} (auto, bf16, off)")
 
 
 def init_weights_file(name_or_path: str) -> Path:
@@ -129,27 +58,11 @@ def init_weights_file(name_or_path: str) -> Path:
     return ModelBundle.open(name_or_path).weights_file()
 
 
-def bundle_config(cfg: TrainConfig) -> ModelBundleConfig:
-    """The inference-side configuration saved as ``config.json`` beside the weights."""
-    model = replace(cfg.model, in_channels=cfg.normalize.channels, out_channels=cfg.targets.channels)
-    infer = InferConfig()
-    if cfg.rescale_tolerance is not None:
-        infer = replace(infer, rescale_tolerance=cfg.rescale_tolerance)
-    if cfg.train_diameter is not None:  # trained at one scale: always bring images to it
-        infer = replace(infer, rescale=True, target_diameter=cfg.train_diameter, rescale_tolerance=1.1)
-    return ModelBundleConfig(
-        model=model,
-        targets=cfg.targets,
-        normalize=cfg.normalize,
-        postprocess=cfg.postprocess,
-        infer=infer,
-        name=Path(cfg.out).name,
-        version=__version__,
-    )
-
-
 #: Running mean of the late epochs' weights (``TrainConfig.average_from``), kept for ``--resume``.
 AVERAGE_FILE = "average.safetensors"
+
+#: Weights, optimiser tensors and (in ``last.safetensors.json``) the loop state, for ``--resume``.
+LAST_FILE = "last.safetensors"
 
 
 def run_fraction(cfg: TrainConfig, epoch: int, seconds: float) -> float:
@@ -157,21 +70,6 @@ def run_fraction(cfg: TrainConfig, epoch: int, seconds: float) -> float:
     if cfg.max_minutes is not None:
         return seconds / (cfg.max_minutes * 60)
     return epoch / max(cfg.epochs, 1)
-
-
-def _finish_average(
-    cfg: TrainConfig, out: Path, average: WeightAverage, model: torch.nn.Module, loader: DataLoader,
-    val_samples: list[Any], bundle: ModelBundleConfig, device: str, info: dict[str, Any],
-) -> dict[str, Any]:
-    """Make the averaged weights the run's ``weights.safetensors`` (the best epoch becomes ``best.safetensors``)."""
-    averaged = finish_average(average, model, loader, cfg.average_bn_batches, device)
-    val = validate(averaged, val_samples, bundle.infer, bundle.postprocess, device)
-    best = out / "weights.safetensors"
-    if best.exists() and weights_metadata(best).get("epoch") != "average":  # a resumed finished run: the best epoch is already aside
-        best.replace(out / "best.safetensors")
-    save_weights(averaged, best, metadata={"epoch": "average", "averaged_epochs": str(average.count), "arch": bundle.model.arch})
-    return {"epochs": average.count, "from": cfg.average_from, "val": val,
-            "best_epoch": info["best_epoch"], "best_val_score": info["best_score"]}
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device: str | None = None,
@@ -213,13 +111,51 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         The run folder.
     """
     device = check_device(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
+    run = _set_up(cfg, device, resume, progress, allow_measuring_only)
+    for epoch in range(int(run.info["epoch"]) + 1, cfg.epochs + 1):
+        losses = _train_epoch(run, epoch, strict_budget)
+        row = _validate_and_checkpoint(run, epoch, losses)
+        if _epoch_done(run, epoch, row, len(losses)):
+            break
+    _finish(run)
+    return run.out
+
+
+@dataclass
+class _Run:
+    """What the steps of one :func:`train` run share (made by :func:`_set_up`)."""
+
+    cfg: TrainConfig
+    out: Path
+    device: str
+    progress: bool
+    data: RunData
+    dataset: CropDataset
+    loader: DataLoader
+    steps: int
+    log: ProgressLog
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: Any
+    info: dict[str, Any]
+    init_file: Path | None
+    average: WeightAverage | None
+    start_time: float
+    amp_dtype: torch.dtype | None
+    amp_device: str
+    timed_cosine: bool
+
+
+def _set_up(cfg: TrainConfig, device: str, resume: bool, progress: bool, allow_measuring_only: bool) -> _Run:
+    """Seed, write the run folder's set-up files, load the data, build the model and resume it."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
 
-    data = _prepare_data(cfg, out, progress, allow_measuring_only)
+    data = prepare_run_data(cfg, out, progress, allow_measuring_only)
     bundle, train_samples, val_samples = data.bundle, data.train_samples, data.val_samples
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_samples) / cfg.batch_size))
     dataset = CropDataset(
@@ -238,9 +174,22 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
     optimizer = build_optimizer(cfg, model.parameters())
     scheduler = build_scheduler(cfg, optimizer)
     loss_fn = build_loss(cfg.loss).to(device)
+    info, init_file, average = _restore(cfg, out, resume, progress, model, optimizer, scheduler)
+    return _Run(
+        cfg, out, device, progress, data, dataset, loader, steps, log, model, optimizer, scheduler, loss_fn,
+        info, init_file, average, start_time=time.monotonic() - float(info["seconds"]),
+        amp_dtype=autocast_dtype(cfg.amp, device), amp_device="cuda" if device.startswith("cuda") else "cpu",
+        timed_cosine=cfg.scheduler.lower() == "cosine" and cfg.max_minutes is not None,
+    )
 
+
+def _restore(
+    cfg: TrainConfig, out: Path, resume: bool, progress: bool, model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer, scheduler: Any,
+) -> tuple[dict[str, Any], Path | None, WeightAverage | None]:
+    """The loop state (from ``last.safetensors`` on ``resume``, else ``init_weights``), that file and the running mean."""
     info: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
-    last = out / "last.safetensors"
+    last = out / LAST_FILE
     init_file = init_weights_file(cfg.init_weights) if cfg.init_weights else None
     if resume and last.exists():
         info = load_training_state(last, model, optimizer, scheduler)
@@ -251,137 +200,111 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, device:
         average.load(out / AVERAGE_FILE)
         if average.count != int(info.get("averaged", 0)) and progress:
             tqdm.write(f"{out / AVERAGE_FILE}: holds {average.count} epochs, the run state {info.get('averaged', 0)}; continuing")
-    start_time = time.monotonic() - float(info["seconds"])
-    amp_dtype = autocast_dtype(cfg.amp, device)
-    amp_device = "cuda" if device.startswith("cuda") else "cpu"
-    timed_cosine = cfg.scheduler.lower() == "cosine" and cfg.max_minutes is not None
-
-    for epoch in range(int(info["epoch"]) + 1, cfg.epochs + 1):
-        model.train()
-        dataset.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 100003 + epoch)
-        losses = _run_epoch(cfg, epoch, model, loader, optimizer, loss_fn, device, log, steps, start_time,
-                            (amp_dtype, amp_device, timed_cosine), progress, strict_budget)
-        val = validate(model, val_samples, bundle.infer, bundle.postprocess, device)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"], **val}
-        row["seconds"] = time.monotonic() - start_time
-        info["history"].append(row)
-        if scheduler is not None:
-            scheduler.step(val["val_score"]) if cfg.scheduler == "plateau" else scheduler.step()
-        if val["val_score"] > info["best_score"]:
-            info["best_score"], info["best_epoch"] = val["val_score"], epoch
-            save_weights(model, out / "weights.safetensors", metadata={"epoch": str(epoch), "arch": bundle.model.arch})
-        info["epoch"], info["seconds"] = epoch, row["seconds"]
-        averaging = None  # the mean, once the run is past cfg.average_from
-        if average is not None and cfg.average_from is not None and run_fraction(cfg, epoch, row["seconds"]) >= cfg.average_from:
-            averaging = average
-            averaging.update(model)
-            info["averaged"] = averaging.count
-        save_training_state(last, model, optimizer, scheduler, info)
-        if averaging is not None:  # after last.safetensors: a crash in between leaves one epoch out of the mean, never in twice
-            averaging.save(out / AVERAGE_FILE)
-        write_metrics_csv(out / "metrics.csv", info["history"])
-        log.write("epoch", **row, steps=len(losses), best_score=info["best_score"], best_epoch=info["best_epoch"])
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}: loss {row['train_loss']:.4f}  val score {val['val_score']:.4f}  "
-                f"AP50 {val['val_ap50']:.4f}  best {info['best_score']:.4f} (epoch {info['best_epoch']})"
-            )
-        if epoch - int(info["best_epoch"]) >= cfg.patience:
-            tqdm.write(f"early stop: no improvement for {cfg.patience} epochs") if progress else None
-            break
-        if cfg.max_minutes is not None and row["seconds"] > cfg.max_minutes * 60:
-            tqdm.write(f"time budget of {cfg.max_minutes} min reached") if progress else None
-            break
-
-    write_curves(out / "curves.png", info["history"])
-    averaged = None
-    if average is not None and average.count > 0:
-        log.write("phase", phase="averaging")
-        averaged = _finish_average(cfg, out, average, model, loader, val_samples, bundle, device, info)
-    report = _report(cfg, info, data, dataset, device, amp_dtype, init_file, averaged)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    log.write("end", best_val_score=info["best_score"], epochs_run=info["epoch"], weights=report["weights"])
-    return out
+    return info, init_file, average
 
 
-@dataclass
-class _RunData:
-    """What :func:`train` trains and validates on (see :func:`_prepare_data`)."""
-
-    bundle: ModelBundleConfig
-    split: Any
-    train_ids: list[str]
-    val_ids: list[str]
-    train_samples: list[Any]
-    val_samples: list[Any]
-    extra_samples: list[Any]
-    teacher: Any
-
-
-def _prepare_data(cfg: TrainConfig, out: Path, progress: bool, allow_measuring_only: bool) -> _RunData:
-    """Split and load the data, write ``train.json``, ``config.json`` and ``split.json``."""
-    split_data = training_split(cfg.data, cfg.val_fraction, cfg.split_seed, allow_measuring_only)
-    train_ids, val_ids = split_data.train, split_data.val
-    if cfg.limit_images:
-        train_ids = train_ids[: cfg.limit_images]
-    extra_samples, extra_records = [], []
-    for extra in cfg.extra_data:  # checked and loaded first: a bad folder fails before any output
-        samples, record = load_extra_samples(extra, cfg.normalize, progress, cfg.train_diameter, cfg.workers)
-        extra_samples += samples
-        extra_records.append(record)
-    save_json(cfg, out / "train.json")
-    bundle = bundle_config(cfg)
-    save_json(bundle, out / "config.json")
-    split: dict[str, Any] = {"seed": cfg.split_seed, "train": train_ids, "val": val_ids}
-    if split_data.val_on_train:
-        split["val_on_train"] = True
-    if extra_records:
-        split["extra"] = extra_records
-    atomic_write_text(out / "split.json", json.dumps(split, indent=1))
-    val_ids = val_ids[: cfg.val_max_images] if cfg.val_max_images else val_ids  # per-epoch subset
-
-    train_samples = split_data.load(train_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers) + extra_samples
-    val_samples = (train_samples[: len(val_ids)] if split_data.val_on_train and not cfg.limit_images and not extra_samples
-                   else split_data.load(val_ids, cfg.normalize, progress, cfg.train_diameter, cfg.workers))  # selection only
-    teacher = None
-    if cfg.teacher is not None:  # soft targets: the teacher's probabilities of every training image
-        from nucleiseg.training.distill import add_teacher_probabilities
-
-        teacher = add_teacher_probabilities(train_samples, cfg.teacher, cfg.normalize, bundle.model.out_channels, progress)
-    return _RunData(bundle, split_data, train_ids, val_ids, train_samples, val_samples, extra_samples, teacher)
-
-
-def _run_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, loader: Any, optimizer: Any, loss_fn: Any,
-               device: str, log: ProgressLog, steps: int, start_time: float, amp: tuple[Any, str, bool],
-               progress: bool, strict_budget: bool) -> list[float]:
-    """One pass over ``loader``; the loss of every step (stops early at a strict time budget)."""
-    amp_dtype, amp_device, timed_cosine = amp
+def _train_epoch(run: _Run, epoch: int, strict_budget: bool) -> list[float]:
+    """One pass over the crops of ``epoch``; the loss of every step (stops early at a strict time budget)."""
+    cfg, model, optimizer, start_time = run.cfg, run.model, run.optimizer, run.start_time
+    model.train()
+    run.dataset.set_epoch(epoch)
+    torch.manual_seed(cfg.seed * 100003 + epoch)
     losses = []
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+    bar = tqdm(run.loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not run.progress, leave=False)
     for step, (images, targets, weights) in enumerate(bar, 1):
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
-        targets, weights = targets.to(device), weights.to(device)
-        if timed_cosine:
+        images = images.to(run.device).contiguous(memory_format=torch.channels_last)
+        targets, weights = targets.to(run.device), weights.to(run.device)
+        if run.timed_cosine:
             for group in optimizer.param_groups:
                 group["lr"] = time_cosine_lr(cfg, time.monotonic() - start_time)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=amp_device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(device_type=run.amp_device, dtype=run.amp_dtype or torch.float32,
+                            enabled=run.amp_dtype is not None):
             logits = model(images)
-        loss = loss_fn(logits.float(), targets, weights)
+        loss = run.loss_fn(logits.float(), targets, weights)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        log.step(epoch=epoch, step=step, steps=steps, loss=float(np.mean(losses)), elapsed_s=time.monotonic() - start_time)
+        run.log.step(epoch=epoch, step=step, steps=run.steps, loss=float(np.mean(losses)),
+                     elapsed_s=time.monotonic() - start_time)
         if strict_budget and cfg.max_minutes is not None and time.monotonic() - start_time > cfg.max_minutes * 60:
             break
     return losses
 
 
-def _report(cfg: TrainConfig, info: dict[str, Any], data: _RunData, dataset: Any, device: str, amp_dtype: Any,
-            init_file: Path | None, averaged: Any) -> dict[str, Any]:
+def _validate_and_checkpoint(run: _Run, epoch: int, losses: list[float]) -> dict[str, Any]:
+    """Validate ``epoch``, step the scheduler, save the best weights, the loop state and the mean; its metrics row."""
+    cfg, info, out, bundle = run.cfg, run.info, run.out, run.data.bundle
+    val = validate(run.model, run.data.val_samples, bundle.infer, bundle.postprocess, run.device)
+    row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": run.optimizer.param_groups[0]["lr"], **val}
+    row["seconds"] = time.monotonic() - run.start_time
+    info["history"].append(row)
+    if run.scheduler is not None:
+        run.scheduler.step(val["val_score"]) if cfg.scheduler == "plateau" else run.scheduler.step()
+    if val["val_score"] > info["best_score"]:
+        info["best_score"], info["best_epoch"] = val["val_score"], epoch
+        save_weights(run.model, out / "weights.safetensors", metadata={"epoch": str(epoch), "arch": bundle.model.arch})
+    info["epoch"], info["seconds"] = epoch, row["seconds"]
+    averaging = None  # the mean, once the run is past cfg.average_from
+    if run.average is not None and cfg.average_from is not None and run_fraction(cfg, epoch, row["seconds"]) >= cfg.average_from:
+        averaging = run.average
+        averaging.update(run.model)
+        info["averaged"] = averaging.count
+    save_training_state(out / LAST_FILE, run.model, run.optimizer, run.scheduler, info)
+    if averaging is not None:  # after last.safetensors: a crash in between leaves one epoch out of the mean, never in twice
+        averaging.save(out / AVERAGE_FILE)
+    write_metrics_csv(out / "metrics.csv", info["history"])
+    return row
+
+
+def _epoch_done(run: _Run, epoch: int, row: dict[str, Any], n_steps: int) -> bool:
+    """Log and print ``epoch``'s row; True when the run stops here (early stopping or the time budget)."""
+    cfg, info, progress = run.cfg, run.info, run.progress
+    run.log.write("epoch", **row, steps=n_steps, best_score=info["best_score"], best_epoch=info["best_epoch"])
+    if progress:
+        tqdm.write(
+            f"epoch {epoch}: loss {row['train_loss']:.4f}  val score {row['val_score']:.4f}  "
+            f"AP50 {row['val_ap50']:.4f}  best {info['best_score']:.4f} (epoch {info['best_epoch']})"
+        )
+    if epoch - int(info["best_epoch"]) >= cfg.patience:
+        tqdm.write(f"early stop: no improvement for {cfg.patience} epochs") if progress else None
+        return True
+    if cfg.max_minutes is not None and row["seconds"] > cfg.max_minutes * 60:
+        tqdm.write(f"time budget of {cfg.max_minutes} min reached") if progress else None
+        return True
+    return False
+
+
+def _finish(run: _Run) -> None:
+    """The end of a run: curves, the weight average (when on), ``report.json`` and the ``end`` event."""
+    info = run.info
+    write_curves(run.out / "curves.png", info["history"])
+    averaged = None
+    if run.average is not None and run.average.count > 0:
+        run.log.write("phase", phase="averaging")
+        averaged = _finish_average(run, run.average)
+    report = _report(run, averaged)
+    atomic_write_text(run.out / "report.json", json.dumps(report, indent=2))
+    run.log.write("end", best_val_score=info["best_score"], epochs_run=info["epoch"], weights=report["weights"])
+
+
+def _finish_average(run: _Run, average: WeightAverage) -> dict[str, Any]:
+    """Make the averaged weights the run's ``weights.safetensors`` (the best epoch becomes ``best.safetensors``)."""
+    cfg, out, bundle, device = run.cfg, run.out, run.data.bundle, run.device
+    averaged = finish_average(average, run.model, run.loader, cfg.average_bn_batches, device)
+    val = validate(averaged, run.data.val_samples, bundle.infer, bundle.postprocess, device)
+    best = out / "weights.safetensors"
+    if best.exists() and weights_metadata(best).get("epoch") != "average":  # a resumed finished run: the best epoch is already aside
+        best.replace(out / "best.safetensors")
+    save_weights(averaged, best, metadata={"epoch": "average", "averaged_epochs": str(average.count), "arch": bundle.model.arch})
+    return {"epochs": average.count, "from": cfg.average_from, "val": val,
+            "best_epoch": run.info["best_epoch"], "best_val_score": run.info["best_score"]}
+
+
+def _report(run: _Run, averaged: dict[str, Any] | None) -> dict[str, Any]:
     """The contents of ``report.json``."""
+    cfg, info, data, dataset, amp_dtype = run.cfg, run.info, run.data, run.dataset, run.amp_dtype
     report = {
         "best_epoch": info["best_epoch"],
         "best_val_score": info["best_score"],
@@ -390,11 +313,11 @@ def _report(cfg: TrainConfig, info: dict[str, Any], data: _RunData, dataset: Any
         "n_train": len(data.train_ids),
         "val_on_train": data.split.val_on_train,
         "n_train_extra": len(data.extra_samples),
-        "init_weights": None if init_file is None else {"source": cfg.init_weights, "sha256": file_hash(init_file)},
+        "init_weights": None if run.init_file is None else {"source": cfg.init_weights, "sha256": file_hash(run.init_file)},
         "teacher": data.teacher,
         "n_val_per_epoch": len(data.val_ids),
         "sampling": sampling_summary(dataset.samples, dataset.clusters, dataset.weights),
-        "device": str(device),
+        "device": str(run.device),
         "threads": torch.get_num_threads(),
         "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
         "torch": torch.__version__,

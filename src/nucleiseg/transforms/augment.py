@@ -31,6 +31,7 @@ _NOISE_STD = (0.005, 0.04)
 _JPEG_QUALITY_MAX = 95
 _DOWNSCALE_MAX = 0.9
 _OD_EPS = 1e-3  # darkest transmitted intensity in the HED jitter (optical density <= 6.9)
+_BORDER = {"border_mode": 0, "fill": 0, "fill_mask": 0}  # cv2.BORDER_CONSTANT with zeros
 
 
 class HEDJitter(A.ImageOnlyTransform):
@@ -177,8 +178,12 @@ def build_augment(
         values are a subset of the input ids and 0.
     """
     _validate(cfg, crop_size, channels, nonempty_p)
-    border = {"border_mode": 0, "fill": 0, "fill_mask": 0}  # cv2.BORDER_CONSTANT with zeros
-    steps: list[A.BasicTransform] = [A.PadIfNeeded(min_height=crop_size, min_width=crop_size, **border)]
+    return A.Compose(_geometric(cfg, crop_size, nonempty_p) + _intensity(cfg, channels), seed=seed)
+
+
+def _geometric(cfg: AugmentConfig, crop_size: int, nonempty_p: float) -> list[A.BasicTransform]:
+    """Padding, the affine transform of the whole image, the crop, flips and rotations, distortions."""
+    steps: list[A.BasicTransform] = [A.PadIfNeeded(min_height=crop_size, min_width=crop_size, **_BORDER)]
     if cfg.affine_p > 0:
         steps.append(
             A.Affine(
@@ -188,7 +193,7 @@ def build_augment(
                 keep_ratio=True,
                 balanced_scale=cfg.scale_min < 1.0 < cfg.scale_max,
                 p=cfg.affine_p,
-                **border,
+                **_BORDER,
             )
         )
     steps.append(_crop(crop_size, nonempty_p))
@@ -197,9 +202,17 @@ def build_augment(
     if cfg.rotate90:
         steps.append(A.RandomRotate90(p=1.0))
     if cfg.elastic_p > 0:
-        steps.append(A.ElasticTransform(**_ELASTIC, noise_distribution="uniform", p=cfg.elastic_p, **border))
+        steps.append(A.ElasticTransform(**_ELASTIC, noise_distribution="uniform", p=cfg.elastic_p, **_BORDER))
     if cfg.grid_distortion_p > 0:
-        steps.append(A.GridDistortion(distort_limit=_GRID_LIMIT, p=cfg.grid_distortion_p, **border))
+        steps.append(A.GridDistortion(distort_limit=_GRID_LIMIT, p=cfg.grid_distortion_p, **_BORDER))
+    return steps
+
+
+def _intensity(cfg: AugmentConfig, channels: int) -> list[A.BasicTransform]:
+    """The intensity transforms and acquisition artefacts whose probability is above 0, in order.
+
+    The colour transforms (synthetic H&E, HED jitter, hue/saturation, to-gray) only for 3 channels.
+    """
     colour = channels == 3
     optional: list[tuple[float, A.BasicTransform]] = [
         (cfg.tissue_p if colour else 0.0, TissueSynth(p=cfg.tissue_p)),
@@ -231,8 +244,7 @@ def build_augment(
             A.ImageCompression(quality_range=(cfg.jpeg_quality_min, _JPEG_QUALITY_MAX), p=cfg.jpeg_p),
         ),
     ]
-    steps += [t for p, t in optional if p > 0]
-    return A.Compose(steps, seed=seed)
+    return [t for p, t in optional if p > 0]
 
 
 def patchify(
