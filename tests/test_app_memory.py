@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from skimage.segmentation import expand_labels, find_boundaries
 
-from nucleiseg.app.answer import JsonAnswer, answer, render_answer
+from nucleiseg.app.answer import JsonAnswer, answer, difference_png, display_image, overlay_png, render_answer
 from nucleiseg.app.png_stream import png_from_array, png_from_bands, png_from_labels
 from nucleiseg.io.images import to_uint8_rgb
 from nucleiseg.io.measure import measure, measure_in_bands
-from nucleiseg.io.outputs import inner_edges, overlay_outlines
+from nucleiseg.io.outputs import difference_overlay, inner_edges, overlay_outlines
 
 with warnings.catch_warnings():  # Starlette asks for the httpx2 fork; plain httpx still works
     warnings.filterwarnings("ignore", message=".*httpx2.*")
@@ -92,6 +92,39 @@ def test_answer_of_a_16_bit_rgb_image_and_no_labels_png_beyond_65535() -> None:
     np.testing.assert_array_equal(_decode(rendered.overlay_png), overlay_outlines(image, labels))
     got = json.loads(b"".join(answer({}, rendered).chunks()))
     assert got["labels_png"] is None and got["measurements"][0]["label"] == 70000
+
+
+@pytest.mark.parametrize("kind", ["uint8", "uint16", "rgb"])
+def test_difference_png_by_bands_is_the_difference_overlay(kind: str) -> None:
+    image, pred = disk_mosaic(200, step=21, radius=10)
+    pred = expand_labels(pred, 2)[:190, :170]  # touching nuclei, cut by the border
+    true = np.roll(pred, (3, -2), axis=(0, 1))  # overlaps, misses and extra pixels
+    true[:40, :50] = 0
+    image = image[:190, :170]
+    if kind == "uint16":
+        image = image.astype(np.uint16) * 40 + 7
+    elif kind == "rgb":
+        image = np.stack([image, image // 2, 255 - image], axis=2)
+    display = display_image(image)
+    expected = difference_overlay(image, true, pred, legend=False)
+    assert len(np.unique(expected.reshape(-1, 3), axis=0)) > 20  # every colour and many grays
+    np.testing.assert_array_equal(_decode(difference_png(display, true, pred)), expected)
+    np.testing.assert_array_equal(_decode(overlay_png(display, pred)), overlay_outlines(image, pred))
+
+
+def test_difference_png_peak_per_pixel() -> None:
+    # /api/evaluate's difference overlay was made whole in float32 RGB: about 50 bytes per pixel
+    # beyond the image and the two label images (16 Mpx upload: 814 MB above the model).
+    image, pred = disk_mosaic(2048)
+    true = np.roll(pred, 2, axis=1)
+    tracemalloc.start()
+    try:
+        png = difference_png(display_image(image), true, pred)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert _decode(png).shape == (2048, 2048, 3)
+    assert peak / image.size < 2.0, f"{peak / image.size:.2f} bytes per pixel"
 
 
 def test_json_answer_pieces() -> None:

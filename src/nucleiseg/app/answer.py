@@ -30,10 +30,11 @@ from nucleiseg.app.png_stream import (
 )
 from nucleiseg.io.images import to_uint8_rgb
 from nucleiseg.io.measure import measure_in_bands
-from nucleiseg.io.outputs import draw_outlines, outline_palette, outline_rows
+from nucleiseg.io.outputs import difference_rows, draw_outlines, outline_palette, outline_rows
 
 __all__ = [
-    "JsonAnswer", "Rendered", "answer", "clean_number", "display_image", "overlay_png", "render_answer", "table_json",
+    "JsonAnswer", "Rendered", "answer", "clean_number", "difference_png", "display_image", "overlay_png", "render_answer",
+    "table_json",
 ]
 
 #: Bytes of PNG data base64-encoded per piece of the answer (a multiple of 3).
@@ -101,6 +102,23 @@ def overlay_png(display: np.ndarray, labels: np.ndarray) -> bytes:
             out = np.repeat(rows[..., None], 3, axis=2) if rows.ndim == 2 else rows.copy()
             draw_outlines(out, labels, top, palette)
             yield out.reshape(out.shape[0], -1)
+
+    return png_from_bands(width, height, 3, 8, bands())
+
+
+def difference_png(display: np.ndarray, true: np.ndarray, pred: np.ndarray) -> bytes:
+    """PNG of :func:`~nucleiseg.io.outputs.difference_overlay` (no legend) of ``display``, one band of rows at a time.
+
+    ``display`` is :func:`display_image` of the image; ``true`` and ``pred`` its label images.
+    """
+    height, width = pred.shape
+    step = min(outline_rows(pred), band_rows(12 * width))  # the band's float32 RGB rows
+
+    def bands() -> Iterator[np.ndarray]:
+        for top in range(0, height, step):
+            rows = display[top : top + step].astype(np.float32)
+            gray = rows if rows.ndim == 2 else rows.mean(axis=2)
+            yield difference_rows(gray, true, pred, top).reshape(gray.shape[0], -1)
 
     return png_from_bands(width, height, 3, 8, bands())
 

@@ -31,14 +31,13 @@ from nucleiseg.inference.record import versions
 from nucleiseg.inference.segmenter import Result, Segmenter
 from nucleiseg.io.dsb import merge_masks
 from nucleiseg.inference.stack import segment_planes, stack_record, write_stack_outputs
-from nucleiseg.io.images import ImageReadError, read_labels, to_uint8_rgb
+from nucleiseg.io.images import ImageReadError, read_labels
 from nucleiseg.io.labels import InputItem
 from nucleiseg.io.layout import RUN_RECORD, OutputOptions
 from nucleiseg.io.stacks import Planes, read_planes
 from nucleiseg.io.units import Diameter
-from nucleiseg.io.outputs import difference_overlay, overlay_outlines
 from nucleiseg.metrics import match_labels, pixel_metrics
-from nucleiseg.app.answer import answer, clean_number, render_answer
+from nucleiseg.app.answer import answer, clean_number, difference_png, display_image, overlay_png, render_answer
 from nucleiseg.app.limits import api_error, scrub
 from nucleiseg.app.uploads import member_path
 
@@ -46,7 +45,6 @@ __all__ = [
     "Options",
     "Upload",
     "evaluate_job",
-    "png_base64",
     "png_bytes",
     "segment_job",
     "zip_job",
@@ -105,9 +103,9 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def png_base64(array: np.ndarray) -> str:
-    """:func:`png_bytes` as a base64 ASCII string."""
-    return base64.b64encode(png_bytes(array)).decode("ascii")
+def _base64(data: bytes) -> str:
+    """``data`` (a PNG) as a base64 ASCII string."""
+    return base64.b64encode(data).decode("ascii")
 
 
 def _read_error(exc: ImageReadError, name: str, field: str, folder: Path, entry: str | None = None) -> HTTPException:
@@ -325,6 +323,7 @@ def evaluate_job(
     pred = result.labels
     match = match_labels(true, pred)
     pixels = pixel_metrics(true, pred)
+    display = display_image(image)  # PNGs made band by band (bounded memory, as /api/segment)
     per_threshold = [
         {"threshold": clean_number(t), "tp": int(tp), "fp": int(fp), "fn": int(fn), "score": clean_number(s)}
         for t, tp, fp, fn, s in zip(match.thresholds, match.tp, match.fp, match.fn, match.score, strict=True)
@@ -351,7 +350,7 @@ def evaluate_job(
         "fn": match.fn50,
         "per_threshold": per_threshold,
         "pixel": {k: clean_number(v) for k, v in pixels.items()},
-        "diff_png": png_base64(difference_overlay(image, true, pred, legend=False)),  # the page has a legend
-        "overlay_png": png_base64(overlay_outlines(to_uint8_rgb(image), pred)),
+        "diff_png": _base64(difference_png(display, true, pred)),  # the page has a legend
+        "overlay_png": _base64(overlay_png(display, pred)),
         "timings": {"total_server": round(time.perf_counter() - t0, 4)},
     }

@@ -10,7 +10,6 @@ import pandas as pd
 import roifile
 from skimage.color import hsv2rgb
 from skimage.measure import find_contours, regionprops
-from skimage.segmentation import find_boundaries
 
 from nucleiseg.io.atomic import atomic_path
 from nucleiseg.io.images import to_uint8_rgb
@@ -20,6 +19,7 @@ __all__ = [
     "DIFF_COLOURS",
     "MEASUREMENT_COLUMNS",
     "difference_overlay",
+    "difference_rows",
     "draw_outlines",
     "inner_edges",
     "label_colours",
@@ -160,16 +160,27 @@ def difference_overlay(image: np.ndarray, true: np.ndarray, pred: np.ndarray, le
     in yellow so that merged or split nuclei stay visible (:data:`DIFF_COLOURS`). With
     ``legend``, a strip below the image names the colours (the image rows keep their place).
     """
-    base = to_uint8_rgb(image).astype(np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2)
-    true = _check_labels(true, base.shape, "true") > 0
-    pred_labels = _check_labels(pred, base.shape, "pred")
-    pred = pred_labels > 0
-    out = base
-    for mask, (_, rgb, alpha) in zip((true & pred, pred & ~true, true & ~pred), DIFF_COLOURS):
-        out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(rgb, np.float32)
-    out[find_boundaries(pred_labels, mode="inner") & pred] = DIFF_COLOURS[3][1]
-    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    gray = to_uint8_rgb(image).astype(np.float32).mean(axis=2)
+    true = _check_labels(true, gray.shape, "true")
+    pred = _check_labels(pred, gray.shape, "pred")
+    out = difference_rows(gray, true, pred, 0)
     return np.concatenate([out, legend_strip(out.shape[1])]) if legend else out
+
+
+def difference_rows(gray: np.ndarray, true: np.ndarray, pred: np.ndarray, top: int) -> np.ndarray:
+    """Rows ``top:top + len(gray)`` of :func:`difference_overlay` (no legend), as ``uint8`` RGB.
+
+    ``gray`` is those rows of the gray copy of the image (``float32``: the mean of the RGB
+    channels of :func:`~nucleiseg.io.images.to_uint8_rgb`); ``true`` and ``pred`` are the whole
+    label images (the outlines need the rows next to the band). Temporaries are the band's size.
+    """
+    stop = top + gray.shape[0]
+    t, p = true[top:stop] > 0, pred[top:stop] > 0
+    out = np.repeat(gray.astype(np.float32, copy=False)[..., None], 3, axis=2)
+    for mask, (_, rgb, alpha) in zip((t & p, p & ~t, t & ~p), DIFF_COLOURS):
+        out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(rgb, np.float32)
+    out[inner_edges(pred, top, stop)] = DIFF_COLOURS[3][1]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def legend_strip(width: int, entries: Sequence[tuple[str, Sequence[int], float | None]] = DIFF_COLOURS) -> np.ndarray:
