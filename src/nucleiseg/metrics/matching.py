@@ -37,7 +37,7 @@ Supported dtypes: any integer type (int32, uint16, uint32, int64, ...) and bool.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,44 +63,103 @@ DEFAULT_THRESHOLDS.setflags(write=False)
 
 # Dense bincount tables are used while they stay this small relative to the image.
 _DENSE_SLACK = 1 << 20
+# Pixels per step: the images are read in chunks, so no whole-image ``intp`` copy is made.
+_CHUNK = 1 << 20
 
 
 def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
-    """Validate one label image and return it as a flat ``intp`` array."""
+    """Validate one label image and return it flat, in its own dtype (bool as ``uint8``)."""
     if not isinstance(labels, np.ndarray):
         raise ValueError(f"{name}: expected a numpy array, got {type(labels).__name__}")
     if labels.dtype == bool:
-        return labels.ravel().astype(np.intp)
+        return labels.ravel().view(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name}: label image must have an integer dtype, got {labels.dtype}")
     if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and int(labels.min()) < 0:
         raise ValueError(f"{name}: label ids must be >= 0, found {int(labels.min())}")
     if labels.size and int(labels.max()) > np.iinfo(np.intp).max:
         raise ValueError(f"{name}: label id {int(labels.max())} does not fit in {np.dtype(np.intp)}")
-    return labels.ravel().astype(np.intp, copy=False)
+    return labels.ravel()
 
 
-def _relabel(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Map ids to ``1..n``; return (dense flat labels, original ids, areas)."""
+def _chunks(flat: np.ndarray) -> Iterator[np.ndarray]:
+    """``flat`` in :data:`_CHUNK`-pixel pieces, as ``intp``."""
+    for start in range(0, flat.size, _CHUNK):
+        yield flat[start : start + _CHUNK].astype(np.intp, copy=False)
+
+
+def _merge_counts(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct keys and their summed counts, from per-chunk ``np.unique`` results."""
+    if len(keys) == 1:
+        return keys[0], counts[0].astype(np.int64)
+    merged, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    total = np.zeros(merged.size, np.int64)
+    np.add.at(total, inverse.reshape(-1), np.concatenate(counts))
+    return merged, total
+
+
+@dataclass(frozen=True)
+class _Ids:
+    """The objects of one label image: original ids (sorted), areas, and how to number them ``1..n``."""
+
+    ids: np.ndarray
+    area: np.ndarray
+    lut: np.ndarray | None  #: id -> 1..n (0 -> 0); None when the ids are already 1..n or too large for a table
+
+    def index(self, chunk: np.ndarray) -> np.ndarray:
+        """``chunk`` (``intp`` ids) numbered ``1..n``, 0 for background."""
+        if self.lut is not None:
+            return self.lut[chunk]
+        if self.ids.size == 0 or self.ids[-1] == self.ids.size:
+            return chunk
+        return np.searchsorted(np.concatenate([[0], self.ids]), chunk)
+
+
+def _relabel(flat: np.ndarray) -> _Ids:
+    """The objects of a flat label image (:class:`_Ids`), counted one chunk at a time."""
     top = int(flat.max()) if flat.size else 0
     if top == 0:
         empty = np.zeros(0, np.int64)
-        return flat, empty, empty
+        return _Ids(empty, empty, None)
     if top <= 4 * flat.size + _DENSE_SLACK:
-        counts = np.bincount(flat, minlength=top + 1)
+        counts = np.zeros(top + 1, np.intp)
+        for chunk in _chunks(flat):
+            counts += np.bincount(chunk, minlength=top + 1)
         ids = np.flatnonzero(counts[1:]) + 1
-        areas = counts[ids]
-        if ids.size == top:  # already consecutive
-            return flat, ids.astype(np.int64), areas.astype(np.int64)
-        lut = np.zeros(top + 1, np.intp)
-        lut[ids] = np.arange(1, ids.size + 1)
-        return lut[flat], ids.astype(np.int64), areas.astype(np.int64)
-    ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-    dense = inverse.reshape(-1).astype(np.intp)
-    if ids[0] != 0:  # no background: shift so index 0 stays background
-        dense += 1
-        return dense, ids.astype(np.int64), counts.astype(np.int64)
-    return dense, ids[1:].astype(np.int64), counts[1:].astype(np.int64)
+        lut = None
+        if ids.size != top:
+            lut = np.zeros(top + 1, np.intp)
+            lut[ids] = np.arange(1, ids.size + 1)
+        return _Ids(ids.astype(np.int64), counts[ids].astype(np.int64), lut)
+    found = [np.unique(chunk, return_counts=True) for chunk in _chunks(flat)]
+    ids, counts = _merge_counts([f[0] for f in found], [f[1] for f in found])
+    if ids[0] == 0:
+        ids, counts = ids[1:], counts[1:]
+    return _Ids(ids.astype(np.int64), counts, None)
+
+
+def _pair_counts(t: np.ndarray, p: np.ndarray, true: _Ids, pred: _Ids) -> tuple[np.ndarray, np.ndarray]:
+    """Combined indices ``true * n_pred + pred`` (0-based) of the overlapping pairs, and their pixels."""
+    n_t, n_p = true.ids.size, pred.ids.size
+    dense = n_t * n_p <= min(4 * t.size + _DENSE_SLACK, 4 * _CHUNK)
+    table = np.zeros(n_t * n_p if dense else 0, np.intp)
+    keys, counts = [], []
+    for tc, pc in zip(_chunks(t), _chunks(p), strict=True):
+        tc, pc = true.index(tc), pred.index(pc)
+        both = (tc > 0) & (pc > 0)
+        key = (tc[both] - 1) * n_p + (pc[both] - 1)
+        if dense:
+            table += np.bincount(key, minlength=table.size)
+        elif key.size:
+            found = np.unique(key, return_counts=True)
+            keys.append(found[0])
+            counts.append(found[1])
+    if dense:
+        nonzero = np.flatnonzero(table)
+        return nonzero, table[nonzero]
+    if not keys:
+        return np.zeros(0, np.intp), np.zeros(0, np.int64)
+    return _merge_counts(keys, counts)
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,9 +192,10 @@ class Overlaps:
 def overlaps(true: np.ndarray, pred: np.ndarray) -> Overlaps:
     """Count the pixels shared by every pair of true and predicted objects.
 
-    Pairs are counted in one pass with ``np.bincount`` over the combined index
-    ``true * n_pred + pred`` of the pixels where both images are foreground (``np.unique``
-    when that table would be too large), so the cost does not grow with a loop over objects.
+    Pairs are counted with ``np.bincount`` over the combined index ``true * n_pred + pred`` of
+    the pixels where both images are foreground (``np.unique`` when that table would be too
+    large), one chunk of pixels at a time, so the cost does not grow with a loop over objects
+    and the temporaries are the size of a chunk, not of the image.
 
     Parameters
     ----------
@@ -156,24 +216,16 @@ def overlaps(true: np.ndarray, pred: np.ndarray) -> Overlaps:
         raise ValueError("true and pred must be numpy arrays")
     if true.shape != pred.shape:
         raise ValueError(f"shape mismatch: true {true.shape} vs pred {pred.shape}")
-    t, true_ids, true_area = _relabel(_check_labels("true", true))
-    p, pred_ids, pred_area = _relabel(_check_labels("pred", pred))
-    n_t, n_p = true_ids.size, pred_ids.size
-    if n_t == 0 or n_p == 0:
+    t, p = _check_labels("true", true), _check_labels("pred", pred)
+    ti, pi = _relabel(t), _relabel(p)
+    if ti.ids.size == 0 or pi.ids.size == 0:
         nothing = np.zeros(0, np.int64)
-        return Overlaps(true_ids, pred_ids, true_area, pred_area, nothing, nothing, nothing, np.zeros(0))
-    both = (t > 0) & (p > 0)
-    key = (t[both] - 1) * n_p + (p[both] - 1)
-    if n_t * n_p <= 4 * t.size + _DENSE_SLACK:
-        counts = np.bincount(key, minlength=n_t * n_p)
-        nonzero = np.flatnonzero(counts)
-        inter = counts[nonzero]
-    else:
-        nonzero, inter = np.unique(key, return_counts=True)
-    pair_true, pair_pred = np.divmod(nonzero.astype(np.int64), n_p)
+        return Overlaps(ti.ids, pi.ids, ti.area, pi.area, nothing, nothing, nothing, np.zeros(0))
+    nonzero, inter = _pair_counts(t, p, ti, pi)
+    pair_true, pair_pred = np.divmod(nonzero.astype(np.int64), pi.ids.size)
     inter = inter.astype(np.int64)
-    union = true_area[pair_true] + pred_area[pair_pred] - inter
-    return Overlaps(true_ids, pred_ids, true_area, pred_area, pair_true, pair_pred, inter, inter / union)
+    union = ti.area[pair_true] + pi.area[pair_pred] - inter
+    return Overlaps(ti.ids, pi.ids, ti.area, pi.area, pair_true, pair_pred, inter, inter / union)
 
 
 def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
