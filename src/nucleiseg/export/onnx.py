@@ -109,6 +109,51 @@ def _export_graph(model: nn.Module, path: Path, opset: int, in_channels: int) ->
         )
 
 
+def _checked_out_path(out_path: str | Path, fp16: bool, int8: bool, int8_mode: str) -> Path:
+    """Validate the precision options and the ``.onnx`` suffix; return ``out_path`` as a Path."""
+    if fp16 and int8:
+        raise ValueError("choose fp16 or int8, not both")
+    if int8 and int8_mode not in INT8_MODES:
+        raise ValueError(f"int8 mode must be one of {', '.join(INT8_MODES)}, got {int8_mode!r}")
+    out = Path(out_path)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"{out}: the output file must end in .onnx")
+    return out
+
+
+def _export_metadata(
+    model: nn.Module, config: ModelBundleConfig, folder: Path, weights_hash: str, precision: str
+) -> dict[str, str]:
+    """The ONNX metadata entries (:data:`~nucleiseg.export.runtime.META` keys) of an export."""
+    return {
+        META["config"]: json.dumps(to_dict(config), sort_keys=True),
+        META["stride"]: str(int(getattr(model, "stride", 32))),
+        META["weights_hash"]: weights_hash,
+        META["precision"]: precision,
+        META["source"]: str(folder.resolve()),
+        META["version"]: __version__,
+    }
+
+
+def _static_crops(
+    folder: Path, config: ModelBundleConfig, calib_source: str | Path | None, count: int, seed: int
+) -> list[np.ndarray]:
+    """Normalised calibration crops for static int8 (training images only when ``split.json`` exists)."""
+    source = Path(calib_source) if calib_source is not None else default_image_source(folder)
+    paths = calibration_images(source, folder / "split.json")
+    return calibration_crops(paths, count, config.normalize, seed=seed)
+
+
+def _save_with_metadata(proto: onnx.ModelProto, meta: dict[str, str], out: Path) -> None:
+    """Replace the graph's metadata with ``meta``, stamp the producer and write ``out`` atomically."""
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, meta)
+    proto.producer_name = "nucleiseg"
+    proto.producer_version = __version__
+    with atomic_path(out) as dst:
+        onnx.save(proto, str(dst))
+
+
 def export_onnx(
     model_dir_or_name: str | Path,
     out_path: str | Path,
@@ -149,43 +194,22 @@ def export_onnx(
     Path
         ``out_path``.
     """
-    if fp16 and int8:
-        raise ValueError("choose fp16 or int8, not both")
-    if int8 and int8_mode not in INT8_MODES:
-        raise ValueError(f"int8 mode must be one of {', '.join(INT8_MODES)}, got {int8_mode!r}")
-    out = Path(out_path)
-    if out.suffix.lower() != ".onnx":
-        raise ValueError(f"{out}: the output file must end in .onnx")
+    out = _checked_out_path(out_path, fp16, int8, int8_mode)
     model, config, folder, weights_hash = load_torch_model(model_dir_or_name)
     precision = "fp16" if fp16 else f"int8-{int8_mode}" if int8 else "fp32"
-    meta = {
-        META["config"]: json.dumps(to_dict(config), sort_keys=True),
-        META["stride"]: str(int(getattr(model, "stride", 32))),
-        META["weights_hash"]: weights_hash,
-        META["precision"]: precision,
-        META["source"]: str(folder.resolve()),
-        META["version"]: __version__,
-    }
+    meta = _export_metadata(model, config, folder, weights_hash, precision)
     with tempfile.TemporaryDirectory(prefix="nucleiseg-export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         _export_graph(model, fp32, opset, config.model.in_channels)
         if int8:
-            crops = None
-            if int8_mode == "static":
-                source = Path(calib_source) if calib_source is not None else default_image_source(folder)
-                paths = calibration_images(source, folder / "split.json")
-                crops = calibration_crops(paths, calib_images, config.normalize, seed=seed)
+            static = int8_mode == "static"
+            crops = _static_crops(folder, config, calib_source, calib_images, seed) if static else None
             proto = onnx.load(str(quantize_int8(fp32, Path(tmp) / "int8.onnx", crops, int8_mode, INPUT_NAME)))
         else:
             proto = onnx.load(str(fp32))
             if fp16:
                 proto = convert_fp16(proto)
-        del proto.metadata_props[:]
-        onnx.helper.set_model_props(proto, meta)
-        proto.producer_name = "nucleiseg"
-        proto.producer_version = __version__
-        with atomic_path(out) as dst:
-            onnx.save(proto, str(dst))
+        _save_with_metadata(proto, meta, out)
     return out
 
 
