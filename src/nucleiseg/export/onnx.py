@@ -13,8 +13,9 @@ import json
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -24,8 +25,12 @@ from torch import nn
 from nucleiseg import __version__
 from nucleiseg.config import ModelBundleConfig, to_dict
 from nucleiseg.export.quantize import INT8_MODES, calibration_crops, calibration_images, convert_fp16, quantize_int8
-from nucleiseg.export.runtime import META, ONNX_FILES, onnx_predictor
+from nucleiseg.export.runtime import META, ONNX_FILES, OrtPredictor, onnx_predictor
 from nucleiseg.io.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from nucleiseg.inference.predictors import Predictor
+    from nucleiseg.io.labels import InputItem
 
 __all__ = [
     "ProbabilityModel", "check_parity", "default_image_source", "default_out_path", "export_onnx", "format_parity",
@@ -109,6 +114,51 @@ def _export_graph(model: nn.Module, path: Path, opset: int, in_channels: int) ->
         )
 
 
+def _checked_out_path(out_path: str | Path, fp16: bool, int8: bool, int8_mode: str) -> Path:
+    """Validate the precision options and the ``.onnx`` suffix; return ``out_path`` as a Path."""
+    if fp16 and int8:
+        raise ValueError("choose fp16 or int8, not both")
+    if int8 and int8_mode not in INT8_MODES:
+        raise ValueError(f"int8 mode must be one of {', '.join(INT8_MODES)}, got {int8_mode!r}")
+    out = Path(out_path)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"{out}: the output file must end in .onnx")
+    return out
+
+
+def _export_metadata(
+    model: nn.Module, config: ModelBundleConfig, folder: Path, weights_hash: str, precision: str
+) -> dict[str, str]:
+    """The ONNX metadata entries (:data:`~nucleiseg.export.runtime.META` keys) of an export."""
+    return {
+        META["config"]: json.dumps(to_dict(config), sort_keys=True),
+        META["stride"]: str(int(getattr(model, "stride", 32))),
+        META["weights_hash"]: weights_hash,
+        META["precision"]: precision,
+        META["source"]: str(folder.resolve()),
+        META["version"]: __version__,
+    }
+
+
+def _static_crops(
+    folder: Path, config: ModelBundleConfig, calib_source: str | Path | None, count: int, seed: int
+) -> list[np.ndarray]:
+    """Normalised calibration crops for static int8 (training images only when ``split.json`` exists)."""
+    source = Path(calib_source) if calib_source is not None else default_image_source(folder)
+    paths = calibration_images(source, folder / "split.json")
+    return calibration_crops(paths, count, config.normalize, seed=seed)
+
+
+def _save_with_metadata(proto: onnx.ModelProto, meta: dict[str, str], out: Path) -> None:
+    """Replace the graph's metadata with ``meta``, stamp the producer and write ``out`` atomically."""
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, meta)
+    proto.producer_name = "nucleiseg"
+    proto.producer_version = __version__
+    with atomic_path(out) as dst:
+        onnx.save(proto, str(dst))
+
+
 def export_onnx(
     model_dir_or_name: str | Path,
     out_path: str | Path,
@@ -149,43 +199,22 @@ def export_onnx(
     Path
         ``out_path``.
     """
-    if fp16 and int8:
-        raise ValueError("choose fp16 or int8, not both")
-    if int8 and int8_mode not in INT8_MODES:
-        raise ValueError(f"int8 mode must be one of {', '.join(INT8_MODES)}, got {int8_mode!r}")
-    out = Path(out_path)
-    if out.suffix.lower() != ".onnx":
-        raise ValueError(f"{out}: the output file must end in .onnx")
+    out = _checked_out_path(out_path, fp16, int8, int8_mode)
     model, config, folder, weights_hash = load_torch_model(model_dir_or_name)
     precision = "fp16" if fp16 else f"int8-{int8_mode}" if int8 else "fp32"
-    meta = {
-        META["config"]: json.dumps(to_dict(config), sort_keys=True),
-        META["stride"]: str(int(getattr(model, "stride", 32))),
-        META["weights_hash"]: weights_hash,
-        META["precision"]: precision,
-        META["source"]: str(folder.resolve()),
-        META["version"]: __version__,
-    }
+    meta = _export_metadata(model, config, folder, weights_hash, precision)
     with tempfile.TemporaryDirectory(prefix="nucleiseg-export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         _export_graph(model, fp32, opset, config.model.in_channels)
         if int8:
-            crops = None
-            if int8_mode == "static":
-                source = Path(calib_source) if calib_source is not None else default_image_source(folder)
-                paths = calibration_images(source, folder / "split.json")
-                crops = calibration_crops(paths, calib_images, config.normalize, seed=seed)
+            static = int8_mode == "static"
+            crops = _static_crops(folder, config, calib_source, calib_images, seed) if static else None
             proto = onnx.load(str(quantize_int8(fp32, Path(tmp) / "int8.onnx", crops, int8_mode, INPUT_NAME)))
         else:
             proto = onnx.load(str(fp32))
             if fp16:
                 proto = convert_fp16(proto)
-        del proto.metadata_props[:]
-        onnx.helper.set_model_props(proto, meta)
-        proto.producer_name = "nucleiseg"
-        proto.producer_version = __version__
-        with atomic_path(out) as dst:
-            onnx.save(proto, str(dst))
+        _save_with_metadata(proto, meta, out)
     return out
 
 
@@ -207,6 +236,91 @@ def _parity_items(folder: Path, source: Path, count: int) -> list[Any]:
         chosen = [it for it in items if it.id in val]
         items = chosen or items
     return items[:count]
+
+
+@dataclass
+class _RealParity:
+    """Running differences, scores and label agreement over the real images of a parity check."""
+
+    max_diff: float = 0.0
+    sum_diff: float = 0.0
+    values: int = 0
+    scores_torch: list[float] = field(default_factory=list)
+    scores_onnx: list[float] = field(default_factory=list)
+    agreement: list[float] = field(default_factory=list)
+
+
+def _random_inputs_diff(ref: Predictor, ort: OrtPredictor, channels: int, seed: int) -> float:
+    """Largest ``|p_onnx - p_torch|`` on seeded random batches of two sizes (tests the dynamic axes)."""
+    stride = ort.stride
+    rng = np.random.default_rng(seed)
+    random_diff = 0.0
+    for shape in ((1, channels, 4 * stride, 6 * stride), (2, channels, 8 * stride, 4 * stride)):
+        x = rng.random(shape, dtype=np.float32)
+        random_diff = max(random_diff, float(np.abs(ort(x) - ref(x)).max()))
+    return random_diff
+
+
+def _parity_source(images: str | Path | None, folder: Path) -> Path | None:
+    """``images``, else :func:`default_image_source`; None when no real images exist anywhere."""
+    if images is not None:
+        return Path(images)
+    try:
+        return default_image_source(folder)
+    except FileNotFoundError:  # no real images anywhere: random inputs only
+        return None
+
+
+def _compare_image(
+    item: InputItem, ref: Predictor, ort: OrtPredictor, config: ModelBundleConfig, max_side: int | None, real: _RealParity
+) -> None:
+    """Predict one image (central crop) both ways with the model's tiling; add its figures to ``real``."""
+    from nucleiseg.inference.tiling import predict_tiled
+    from nucleiseg.io.images import read_image
+    from nucleiseg.io.labels import load_item_gt
+    from nucleiseg.metrics import match_labels
+    from nucleiseg.postprocess import probabilities_to_labels
+    from nucleiseg.transforms import normalize_image
+
+    infer = config.infer
+    image = read_image(item.image_path)
+    image = _center_crop(image, max_side) if max_side else image
+    chw = normalize_image(image, config.normalize).transpose(2, 0, 1)
+    kw = {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "stride": ort.stride, "blend": infer.blend}
+    p_t, p_o = predict_tiled(ref, chw, **kw), predict_tiled(ort, chw, **kw)
+    diff = np.abs(p_t - p_o)
+    real.max_diff = max(real.max_diff, float(diff.max()))
+    real.sum_diff += float(diff.sum())
+    real.values += diff.size
+    lab_t = probabilities_to_labels(p_t, config.postprocess)
+    lab_o = probabilities_to_labels(p_o, config.postprocess)
+    real.agreement.append(match_labels(lab_t, lab_o).competition_score)
+    gt = load_item_gt(item)
+    if gt is not None:
+        gt = _center_crop(gt, max_side) if max_side else gt
+        real.scores_torch.append(match_labels(gt, lab_t).competition_score)
+        real.scores_onnx.append(match_labels(gt, lab_o).competition_score)
+
+
+def _parity_report(
+    onnx_path: str | Path, ort: OrtPredictor, random_diff: float, items: list[InputItem], real: _RealParity
+) -> dict[str, Any]:
+    """The parity report dictionary (keys as documented in :func:`check_parity`)."""
+    score_t = float(np.mean(real.scores_torch)) if real.scores_torch else None
+    score_o = float(np.mean(real.scores_onnx)) if real.scores_onnx else None
+    return {
+        "precision": ort.metadata.get(META["precision"], "unknown"),
+        "onnx_bytes": Path(onnx_path).stat().st_size,
+        "max_abs_diff_random": random_diff,
+        "max_abs_diff_real": real.max_diff,
+        "mean_abs_diff_real": real.sum_diff / real.values if real.values else None,
+        "values_compared": real.values,
+        "images": [it.id for it in items],
+        "score_torch": score_t,
+        "score_onnx": score_o,
+        "score_diff": None if score_t is None or score_o is None else score_o - score_t,
+        "label_agreement": float(np.mean(real.agreement)) if real.agreement else None,
+    }
 
 
 def check_parity(
@@ -234,68 +348,17 @@ def check_parity(
         ``images``, ``onnx_bytes`` and ``precision``.
     """
     from nucleiseg.inference.predictors import torch_predictor
-    from nucleiseg.inference.tiling import predict_tiled
-    from nucleiseg.io.images import read_image
-    from nucleiseg.io.labels import load_item_gt
-    from nucleiseg.metrics import match_labels
-    from nucleiseg.postprocess import probabilities_to_labels
-    from nucleiseg.transforms import normalize_image
 
     model, config, folder, _ = load_torch_model(model_dir_or_name)
     ref = torch_predictor(model)
     ort = onnx_predictor(onnx_path, threads)
-    stride = ort.stride
-    rng = np.random.default_rng(seed)
-    channels = config.model.in_channels
-    random_diff = 0.0
-    for shape in ((1, channels, 4 * stride, 6 * stride), (2, channels, 8 * stride, 4 * stride)):
-        x = rng.random(shape, dtype=np.float32)
-        random_diff = max(random_diff, float(np.abs(ort(x) - ref(x)).max()))
-
-    infer = config.infer
-    if images is not None:
-        source: Path | None = Path(images)
-    else:
-        try:
-            source = default_image_source(folder)
-        except FileNotFoundError:  # no real images anywhere: random inputs only
-            source = None
-    real_max, real_sum, real_px = 0.0, 0.0, 0
-    scores_t: list[float] = []
-    scores_o: list[float] = []
-    agreement: list[float] = []
+    random_diff = _random_inputs_diff(ref, ort, config.model.in_channels, seed)
+    source = _parity_source(images, folder)
     items = _parity_items(folder, source, n_images) if source is not None and n_images > 0 else []
+    real = _RealParity()
     for item in items:
-        image = read_image(item.image_path)
-        image = _center_crop(image, max_side) if max_side else image
-        chw = normalize_image(image, config.normalize).transpose(2, 0, 1)
-        kw = {"tile": infer.tile, "overlap": infer.overlap, "batch_size": infer.batch_size, "stride": stride, "blend": infer.blend}
-        p_t, p_o = predict_tiled(ref, chw, **kw), predict_tiled(ort, chw, **kw)
-        diff = np.abs(p_t - p_o)
-        real_max, real_sum, real_px = max(real_max, float(diff.max())), real_sum + float(diff.sum()), real_px + diff.size
-        lab_t = probabilities_to_labels(p_t, config.postprocess)
-        lab_o = probabilities_to_labels(p_o, config.postprocess)
-        agreement.append(match_labels(lab_t, lab_o).competition_score)
-        gt = load_item_gt(item)
-        if gt is not None:
-            gt = _center_crop(gt, max_side) if max_side else gt
-            scores_t.append(match_labels(gt, lab_t).competition_score)
-            scores_o.append(match_labels(gt, lab_o).competition_score)
-    score_t = float(np.mean(scores_t)) if scores_t else None
-    score_o = float(np.mean(scores_o)) if scores_o else None
-    return {
-        "precision": ort.metadata.get(META["precision"], "unknown"),
-        "onnx_bytes": Path(onnx_path).stat().st_size,
-        "max_abs_diff_random": random_diff,
-        "max_abs_diff_real": real_max,
-        "mean_abs_diff_real": real_sum / real_px if real_px else None,
-        "values_compared": real_px,
-        "images": [it.id for it in items],
-        "score_torch": score_t,
-        "score_onnx": score_o,
-        "score_diff": None if score_t is None or score_o is None else score_o - score_t,
-        "label_agreement": float(np.mean(agreement)) if agreement else None,
-    }
+        _compare_image(item, ref, ort, config, max_side, real)
+    return _parity_report(onnx_path, ort, random_diff, items, real)
 
 
 def format_parity(report: dict[str, Any]) -> str:
