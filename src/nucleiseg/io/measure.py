@@ -204,6 +204,49 @@ def add_physical_columns(table: pd.DataFrame, pixel_size: float | None) -> pd.Da
     return table
 
 
+def _boxes(labels: np.ndarray, lab: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels present (ascending), their areas (float64) and ``(min_row, min_col, max_row, max_col)`` boxes."""
+    area_all = np.bincount(lab, minlength=n)
+    ids = np.flatnonzero(area_all)
+    area = area_all[ids].astype(np.float64)
+    slices = ndi.find_objects(labels)
+    bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in ids)], np.int64)
+    return ids, area, bbox
+
+
+def _moments(
+    lab: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int, ids: np.ndarray, area: np.ndarray, bbox: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centroid inside the bbox (row, column) and eccentricity of every nucleus, from pixel moments."""
+    lut = np.zeros((n, 2), np.int64)
+    lut[ids] = bbox[:, :2]
+    r = (rows - lut[lab, 0]).astype(np.float64)  # coordinates inside each bbox keep the sums small
+    c = (cols - lut[lab, 1]).astype(np.float64)
+
+    def total(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(lab, weights=weights, minlength=n)[ids]
+
+    mean_r, mean_c = total(r) / area, total(c) / area
+    var_r = total(r * r) / area - mean_r**2
+    var_c = total(c * c) / area - mean_c**2
+    cov = total(r * c) / area - mean_r * mean_c
+    half_sum, root = (var_r + var_c) / 2, np.sqrt(((var_r - var_c) / 2) ** 2 + cov**2)
+    l1, l2 = np.clip(half_sum + root, 0, None), np.clip(half_sum - root, 0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0, None)), 0.0)
+    return mean_r, mean_c, eccentricity
+
+
+def _intensities(
+    image: np.ndarray, fg: np.ndarray, lab: np.ndarray, by_label: np.ndarray, n: int, ids: np.ndarray, area: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``mean_intensity`` and ``max_intensity`` of every nucleus (``by_label`` sorts ``fg`` by label)."""
+    values = _intensity(image, fg)
+    mean = np.bincount(lab, weights=values, minlength=n)[ids] / area
+    first = np.flatnonzero(np.r_[True, np.diff(lab[by_label]) != 0])
+    return {"mean_intensity": mean, "max_intensity": np.maximum.reduceat(values[by_label], first)}
+
+
 def measure(
     labels: np.ndarray, image: np.ndarray | None = None, pixel_size: float | None = None, *, row_offset: int = 0
 ) -> pd.DataFrame:
@@ -237,28 +280,9 @@ def measure(
     fg = np.flatnonzero(flat)
     lab = flat[fg]
     n = int(lab.max()) + 1
-    area_all = np.bincount(lab, minlength=n)
-    ids = np.flatnonzero(area_all)
-    area = area_all[ids].astype(np.float64)
-    slices = ndi.find_objects(labels)
-    bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in ids)], np.int64)
-    lut = np.zeros((n, 2), np.int64)
-    lut[ids] = bbox[:, :2]
+    ids, area, bbox = _boxes(labels, lab, n)
     rows, cols = np.divmod(fg, labels.shape[1])
-    r = (rows - lut[lab, 0]).astype(np.float64)  # coordinates inside each bbox keep the sums small
-    c = (cols - lut[lab, 1]).astype(np.float64)
-
-    def total(weights: np.ndarray) -> np.ndarray:
-        return np.bincount(lab, weights=weights, minlength=n)[ids]
-
-    mean_r, mean_c = total(r) / area, total(c) / area
-    var_r = total(r * r) / area - mean_r**2
-    var_c = total(c * c) / area - mean_c**2
-    cov = total(r * c) / area - mean_r * mean_c
-    half_sum, root = (var_r + var_c) / 2, np.sqrt(((var_r - var_c) / 2) ** 2 + cov**2)
-    l1, l2 = np.clip(half_sum + root, 0, None), np.clip(half_sum - root, 0, None)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0, None)), 0.0)
+    mean_r, mean_c, eccentricity = _moments(lab, rows, cols, n, ids, area, bbox)
     key = lab.astype(np.int64) * labels.shape[0] + rows
     by_label = np.argsort(key, kind="stable")  # by label, then row; columns stay ascending
     convex = _convex_areas(key, by_label, cols, labels.shape[0], ids, bbox)
@@ -269,10 +293,7 @@ def measure(
         "perimeter": _perimeters(labels, fg, n)[ids], "eccentricity": eccentricity, "solidity": area / convex,
     }
     if image is not None:
-        values = _intensity(image, fg)
-        table["mean_intensity"] = total(values) / area
-        first = np.flatnonzero(np.r_[True, np.diff(lab[by_label]) != 0])
-        table["max_intensity"] = np.maximum.reduceat(values[by_label], first)
+        table.update(_intensities(image, fg, lab, by_label, n, ids, area))
     return add_physical_columns(pd.DataFrame(table)[columns], pixel_size)
 
 

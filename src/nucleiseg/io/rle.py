@@ -11,10 +11,14 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nucleiseg.io.atomic import atomic_path
+
+if TYPE_CHECKING:  # imported where used: segmenting never imports pandas
+    import pandas as pd
 
 __all__ = [
     "MAX_RLE_PIXELS",
@@ -216,6 +220,16 @@ def read_rle_csv(
         raise ValueError(f"unknown must be 'error' or 'skip', got {unknown!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    rows, sizes = _group_rows(path, _read_table(path), shapes, unknown)
+    out: dict[str, np.ndarray] = {}
+    for image_id, items in rows.items():
+        shape = tuple(shapes[image_id]) if shapes is not None and image_id in shapes else sizes[image_id]
+        out[image_id] = _paint_image(path, image_id, items, shape, max_pixels)
+    return out
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The CSV as strings; a one-line error when it cannot be parsed or lacks a required column."""
     import pandas as pd  # only for reading CSVs: segmenting never imports it
 
     try:
@@ -225,6 +239,13 @@ def read_rle_csv(
     missing = {"ImageId", "EncodedPixels"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return df
+
+
+def _group_rows(
+    path: Path, df: pd.DataFrame, shapes: Mapping[str, Sequence[int]] | None, unknown: str
+) -> tuple[dict[str, list[tuple[int, str]]], dict[str, tuple[int, int]]]:
+    """``(line, rle)`` rows per image id in order of first appearance, and the shapes the columns give."""
     has_hw = {"Height", "Width"} <= set(df.columns)
     rows: dict[str, list[tuple[int, str]]] = {}
     sizes: dict[str, tuple[int, int]] = {}
@@ -232,33 +253,41 @@ def read_rle_csv(
         image_id, rle = str(rec.ImageId).strip(), str(rec.EncodedPixels).strip()
         if not image_id:
             raise ValueError(f"{path}: line {i}: empty ImageId")
-        if shapes is not None and image_id in shapes:
-            rows.setdefault(image_id, []).append((i, rle))
-            continue
-        if not has_hw or not str(rec.Height).strip() or not str(rec.Width).strip():
-            if unknown == "skip":
+        if shapes is None or image_id not in shapes:
+            hw = _row_shape(path, i, rec, image_id, has_hw, unknown)
+            if hw is None:
                 continue
-            raise ValueError(
-                f"{path}: line {i} (ImageId {image_id}): image shape unknown; "
-                "add Height and Width columns or pass shapes={id: (H, W)}"
-            )
-        try:
-            hw = (int(float(rec.Height)), int(float(rec.Width)))
-        except (ValueError, OverflowError):
-            raise ValueError(f"{path}: line {i}: Height/Width are not numbers") from None
-        if sizes.setdefault(image_id, hw) != hw:
-            raise ValueError(f"{path}: line {i}: ImageId {image_id} has shape {hw}, earlier {sizes[image_id]}")
+            if sizes.setdefault(image_id, hw) != hw:
+                raise ValueError(f"{path}: line {i}: ImageId {image_id} has shape {hw}, earlier {sizes[image_id]}")
         rows.setdefault(image_id, []).append((i, rle))
-    out: dict[str, np.ndarray] = {}
-    for image_id, items in rows.items():
-        shape = tuple(shapes[image_id]) if shapes is not None and image_id in shapes else sizes[image_id]
-        try:
-            height, width = _check_shape(shape, max_pixels)
-        except ValueError as exc:
-            raise ValueError(f"{path}: ImageId {image_id}: {exc}") from None
-        contexts = ((f"{path}: line {line} (ImageId {image_id})", rle) for line, rle in items)
-        out[image_id] = _paint(contexts, (height, width))
-    return out
+    return rows, sizes
+
+
+def _row_shape(path: Path, line: int, rec: Any, image_id: str, has_hw: bool, unknown: str) -> tuple[int, int] | None:
+    """A row's ``(Height, Width)``; None for a row without them that ``unknown="skip"`` leaves out."""
+    if not has_hw or not str(rec.Height).strip() or not str(rec.Width).strip():
+        if unknown == "skip":
+            return None
+        raise ValueError(
+            f"{path}: line {line} (ImageId {image_id}): image shape unknown; "
+            "add Height and Width columns or pass shapes={id: (H, W)}"
+        )
+    try:
+        return (int(float(rec.Height)), int(float(rec.Width)))
+    except (ValueError, OverflowError):
+        raise ValueError(f"{path}: line {line}: Height/Width are not numbers") from None
+
+
+def _paint_image(
+    path: Path, image_id: str, items: list[tuple[int, str]], shape: Sequence[int], max_pixels: int
+) -> np.ndarray:
+    """The ``int32`` labels of one image from its ``(line, rle)`` rows; errors name the CSV and line."""
+    try:
+        height, width = _check_shape(shape, max_pixels)
+    except ValueError as exc:
+        raise ValueError(f"{path}: ImageId {image_id}: {exc}") from None
+    contexts = ((f"{path}: line {line} (ImageId {image_id})", rle) for line, rle in items)
+    return _paint(contexts, (height, width))
 
 
 def rle_image_ids(path: str | Path) -> list[str]:

@@ -169,18 +169,33 @@ def resolve_planes(
     arr = np.asarray(array)
     shape = tuple(int(s) for s in arr.shape)
     names = list(channel_names or [])
+    ax = _named_axes(arr.ndim, shape, axes, file_axes)
+    arr, ax = _squeeze(arr, ax)
+    arr, ax, chosen, chosen_name = _take_channel(arr, ax, channel, names, user_axes=bool(axes))
+    stack, stack_shape, planes = _split_stack(arr, ax)
+    return Planes(standard_dtype(planes), stack, stack_shape, chosen, chosen_name)
+
+
+def _named_axes(ndim: int, shape: tuple[int, ...], axes: str | None, file_axes: str | None) -> str:
+    """One letter per dimension: the user's ``axes``, else the file's, else a guess (``Q``: unknown)."""
     if axes:
-        ax = _check_axes(axes, arr.ndim, shape)
-    elif file_axes and len(file_axes) == arr.ndim:
+        ax = _check_axes(axes, ndim, shape)
+    elif file_axes and len(file_axes) == ndim:
         ax = file_axes.upper()
-    elif arr.ndim == 2:
+    elif ndim == 2:
         ax = "YX"
-    elif arr.ndim == 3 and shape[-1] in (3, 4):
+    elif ndim == 3 and shape[-1] in (3, 4):
         ax = "YXS"
     else:
-        ax = "Q" * (arr.ndim - 2) + "YX"
-    if arr.ndim < 2 or "Y" not in ax or "X" not in ax:
+        ax = "Q" * (ndim - 2) + "YX"
+    if ndim < 2 or "Y" not in ax or "X" not in ax:
         raise ValueError(f"not an image: shape {shape}, axes {ax!r}")
+    return ax
+
+
+def _squeeze(arr: np.ndarray, ax: str) -> tuple[np.ndarray, str]:
+    """Drop the dimensions of size 1 (except ``Y`` and ``X``); refuse the unnamed ones left."""
+    shape = arr.shape
     keep = [i for i, (a, s) in enumerate(zip(ax, shape, strict=True)) if s != 1 or a in "YX"]
     arr = arr.reshape([shape[i] for i in keep])
     ax = "".join(ax[i] for i in keep)
@@ -190,33 +205,44 @@ def resolve_planes(
             f"ambiguous axes: shape {tuple(arr.shape)} has {len(unknown)} unnamed dimension(s); "
             f"give the axis order with --axes (Python: axes=), e.g. {_options(ax)} (with C, also --channel N)"
         )
+    return arr, ax
+
+
+def _take_channel(
+    arr: np.ndarray, ax: str, channel: int | str | None, names: list[str], user_axes: bool
+) -> tuple[np.ndarray, str, int | None, str | None]:
+    """Keep the chosen channel (or the colour samples, as the last ``S`` axis).
+
+    Returns the array, its axes, and the chosen channel's index and name (None without a choice).
+    """
     chan_axes = [a for a in ax if a in "CS"]
     if len(chan_axes) > 1:
         raise ValueError(f"both channel (C) and colour (S) dimensions in axes {ax!r}; pick one with --channel after naming one of them Z or T")
     if chan_axes and channel is None:
-        _refuse_ambiguous(ax, tuple(arr.shape), names, user_axes=bool(axes))
-    chosen: int | None = None
-    chosen_name: str | None = None
-    if chan_axes:
-        c = ax.index(chan_axes[0])
-        size = arr.shape[c]
-        if channel is not None:
-            chosen, chosen_name = _pick_channel(channel, size, names)
-            arr, ax = np.take(arr, chosen, axis=c), ax.replace(chan_axes[0], "")
-        else:  # colour samples (S) of at most 4: _refuse_ambiguous let them through
-            arr = np.moveaxis(arr, c, -1)
-            ax = ax.replace(chan_axes[0], "") + "S"
-            arr = arr[..., 0] if size == 2 else arr[..., :3]
-            ax = ax[:-1] if size == 2 else ax
-    elif channel is not None:
-        if isinstance(channel, str) or int(channel) != 0:
+        _refuse_ambiguous(ax, tuple(arr.shape), names, user_axes=user_axes)
+    if not chan_axes:
+        if channel is not None and (isinstance(channel, str) or int(channel) != 0):
             raise ValueError(f"no channel dimension (axes {ax!r}, shape {tuple(arr.shape)}); drop --channel or give --axes with a C")
+        return arr, ax, None, None
+    c = ax.index(chan_axes[0])
+    size = arr.shape[c]
+    if channel is not None:
+        chosen, chosen_name = _pick_channel(channel, size, names)
+        return np.take(arr, chosen, axis=c), ax.replace(chan_axes[0], ""), chosen, chosen_name
+    # colour samples (S) of at most 4: _refuse_ambiguous let them through
+    arr = np.moveaxis(arr, c, -1)
+    ax = ax.replace(chan_axes[0], "") + "S"
+    arr = arr[..., 0] if size == 2 else arr[..., :3]
+    return arr, ax[:-1] if size == 2 else ax, None, None
+
+
+def _split_stack(arr: np.ndarray, ax: str) -> tuple[str, tuple[int, ...], np.ndarray]:
+    """Stack axes (T, Z in file order), their sizes, and the planes ``(P, H, W[, S])`` in C order."""
     stack = "".join(a for a in ax if a in STACK_AXES)
     order = [ax.index(a) for a in stack] + [ax.index("Y"), ax.index("X")] + ([ax.index("S")] if "S" in ax else [])
     arr = np.transpose(arr, order)
     stack_shape = tuple(int(s) for s in arr.shape[: len(stack)])
-    planes = arr.reshape((-1, *arr.shape[len(stack):]))
-    return Planes(standard_dtype(planes), stack, stack_shape, chosen, chosen_name)
+    return stack, stack_shape, arr.reshape((-1, *arr.shape[len(stack):]))
 
 
 def _refuse_ambiguous(ax: str, shape: tuple[int, ...], names: list[str], user_axes: bool) -> None:
