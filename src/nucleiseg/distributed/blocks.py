@@ -149,6 +149,18 @@ def plan_blocks(
     :meth:`~nucleiseg.inference.segmenter.Segmenter.segment` does for the whole image. The
     default overlap is ``max(64, 4 * diameter)``.
 
+    Parameters
+    ----------
+    image : dask.array.Array
+        The whole image, ``(H, W)`` or ``(H, W, C)``.
+    model, block, overlap, infer, post, client, device
+        As in :func:`segment_dask`; a loaded :class:`Segmenter` is also accepted as ``model``.
+
+    Returns
+    -------
+    BlockPlan
+        The decisions every tile follows.
+
     Raises
     ------
     ValueError
@@ -356,6 +368,8 @@ def segment_dask(
     client : distributed.Client, optional
         Cluster for the planning steps (scale, contrast); the returned array is computed
         wherever it is later computed (e.g. :func:`write_labels_zarr` with the same client).
+    device : str
+        Device of the models loaded for the planning steps and the tiles.
 
     Returns
     -------

@@ -57,6 +57,8 @@ def evaluate_run(
         normalisation, tuned thresholds, no TTA) on the validation images.
     max_images : int, optional
         Use only the first N validation ids.
+    progress : bool
+        Show progress bars.
 
     Returns
     -------
