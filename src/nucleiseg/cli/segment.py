@@ -21,6 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--out", required=True, help="output folder")
+    _add_settings(p)
+    _add_outputs(p)
+    _add_execution(p)
+    p.set_defaults(func=cmd_segment)
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """The model and its settings: scale, tiles, thresholds."""
     p.add_argument("--model", default="default", help="bundled model name, run folder, or 'classical' (default: default)")
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     p.add_argument("--tile", type=int, help="tile side in pixels (default from the model)")
@@ -36,6 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-size", type=int, help="remove nuclei smaller than this many pixels")
     p.add_argument("--min-confidence", type=float,
                    help="remove nuclei whose mean foreground probability is below this (0 keeps all; default from the model)")
+
+
+def _add_outputs(p: argparse.ArgumentParser) -> None:
+    """What is written besides the label images, and which channel or planes of the inputs are read."""
     p.add_argument("--png", action="store_true", help="also write <id>_masks.png (uint16)")
     p.add_argument("--overlay", action="store_true", help="write <id>_overlay.png (and _diff.png with ground truth)")
     p.add_argument("--measure", action="store_true", help="write <id>_measurements.csv")
@@ -49,6 +61,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--axes", metavar="LETTERS",
                    help="axis order of files without axis metadata, e.g. ZYX, TYX, CYX, TCYX (T and Z planes are "
                    "segmented one by one into a label stack)")
+
+
+def _add_execution(p: argparse.ArgumentParser) -> None:
+    """Where and how the images run: device, engine, threads, workers, Dask, blocks, resuming."""
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     from nucleiseg.inference.predictors import BACKENDS
 
@@ -75,7 +91,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip images whose requested outputs already exist in OUT and look complete (size and header); "
                    "removes the temporary files of an interrupted run and rebuilds an unreadable run.json")
     p.add_argument("--verify", action="store_true", help="with --resume: decode every label image it would skip, completely")
-    p.set_defaults(func=cmd_segment)
 
 
 def _usage_error(args: argparse.Namespace) -> str | None:

@@ -30,18 +30,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from itertools import combinations
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.distributed.arrays import compute, open_array
+from nucleiseg.distributed.stitch import Box, assemble as _assemble
 from nucleiseg.bundle import ModelSpec
 from nucleiseg.distributed.workers import as_spec, cached_segmenter
 from nucleiseg.inference.segmenter import Segmenter
@@ -51,7 +50,6 @@ from nucleiseg.transforms.normalize import IntensityRange, intensity_range
 
 __all__ = ["BlockPlan", "plan_blocks", "segment_blocks", "segment_dask"]
 
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 Model = ModelSpec | Segmenter | str | Path | Callable[[np.ndarray], np.ndarray]
 SAMPLE_PIXELS = 1_000_000  # subsample size for the global intensity percentiles (plenty for 1% / 99.8%)
 CROP = 1024  # side of the central crop the nucleus diameter is estimated on
@@ -151,6 +149,18 @@ def plan_blocks(
     :meth:`~nucleiseg.inference.segmenter.Segmenter.segment` does for the whole image. The
     default overlap is ``max(64, 4 * diameter)``.
 
+    Parameters
+    ----------
+    image : dask.array.Array
+        The whole image, ``(H, W)`` or ``(H, W, C)``.
+    model, block, overlap, infer, post, client, device
+        As in :func:`segment_dask`; a loaded :class:`Segmenter` is also accepted as ``model``.
+
+    Returns
+    -------
+    BlockPlan
+        The decisions every tile follows.
+
     Raises
     ------
     ValueError
@@ -159,36 +169,74 @@ def plan_blocks(
     if block < 2 * MIN_OVERLAP:
         raise ValueError(f"block {block} is too small: use at least {2 * MIN_OVERLAP} pixels")
     reference = model if callable(model) or isinstance(model, Segmenter) else as_spec(model, device)
-    intensity = None
-    h, w = image.shape[:2]
-    step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
-    sample: np.ndarray | None = None
+    segmenter = None
     if not callable(reference):
         segmenter = _segmenter(reference, device)  # config only on this side; tiles load it on the workers
         infer = infer or segmenter.config.infer
         post = post or segmenter.config.postprocess
-        if not segmenter.is_classical:
-            sample = compute(image[::step, ::step], client)
-            intensity = intensity_range(sample, segmenter.config.normalize)
+    sample, step, intensity = _contrast(image, segmenter, client)
     diameter = infer.diameter if infer is not None else None
     centre = None
     if diameter is None:
+        estimate = partial(_estimate_at, image, reference, device, infer, post, intensity, client)
+        diameter, centre = _probe_diameter(estimate, image.shape[:2], segmenter, sample, step, intensity)
+        if infer is not None:
+            infer = _tile_scale(infer, diameter, segmenter)
+    overlap = _checked_overlap(block, overlap, diameter, infer)
+    return BlockPlan(reference, int(block), int(overlap), diameter, infer, post, intensity, centre if diameter else None)
 
-        def estimate(centre: tuple[int, int] | None) -> float | None:
-            y0, y1, x0, x1 = view_box((h, w), 1.0, CROP, 0, centre)
-            task = dask.delayed(_estimate_region, pure=True)(image[y0:y1, x0:x1], reference, device, infer, post, intensity)
-            return compute(task, client)
 
-        diameter = estimate(None)
-        if diameter is None and sample is not None and max(h, w) > CROP:
-            # No nucleus in the central crop (an empty centre): estimate once more where the
-            # subsample has the most structure, as the size probe does within an image.
-            cy, cx = busiest_centre(segmenter.normalize(sample, intensity), max(1, CROP // step))
-            centre = (int(cy * step), int(cx * step))
-            diameter = estimate(centre)
-        if infer is not None:  # every tile uses the scale the whole image would get (native: no nucleus, or close enough)
-            native = not diameter or segmenter.scale_for(diameter, "size_model", infer) == 1.0
-            infer = replace(infer, rescale=False) if native else replace(infer, diameter=diameter)
+def _contrast(
+    image: da.Array, segmenter: Segmenter | None, client: Any,
+) -> tuple[np.ndarray | None, int, IntensityRange | None]:
+    """``(subsample, step, intensity)``: the global normalisation of a network's inputs, from every ``step``-th pixel.
+
+    The classical model and callables (``segmenter`` None) get no subsample and no intensity range.
+    """
+    h, w = image.shape[:2]
+    step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
+    if segmenter is None or segmenter.is_classical:
+        return None, step, None
+    sample = compute(image[::step, ::step], client)
+    return sample, step, intensity_range(sample, segmenter.config.normalize)
+
+
+def _estimate_at(
+    image: da.Array, model: Model, device: str, infer: InferConfig | None, post: PostprocessConfig | None,
+    intensity: IntensityRange | None, client: Any, centre: tuple[int, int] | None,
+) -> float | None:
+    """Nucleus diameter of the ``CROP``-pixel view of ``image`` around ``centre`` (None: the centre), on a worker."""
+    y0, y1, x0, x1 = view_box(image.shape[:2], 1.0, CROP, 0, centre)
+    task = dask.delayed(_estimate_region, pure=True)(image[y0:y1, x0:x1], model, device, infer, post, intensity)
+    return compute(task, client)
+
+
+def _probe_diameter(
+    estimate: Callable[[tuple[int, int] | None], float | None], shape: tuple[int, int], segmenter: Segmenter | None,
+    sample: np.ndarray | None, step: int, intensity: IntensityRange | None,
+) -> tuple[float | None, tuple[int, int] | None]:
+    """``(diameter, centre)``: estimated on the central crop, else once more around the subsample's busiest centre.
+
+    ``centre`` is None when the central crop was used.
+    """
+    diameter = estimate(None)
+    if diameter is None and sample is not None and max(shape) > CROP:
+        # No nucleus in the central crop (an empty centre): estimate once more where the
+        # subsample has the most structure, as the size probe does within an image.
+        cy, cx = busiest_centre(segmenter.normalize(sample, intensity), max(1, CROP // step))
+        centre = (int(cy * step), int(cx * step))
+        return estimate(centre), centre
+    return diameter, None
+
+
+def _tile_scale(infer: InferConfig, diameter: float | None, segmenter: Segmenter | None) -> InferConfig:
+    """The settings of every tile: the scale the whole image would get (native: no nucleus, or close enough)."""
+    native = not diameter or segmenter.scale_for(diameter, "size_model", infer) == 1.0
+    return replace(infer, rescale=False) if native else replace(infer, diameter=diameter)
+
+
+def _checked_overlap(block: int, overlap: int | None, diameter: float | None, infer: InferConfig | None) -> int:
+    """The overlap given, else ``max(64, 4 * diameter)``; a ValueError unless it lies in ``[1, block / 2]``."""
     size = diameter if diameter else (infer.target_diameter if infer is not None else 18.0)
     if overlap is None:
         overlap = max(MIN_OVERLAP, math.ceil(4 * size))
@@ -197,7 +245,7 @@ def plan_blocks(
             f"overlap {overlap} px must be between 1 and half the block ({block} px); "
             f"use --block {max(2 * overlap, 2 * MIN_OVERLAP)} or larger"
         )
-    return BlockPlan(reference, int(block), int(overlap), diameter, infer, post, intensity, centre if diameter else None)
+    return overlap
 
 
 def _owned_objects(
@@ -233,67 +281,6 @@ def _owned_objects(
     lut = np.zeros(counts.size, np.int32)
     lut[keep] = np.arange(1, k + 1, dtype=np.int32)
     return lut[labels]
-
-
-def _intersect(a: Box, b: Box) -> Box | None:
-    box = (max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3]))
-    return box if box[0] < box[1] and box[2] < box[3] else None
-
-
-def _crop(labels: np.ndarray, ext: Box, box: Box) -> np.ndarray:
-    return labels[box[0] - ext[0] : box[1] - ext[0], box[2] - ext[2] : box[3] - ext[2]]
-
-
-def _assemble(core: Box, parts: list[tuple[int, Box, np.ndarray]], cap: int) -> np.ndarray:
-    """Build one output tile from the kept nuclei of its 3x3 neighbourhood (see the module notes)."""
-    parts = sorted(parts, key=lambda p: p[0])
-    ids, areas = [], []
-    for index, _, labels in parts:
-        counts = np.bincount(labels.ravel())
-        local = np.nonzero(counts)[0]
-        local = local[local > 0]
-        ids.append(local.astype(np.int64) + index * cap)
-        areas.append(counts[local])
-    nodes = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    area = np.concatenate(areas) if areas else np.zeros(0, np.int64)
-    edges = [np.zeros((2, 0), np.int64)]
-    for (ia, ea, la), (ib, eb, lb) in combinations(parts, 2):
-        box = _intersect(ea, eb)
-        if box is None:
-            continue
-        ca, cb = _crop(la, ea, box), _crop(lb, eb, box)
-        both = (ca > 0) & (cb > 0)
-        if not both.any():
-            continue
-        stacked = np.stack([ca[both].astype(np.int64) + ia * cap, cb[both].astype(np.int64) + ib * cap])
-        pairs, shared = np.unique(stacked, axis=1, return_counts=True)
-        pa, pb = np.searchsorted(nodes, pairs[0]), np.searchsorted(nodes, pairs[1])
-        same = 2 * shared >= np.minimum(area[pa], area[pb])
-        edges.append(np.stack([pa[same], pb[same]]))
-    edge = np.concatenate(edges, axis=1)
-    n = nodes.size
-    graph = coo_matrix((np.ones(edge.shape[1]), (edge[0], edge[1])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    # One survivor per component: the largest member, ties to the lowest id (nodes are sorted).
-    order = np.lexsort((nodes, -area, component))
-    first = np.ones(n, bool)
-    first[1:] = component[order][1:] != component[order][:-1]
-    survivor = np.zeros(n, bool)
-    survivor[order[first]] = True
-    kept = nodes[survivor]  # sorted, as nodes are
-    out = np.zeros((core[1] - core[0], core[3] - core[2]), np.int32)
-    for index, ext, labels in parts:
-        box = _intersect(ext, core)
-        if box is None:
-            continue
-        crop = _crop(labels, ext, box)
-        glob = np.arange(int(labels.max()) + 1, dtype=np.int64) + index * cap
-        lut = np.where(np.isin(glob, kept), glob, 0)
-        lut[0] = 0
-        target = out[box[0] - core[0] : box[1] - core[0], box[2] - core[2] : box[3] - core[2]]
-        free = target == 0
-        target[free] = lut[crop[free]]
-    return out
 
 
 @dataclass(frozen=True)
@@ -381,6 +368,8 @@ def segment_dask(
     client : distributed.Client, optional
         Cluster for the planning steps (scale, contrast); the returned array is computed
         wherever it is later computed (e.g. :func:`write_labels_zarr` with the same client).
+    device : str
+        Device of the models loaded for the planning steps and the tiles.
 
     Returns
     -------

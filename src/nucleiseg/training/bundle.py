@@ -85,35 +85,8 @@ def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluat
     limits : str
         The limits paragraph.
     """
-    rows = []
-    for key, label in [("native_default", "native scale, default thresholds"), ("native_tuned", "native scale, tuned thresholds"),
-                       ("native_tuned_tta", "native scale, tuned thresholds, 8-fold TTA"),
-                       ("pipeline", "full pipeline (scale normalisation), tuned")]:
-        if key in evaluation:
-            r = evaluation[key]
-            rows.append(f"| {label} | {r['val_score']:.4f} | {r['val_ap50']:.4f} | {r['val_f1']:.4f} | {r['val_mean_iou_seed']:.4f} |")
-    model = train.get("model", {})
-    members = report.get("members")  # an ensemble (nucleiseg ensemble): one line per member
-    if members:
-        model = {"arch": "ensemble", "params": {"members": len(members)}}
-        trained_on = trained_on if trained_on is not None else (
-            f"The mean of the probabilities of {len(members)} models, each listed below; validation split of "
-            f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})`, "
-            "the same for every member (`split.json`)."
-        )
-        training = "\n".join(_member_line(i, m) for i, m in enumerate(members))
-    else:
-        trained_on = trained_on if trained_on is not None else (
-            f"Trained on DSB 2018 stage1_train (CC0), {report['n_train']} images{_extra_data(train, report)}; validation split of "
-            f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})` "
-            f"(`split.json` of the run). Recipe: `configs/{name}.yaml` (`train.json` here)."
-        )
-        training = _training_line(report)
-    validation = [
-        "| setting | competition score | AP@0.5 | F1@0.5 | mean IoU (seed) |",
-        "|---|---|---|---|---|",
-        *rows,
-    ] if rows else ["Not validated (stopped during validation)."]
+    validation = _validation_table(evaluation)
+    model, trained_on, training = _data_lines(name, train, report, evaluation, trained_on)
     return "\n".join([
         f"# Model card: `{name}`",
         "",
@@ -135,6 +108,44 @@ def model_card(name: str, train: dict[str, Any], report: dict[str, Any], evaluat
         limits,
         "",
     ])
+
+
+def _data_lines(name: str, train: dict[str, Any], report: dict[str, Any], evaluation: dict[str, Any],
+                trained_on: str | None) -> tuple[dict[str, Any], str, str]:
+    """``(model, data line, training line)`` of a model card: a trained run, or an ensemble with one line per member.
+
+    The parameters are those of :func:`model_card`; a given ``trained_on`` is kept as it is.
+    """
+    model = train.get("model", {})
+    members = report.get("members")  # an ensemble (nucleiseg ensemble): one line per member
+    if members:
+        model = {"arch": "ensemble", "params": {"members": len(members)}}
+        trained_on = trained_on if trained_on is not None else (
+            f"The mean of the probabilities of {len(members)} models, each listed below; validation split of "
+            f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})`, "
+            "the same for every member (`split.json`)."
+        )
+        return model, trained_on, "\n".join(_member_line(i, m) for i, m in enumerate(members))
+    trained_on = trained_on if trained_on is not None else (
+        f"Trained on DSB 2018 stage1_train (CC0), {report['n_train']} images{_extra_data(train, report)}; validation split of "
+        f"{evaluation['n_images']} images fixed by `split_ids(ids, {train['val_fraction']}, {train['split_seed']})` "
+        f"(`split.json` of the run). Recipe: `configs/{name}.yaml` (`train.json` here)."
+    )
+    return model, trained_on, _training_line(report)
+
+
+def _validation_table(evaluation: dict[str, Any]) -> list[str]:
+    """The validation figures of a model card: one table row per scored setting of ``evaluation.json``."""
+    rows = []
+    for key, label in [("native_default", "native scale, default thresholds"), ("native_tuned", "native scale, tuned thresholds"),
+                       ("native_tuned_tta", "native scale, tuned thresholds, 8-fold TTA"),
+                       ("pipeline", "full pipeline (scale normalisation), tuned")]:
+        if key in evaluation:
+            r = evaluation[key]
+            rows.append(f"| {label} | {r['val_score']:.4f} | {r['val_ap50']:.4f} | {r['val_f1']:.4f} | {r['val_mean_iou_seed']:.4f} |")
+    if not rows:
+        return ["Not validated (stopped during validation)."]
+    return ["| setting | competition score | AP@0.5 | F1@0.5 | mean IoU (seed) |", "|---|---|---|---|---|", *rows]
 
 
 def _training_line(report: dict[str, Any]) -> str:
