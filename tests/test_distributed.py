@@ -18,7 +18,7 @@ import torch
 import zarr
 from scipy import ndimage as ndi
 
-from nucleiseg.config import ModelBundleConfig, ModelConfig, PostprocessConfig, save_json
+from nucleiseg.config import InferConfig, ModelBundleConfig, ModelConfig, PostprocessConfig, save_json
 from nucleiseg.distributed import (
     dask_client,
     parse_spec,
@@ -252,6 +252,16 @@ def test_stitching_with_tiles_that_disagree(client) -> None:
         assert len(np.unique(stitched[piece][components[piece] > 0])) == 1
     match = match_labels(truth, stitched)
     assert match.tp50 == truth.max() and match.fp50 == 0
+
+
+def test_callable_model_with_settings_but_no_diameter(client) -> None:
+    # The diameter is estimated from the callable's labels; settings without one used to end
+    # in an UnboundLocalError / AttributeError (no segmenter to ask for the tiles' scale).
+    image, truth = disk_mosaic()
+    plain = segment_dask(image, region_threshold, block=BLOCK, client=client).compute()
+    with_settings = segment_dask(image, region_threshold, block=BLOCK, infer=InferConfig(), client=client).compute()
+    np.testing.assert_array_equal(with_settings, plain)
+    assert len(np.unique(plain)) - 1 == truth.max()  # ids are per tile, not 1..n
 
 
 def test_duplicates_from_two_tiles_are_merged_and_ids_are_per_tile() -> None:

@@ -230,7 +230,12 @@ def _probe_diameter(
 
 
 def _tile_scale(infer: InferConfig, diameter: float | None, segmenter: Segmenter | None) -> InferConfig:
-    """The settings of every tile: the scale the whole image would get (native: no nucleus, or close enough)."""
+    """The settings of every tile: the scale the whole image would get (native: no nucleus, or close enough).
+
+    A callable model (``segmenter`` None) reads no settings: ``infer`` is returned as it is.
+    """
+    if segmenter is None:
+        return infer
     native = not diameter or segmenter.scale_for(diameter, "size_model", infer) == 1.0
     return replace(infer, rescale=False) if native else replace(infer, diameter=diameter)
 
