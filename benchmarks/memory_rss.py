@@ -9,6 +9,9 @@ uint8; ``zeros``: an all-black image, the issue's worst case for speed) a PNG is
 * ``server``: ``python -m nucleiseg.cli.serve`` runs in a child process; start-up is its
   resident memory once ``/api/health`` answers, peak is sampled during one ``POST /api/segment``
   of the image, and ``after`` is its resident memory 2 s after the answer.
+* ``evaluate``: the same server, one ``POST /api/evaluate`` of the image with its ground truth
+  (an ``int32`` TIFF: the DSB masks of the mosaic's sources laid out the same way; none for
+  ``zeros``).
 
 ``per_mpx`` is ``(peak - start-up) / megapixels``. Rows are merged into the JSON file by
 ``(mode, kind, mpx)``, so small and large sizes can be measured in separate runs.
@@ -16,6 +19,7 @@ uint8; ``zeros``: an all-black image, the issue's worst case for speed) a PNG is
 Usage::
 
     python benchmarks/memory_rss.py --sizes 1 4 16 --modes cli server
+    python benchmarks/memory_rss.py --sizes 16 64 --kinds mosaic --modes evaluate
     nice -n 10 python benchmarks/memory_rss.py --sizes 64 256 --modes cli
 """
 
@@ -43,8 +47,10 @@ from nucleiseg.benchmark.memory import (
     MB,
     RssSampler,
     child_peak_rss,
+    label_mosaic,
     mosaic,
     mosaic_sources,
+    mosaic_truth,
 )
 from nucleiseg.inference.batch import versions
 from nucleiseg.io.atomic import atomic_write_text
@@ -66,6 +72,18 @@ def make_image(folder: Path, kind: str, mpx: float, sources: list[np.ndarray]) -
     return path, side
 
 
+def make_truth(image: Path, kind: str, truth: list[np.ndarray]) -> Path:
+    """The ground truth of a :func:`make_image` image, as an ``int32`` TIFF beside it."""
+    path = image.with_name(image.stem + "_gt.tif")
+    if not path.exists():
+        import tifffile
+
+        side = int(image.stem.rsplit("_", 1)[1])
+        labels = label_mosaic(truth, side, side) if kind == "mosaic" else np.zeros((side, side), np.int32)
+        tifffile.imwrite(path, labels, compression="zlib")
+    return path
+
+
 def run_cli(image: Path, out: Path, extra: list[str], timeout: float | None = None) -> dict[str, Any]:
     """Peak memory of ``nucleiseg segment`` on one image, with the count it found (None if stopped)."""
     cmd = [sys.executable, "-m", "nucleiseg.cli.main", "segment", str(image), "-o", str(out), "--quiet", *extra]
@@ -77,8 +95,21 @@ def run_cli(image: Path, out: Path, extra: list[str], timeout: float | None = No
     return row
 
 
-def run_server(images: list[tuple[str, float, Path]], max_pixels: int) -> list[dict[str, Any]]:
-    """One server; each image posted once in turn: start-up, peak and after-request memory."""
+def _post(port: int, path: Path, truth: Path | None) -> httpx.Response:
+    """``POST /api/segment`` of ``path``, or ``/api/evaluate`` with ``truth``."""
+    files = {"file": (path.name, path.read_bytes(), "image/png")}
+    if truth is None:
+        return httpx.post(f"http://127.0.0.1:{port}/api/segment", files=files, timeout=7200)
+    files["gt"] = (truth.name, truth.read_bytes(), "image/tiff")
+    return httpx.post(f"http://127.0.0.1:{port}/api/evaluate", files=files, timeout=7200)
+
+
+def run_server(images: list[tuple[str, float, Path, Path | None]], max_pixels: int, mode: str = "server") -> list[dict[str, Any]]:
+    """One server; each image posted once in turn: start-up, peak and after-request memory.
+
+    ``mode`` ``"evaluate"`` posts each image with its ground truth (the fourth member) to
+    ``/api/evaluate``; ``"server"`` posts it to ``/api/segment``.
+    """
     port = free_port()
     options = argparse.Namespace(model="default", max_concurrency=2, max_queue=8)
     proc = start_server(options, port, ("--max-pixels", str(max_pixels), "--max-upload-mb", "512"))
@@ -88,20 +119,20 @@ def run_server(images: list[tuple[str, float, Path]], max_pixels: int) -> list[d
     try:
         time.sleep(2.0)
         startup = sampler.current()
-        for kind, mpx, path in images:
+        for kind, mpx, path, truth in images:
             before = sampler.current()
             sampler.reset()
             t = time.perf_counter()
-            r = httpx.post(f"http://127.0.0.1:{port}/api/segment", files={"file": (path.name, path.read_bytes(), "image/png")},
-                           timeout=7200)
+            r = _post(port, path, truth if mode == "evaluate" else None)
             seconds = time.perf_counter() - t
             time.sleep(2.0)
             peak = sampler.peak
             after = sampler.current()
             ok = r.status_code == 200
             rows.append({
-                "mode": "server", "kind": kind, "mpx": mpx, "status": r.status_code,
+                "mode": mode, "kind": kind, "mpx": mpx, "status": r.status_code,
                 "count": r.json().get("count") if ok else None, "seconds": round(seconds, 2),
+                **({"score": r.json().get("competition_score") if ok else None} if mode == "evaluate" else {}),
                 "startup_mb": round(startup / MB, 1), "before_mb": round(before / MB, 1),
                 "peak_mb": round(peak / MB, 1), "after_mb": round(after / MB, 1),
                 "per_mpx": round((peak - startup) / MB / mpx, 2),
@@ -130,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=float, nargs="+", default=[1, 4, 16], help="megapixels (default 1 4 16)")
     p.add_argument("--kinds", nargs="+", default=["mosaic", "zeros"], choices=["mosaic", "zeros"])
-    p.add_argument("--modes", nargs="+", default=["cli", "server"], choices=["cli", "server"])
+    p.add_argument("--modes", nargs="+", default=["cli", "server"], choices=["cli", "server", "evaluate"])
     p.add_argument("--cli-args", default="", help="extra arguments for nucleiseg segment (one string)")
     p.add_argument("--images", type=Path, help="folder for the test images (kept; default: a temporary folder)")
     p.add_argument("--out", type=Path, default=RESULT)
@@ -142,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.images or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         images = [(kind, mpx, make_image(folder, kind, mpx, sources)[0]) for mpx in args.sizes for kind in args.kinds]
+        truth = mosaic_truth(DSB) if "evaluate" in args.modes else []
         startup: dict[str, float] = {}
         if "cli" in args.modes:
             tiny, _ = make_image(folder, "mosaic", 0.004, sources)
@@ -153,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                            per_mpx=round((row["peak_mb"] - startup["cli_mb"]) / mpx, 2))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        if "server" in args.modes:
-            top = max(int(mpx * 1e6) + 1 for _, mpx, _ in images)
-            rows += run_server(images, max(64_000_000, top))
+        top = max(64_000_000, *(int(mpx * 1e6) + 1 for _, mpx, _ in images))
+        for mode in ("server", "evaluate"):
+            if mode in args.modes:
+                with_truth = [(kind, mpx, path, make_truth(path, kind, truth) if mode == "evaluate" else None) for kind, mpx, path in images]
+                rows += run_server(with_truth, top, mode)
     merge(rows, args.out, {"cli_args": args.cli_args, "_startup": startup})
     return 0
 

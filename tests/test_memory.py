@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nucleiseg.benchmark.memory import mosaic, mosaic_sources
+from nucleiseg.benchmark.memory import label_mosaic, mosaic, mosaic_sources, mosaic_truth
 from nucleiseg.distributed.stream import Renumber
 from nucleiseg.heap import map_large_blocks, trim_heap
 from nucleiseg.inference.item import segment_one
@@ -116,3 +116,20 @@ def test_blockwise_memory_grows_by_at_most_a_few_bytes_per_pixel(dsb_root: Path)
     slope = (peaks["2000"] - peaks["1000"]) / 3.0  # MiB per extra megapixel
     assert slope < 8.0, peaks
     assert peaks["2000"] - peaks["startup"] < 400, peaks  # one tile and three rows of tile labels
+
+
+def test_label_mosaic_lays_out_the_truth_of_the_image_mosaic(dsb_root: Path, sources: list[np.ndarray]) -> None:
+    """The memory benchmark's ``/api/evaluate`` ground truth: each copy of a source image gets its
+    own masks, with ids of its own, at the same place as in :func:`mosaic`."""
+    truth = mosaic_truth(dsb_root, n=9)
+    assert len(truth) == len(sources) and all(t.shape == s.shape for t, s in zip(truth, sources, strict=True))
+    height, width = 700, 1100  # not whole tiles
+    labels = label_mosaic(truth, height, width)
+    marks = [np.where(t > 0, k + 1, 0).astype(np.uint8) for k, t in enumerate(truth)]  # which source, per pixel
+    np.testing.assert_array_equal(mosaic(marks, height, width) > 0, labels > 0)
+    images = mosaic(sources, height, width)
+    inside = labels > 0
+    assert images[inside].mean() > images[~inside].mean() + 20  # the masks sit on the nuclei
+    tiles = [(top, left) for top in range(0, height, 256) for left in range(0, width, 256)]
+    expected = sum(len(np.unique(labels[t : t + 256, l : l + 256])) - 1 for t, l in tiles)
+    assert len(np.unique(labels)) - 1 == expected  # no id shared between copies

@@ -17,7 +17,9 @@ import numpy as np
 
 from nucleiseg.heap import trim_heap
 
-__all__ = ["PeakRSS", "RssSampler", "child_peak_rss", "mosaic", "mosaic_sources", "trim_heap"]
+__all__ = [
+    "PeakRSS", "RssSampler", "child_peak_rss", "label_mosaic", "mosaic", "mosaic_sources", "mosaic_truth", "trim_heap",
+]
 
 MB = 1024 * 1024
 
@@ -140,11 +142,11 @@ def child_peak_rss(cmd: Sequence[str], env: dict[str, str] | None = None, timeou
     return {"peak_mb": round(peak / MB, 1), "seconds": round(time.perf_counter() - t0, 2), "completed": completed}
 
 
-def mosaic_sources(dsb_root: str | Path, n: int = 16, side: int = 256) -> list[np.ndarray]:
-    """The first ``n`` gray ``side x side`` fluorescence images of a DSB-layout folder (uint8, sorted by id)."""
+def _gray_sources(dsb_root: str | Path, n: int, side: int) -> list[tuple[Path, np.ndarray]]:
+    """The first ``n`` gray ``side x side`` fluorescence images of a DSB-layout folder, with their folders."""
     from nucleiseg.io.images import read_image
 
-    found: list[np.ndarray] = []
+    found: list[tuple[Path, np.ndarray]] = []
     for folder in sorted(Path(dsb_root).iterdir()):
         path = folder / "images" / f"{folder.name}.png"
         if not path.is_file():
@@ -157,10 +159,37 @@ def mosaic_sources(dsb_root: str | Path, n: int = 16, side: int = 256) -> list[n
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
                 continue
             image = rgb[..., 0]
-        found.append(np.ascontiguousarray(image))
+        found.append((folder, np.ascontiguousarray(image)))
         if len(found) == n:
             return found
     raise FileNotFoundError(f"{dsb_root}: fewer than {n} gray {side}x{side} images")
+
+
+def mosaic_sources(dsb_root: str | Path, n: int = 16, side: int = 256) -> list[np.ndarray]:
+    """The first ``n`` gray ``side x side`` fluorescence images of a DSB-layout folder (uint8, sorted by id)."""
+    return [image for _, image in _gray_sources(dsb_root, n, side)]
+
+
+def mosaic_truth(dsb_root: str | Path, n: int = 16, side: int = 256) -> list[np.ndarray]:
+    """The ground-truth labels of :func:`mosaic_sources`'s images, in the same order."""
+    from nucleiseg.io.dsb import merge_masks
+
+    return [merge_masks(sorted((folder / "masks").glob("*.png")), (side, side))[0] for folder, _ in _gray_sources(dsb_root, n, side)]
+
+
+def label_mosaic(sources: Sequence[np.ndarray], height: int, width: int, grid: int | None = None) -> np.ndarray:
+    """The ``int32`` labels of :func:`mosaic` laid out from the same sources' labels, ids unique per copy."""
+    grid = grid or int(np.ceil(np.sqrt(len(sources))))
+    side = sources[0].shape[0]
+    out = np.zeros((height, width), np.int32)
+    offset = 0
+    for top in range(0, height, side):
+        for left in range(0, width, side):
+            k = ((top // side) % grid) * grid + (left // side) % grid
+            tile = sources[k % len(sources)][: height - top, : width - left]
+            out[top : top + side, left : left + side] = np.where(tile > 0, tile.astype(np.int32) + offset, 0)
+            offset += int(sources[k % len(sources)].max())
+    return out
 
 
 def mosaic(sources: Sequence[np.ndarray], height: int, width: int, grid: int | None = None) -> np.ndarray:
