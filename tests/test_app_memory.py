@@ -184,3 +184,33 @@ def test_segment_answer_is_json_with_its_length() -> None:
     got = r.json()
     assert got["count"] > 0 and _decode(got["overlay_png"]).shape == (120, 120, 3)
     np.testing.assert_array_equal(_decode(got["image_png"]), image)
+
+
+def test_evaluate_holds_no_ground_truth_while_segmenting(monkeypatch) -> None:
+    # The ground truth is checked first, then decoded again after the segmentation: held through
+    # it, its int32 labels (4 bytes per pixel) added to the segmentation's peak.
+    import tifffile
+
+    from nucleiseg.app import render
+    from nucleiseg.inference.segmenter import Result
+
+    image, labels = disk_mosaic(2048)
+    png, tif = io.BytesIO(), io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    tifffile.imwrite(tif, labels)
+    held = {}
+
+    def fake_run(segmenter, planes, options):
+        held["bytes"] = tracemalloc.get_traced_memory()[0]
+        return Result(labels.copy(), None, 10.0, 1.0), {"model": "fake", "model_hash": "0"}
+
+    monkeypatch.setattr(render, "_run", fake_run)
+    upload, truth = render.Upload("img", png.getvalue(), "png"), render.Upload("gt", tif.getvalue(), "tiff")
+    tracemalloc.start()
+    try:
+        got = render.evaluate_job(None, upload, truth, render.Options(), 10**9)
+    finally:
+        tracemalloc.stop()
+    assert got["competition_score"] == 1.0 and got["n_true"] == got["n_pred"] == len(np.unique(labels)) - 1
+    assert held["bytes"] / image.size < 2, f"{held['bytes'] / image.size:.2f} bytes per pixel held while segmenting"
+    np.testing.assert_array_equal(_decode(got["diff_png"]), difference_overlay(image, labels, labels, legend=False))

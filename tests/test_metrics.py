@@ -359,3 +359,15 @@ def test_overlaps_take_no_whole_image_copies():
         tracemalloc.stop()
     assert match.n_true == match.n_pred > 10_000
     assert peak / true.size < 4, f"{peak / true.size:.1f} bytes per pixel"
+
+
+def test_pixel_metrics_counted_in_chunks_are_those_of_one_pass(monkeypatch):
+    from nucleiseg.metrics import pixel
+
+    rng = np.random.default_rng(5)
+    true = rng.integers(0, 3, (61, 47)).astype(np.uint16)
+    pred = rng.integers(0, 2, (61, 47)).astype(bool)
+    whole = pixel_metrics(true, pred)
+    monkeypatch.setattr(pixel, "_CHUNK", 100)
+    assert pixel_metrics(true, pred) == whole
+    assert pixel_metrics(true[:, ::2], pred[:, ::2]) == pixel_metrics(np.ascontiguousarray(true[:, ::2]), np.ascontiguousarray(pred[:, ::2]))

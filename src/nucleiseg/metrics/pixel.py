@@ -16,6 +16,8 @@ import numpy as np
 
 __all__ = ["pixel_metrics"]
 
+_CHUNK = 1 << 20  # pixels per step
+
 
 def _iou(inter: int, union: int) -> float:
     """Intersection over union, 1.0 when the union is empty."""
@@ -58,12 +60,13 @@ def pixel_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     for name, arr in (("true", true), ("pred", pred)):
         if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
             raise ValueError(f"{name}: expected a numeric or bool array, got {arr.dtype}")
-    t = true > 0
-    p = pred > 0
-    n = int(t.size)
-    n_t = int(np.count_nonzero(t))
-    n_p = int(np.count_nonzero(p))
-    inter = int(np.count_nonzero(t & p))
+    n, n_t, n_p, inter = int(true.size), 0, 0, 0
+    flat_true, flat_pred = true.reshape(-1), pred.reshape(-1)
+    for start in range(0, n, _CHUNK):  # chunks: three whole-image masks would take 3 bytes per pixel
+        t, p = flat_true[start : start + _CHUNK] > 0, flat_pred[start : start + _CHUNK] > 0
+        n_t += int(np.count_nonzero(t))
+        n_p += int(np.count_nonzero(p))
+        inter += int(np.count_nonzero(t & p))
     union = n_t + n_p - inter
     fg_iou = _iou(inter, union)
     bg_iou = _iou(n - union, n - inter)  # background intersection / background union
