@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,22 @@ def disk_labels(shape: tuple[int, int], centers: list[tuple[float, float]], radi
     for k, (cy, cx) in enumerate(centers, start=1):
         labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
     return labels
+
+
+@pytest.fixture
+def traced_peak():
+    """``traced_peak(step)``: ``(step(), peak bytes allocated while it ran)``, by ``tracemalloc``
+    (NumPy's arrays included; memory of C libraries such as ONNX Runtime is not seen)."""
+
+    def run(step):
+        tracemalloc.start()
+        try:
+            value = step()
+            return value, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    return run
 
 
 @pytest.fixture

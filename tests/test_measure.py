@@ -73,21 +73,14 @@ def test_real_ground_truth(name: str) -> None:
 
 
 @pytest.mark.parametrize("nuclei", [False, True])
-def test_measure_takes_no_float_copy_of_the_image(nuclei: bool) -> None:
+def test_measure_takes_no_float_copy_of_the_image(nuclei: bool, traced_peak) -> None:
     """Intensities are read at the nuclei's pixels only: no whole-image float64 copy (8 bytes per pixel),
     also when there is no nucleus at all (the web app's answer for an empty image used to take it)."""
-    import tracemalloc
-
     image = np.full((2000, 2000), 7, np.uint8)
     labels = np.zeros(image.shape, np.int32)
     if nuclei:
         labels[100:110, 100:110], labels[500:520, 900:930] = 1, 2
-    tracemalloc.start()
-    try:
-        table = measure(labels, image)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    table, peak = traced_peak(lambda: measure(labels, image))
     # the float64 copy alone was 8 bytes per pixel (13 in all with two nuclei, 8 with none)
     assert peak < (7 if nuclei else 1) * image.size
     assert len(table) == (2 if nuclei else 0)

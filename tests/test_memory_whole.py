@@ -153,7 +153,7 @@ def test_postprocess_temporaries():
     assert (peak - start) / fg.size < 24
 
 
-def test_counting_and_measuring_labels_take_no_eight_byte_copy():
+def test_counting_and_measuring_labels_take_no_eight_byte_copy(traced_peak):
     """``Result.count``, ``estimate_diameter`` and ``drop_unconfident`` on a whole int32 label image.
 
     ``np.bincount`` converts its input to intp: on the whole image that was an 8-byte copy per
@@ -170,12 +170,8 @@ def test_counting_and_measuring_labels_take_no_eight_byte_copy():
     fg[labels == 7] = 0.1
 
     def traced(step):
-        tracemalloc.start()
-        try:
-            value = step()
-            return value, tracemalloc.get_traced_memory()[1] / labels.size
-        finally:
-            tracemalloc.stop()
+        value, peak = traced_peak(step)
+        return value, peak / labels.size
 
     count, per_px = traced(lambda: Result(labels, None, None, 1.0).count)
     assert count == (side // 8) ** 2 - 1 and per_px < 1.5

@@ -338,12 +338,10 @@ def test_overlaps_counted_in_chunks_are_those_of_one_pass(monkeypatch, big_ids):
     assert whole.pair_true.size > 30
 
 
-def test_overlaps_take_no_whole_image_copies():
+def test_overlaps_take_no_whole_image_copies(traced_peak):
     """Matching a 16 Mpx pair of int32 label images: before, ~24 bytes per pixel (intp copies of
     both images, their renumbered copies and the pair index); now the temporaries are per chunk
     (about 50 MB whatever the image's size)."""
-    import tracemalloc
-
     side = 4096
     yy, xx = np.mgrid[:side, :side]
     true = ((yy // 16) * (side // 16) + xx // 16 + 1).astype(np.int32)
@@ -351,12 +349,7 @@ def test_overlaps_take_no_whole_image_copies():
     true[true % 7 == 0] = 0  # ids not consecutive
     pred = np.roll(true, 2, axis=1)
     del yy, xx
-    tracemalloc.start()
-    try:
-        match = match_labels(true, pred)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    match, peak = traced_peak(lambda: match_labels(true, pred))
     assert match.n_true == match.n_pred > 10_000
     assert peak / true.size < 4, f"{peak / true.size:.1f} bytes per pixel"
 
