@@ -72,13 +72,12 @@ def make_image(folder: Path, kind: str, mpx: float, sources: list[np.ndarray]) -
     return path, side
 
 
-def make_truth(image: Path, kind: str, truth: list[np.ndarray]) -> Path:
-    """The ground truth of a :func:`make_image` image, as an ``int32`` TIFF beside it."""
+def make_truth(image: Path, side: int, kind: str, truth: list[np.ndarray]) -> Path:
+    """The ground truth of a :func:`make_image` image (``side`` pixels square), as an ``int32`` TIFF beside it."""
     path = image.with_name(image.stem + "_gt.tif")
     if not path.exists():
         import tifffile
 
-        side = int(image.stem.rsplit("_", 1)[1])
         labels = label_mosaic(truth, side, side) if kind == "mosaic" else np.zeros((side, side), np.int32)
         tifffile.imwrite(path, labels, compression="zlib")
     return path
@@ -172,23 +171,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nucleiseg-mem-") as tmp:
         folder = args.images or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        images = [(kind, mpx, make_image(folder, kind, mpx, sources)[0]) for mpx in args.sizes for kind in args.kinds]
+        images = [(kind, mpx, *make_image(folder, kind, mpx, sources)) for mpx in args.sizes for kind in args.kinds]
         truth = mosaic_truth(DSB) if "evaluate" in args.modes else []
         startup: dict[str, float] = {}
         if "cli" in args.modes:
             tiny, _ = make_image(folder, "mosaic", 0.004, sources)
             startup["cli_mb"] = run_cli(tiny, Path(tmp) / "out_tiny", args.cli_args.split())["peak_mb"]
             print(json.dumps({"cli_startup_mb": startup["cli_mb"]}), flush=True)
-            for kind, mpx, path in images:
+            for kind, mpx, path, _ in images:
                 row = run_cli(path, Path(tmp) / f"out_{kind}_{mpx}", args.cli_args.split(), args.timeout)
                 row.update(mode="cli", kind=kind, mpx=mpx, startup_mb=startup["cli_mb"],
                            per_mpx=round((row["peak_mb"] - startup["cli_mb"]) / mpx, 2))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        top = max(64_000_000, *(int(mpx * 1e6) + 1 for _, mpx, _ in images))
+        top = max(64_000_000, *(int(mpx * 1e6) + 1 for _, mpx, _, _ in images))
         for mode in ("server", "evaluate"):
             if mode in args.modes:
-                with_truth = [(kind, mpx, path, make_truth(path, kind, truth) if mode == "evaluate" else None) for kind, mpx, path in images]
+                with_truth = [(kind, mpx, path, make_truth(path, side, kind, truth) if mode == "evaluate" else None)
+                              for kind, mpx, path, side in images]
                 rows += run_server(with_truth, top, mode)
     merge(rows, args.out, {"cli_args": args.cli_args, "_startup": startup})
     return 0

@@ -28,7 +28,7 @@ from nucleiseg.distributed import (
     segment_items_dask,
     write_labels_zarr,
 )
-from nucleiseg.distributed.blocks import _assemble
+from nucleiseg.distributed.stitch import assemble
 from nucleiseg.inference.batch import OutputOptions, segment_items
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.images import read_image, read_labels
@@ -272,8 +272,8 @@ def test_duplicates_from_two_tiles_are_merged_and_ids_are_per_tile() -> None:
     b[5:15, 2:13] = 1  # global x 16..27 (tile 1's extended region starts at x=14)
     b[0:3, 20:25] = 2  # another nucleus of tile 1
     parts = [(0, (0, 20, 0, 30), a), (1, (0, 20, 14, 44), b)]
-    left = _assemble((0, 20, 0, 24), parts, cap=1000)
-    right = _assemble((0, 20, 24, 44), parts, cap=1000)
+    left = assemble((0, 20, 0, 24), parts, cap=1000)
+    right = assemble((0, 20, 24, 44), parts, cap=1000)
     whole = np.concatenate([left, right], axis=1)
     assert set(np.unique(whole)) == {0, 1001, 1002}  # the larger copy (tile 1's) survives whole
     assert (whole == 1001).sum() == 110 and whole[5:15, 16:27].min() == 1001

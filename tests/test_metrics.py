@@ -322,6 +322,7 @@ def test_property_symmetry_and_bounds(pair: tuple[np.ndarray, np.ndarray], stric
 @pytest.mark.parametrize("big_ids", [False, True])
 def test_overlaps_counted_in_chunks_are_those_of_one_pass(monkeypatch, big_ids):
     """Pairs and areas summed over pixel chunks (and chunk boundaries inside objects) equal one pass."""
+    from nucleiseg import counting
     from nucleiseg.metrics import matching
 
     rng = np.random.default_rng(3)
@@ -331,7 +332,7 @@ def test_overlaps_counted_in_chunks_are_those_of_one_pass(monkeypatch, big_ids):
     if big_ids:  # ids too large for a lookup table
         true = true * 10**12
     whole = matching.overlaps(true, pred)
-    monkeypatch.setattr(matching, "_CHUNK", 50)
+    monkeypatch.setattr(counting, "CHUNK", 50)
     chunked = matching.overlaps(true, pred)
     for field in ("true_ids", "pred_ids", "true_area", "pred_area", "pair_true", "pair_pred", "intersection", "iou"):
         np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field))
@@ -355,12 +356,12 @@ def test_overlaps_take_no_whole_image_copies(traced_peak):
 
 
 def test_pixel_metrics_counted_in_chunks_are_those_of_one_pass(monkeypatch):
-    from nucleiseg.metrics import pixel
+    from nucleiseg import counting
 
     rng = np.random.default_rng(5)
     true = rng.integers(0, 3, (61, 47)).astype(np.uint16)
     pred = rng.integers(0, 2, (61, 47)).astype(bool)
     whole = pixel_metrics(true, pred)
-    monkeypatch.setattr(pixel, "_CHUNK", 100)
+    monkeypatch.setattr(counting, "CHUNK", 100)
     assert pixel_metrics(true, pred) == whole
     assert pixel_metrics(true[:, ::2], pred[:, ::2]) == pixel_metrics(np.ascontiguousarray(true[:, ::2]), np.ascontiguousarray(pred[:, ::2]))

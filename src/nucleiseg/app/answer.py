@@ -14,7 +14,7 @@ from __future__ import annotations
 import binascii
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,20 +90,25 @@ def display_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb[..., 0]) if image.ndim == 2 else rgb
 
 
+def _rgb_png(labels: np.ndarray, row_bytes: int, rows_of: Callable[[int, int], np.ndarray]) -> bytes:
+    """An RGB PNG of ``labels``' shape whose rows ``top:stop`` are ``rows_of(top, stop)``, made band by band."""
+    height, width = labels.shape
+    step = min(outline_rows(labels), band_rows(row_bytes))
+    bands = (rows_of(top, min(top + step, height)).reshape(-1, 3 * width) for top in range(0, height, step))
+    return png_from_bands(width, height, 3, 8, bands)
+
+
 def overlay_png(display: np.ndarray, labels: np.ndarray) -> bytes:
     """PNG of :func:`~nucleiseg.io.outputs.overlay_outlines` of ``display``, made one band of rows at a time."""
-    height, width = labels.shape
     palette = outline_palette(labels)
-    step = min(outline_rows(labels), band_rows(3 * width))
 
-    def bands() -> Iterator[np.ndarray]:
-        for top in range(0, height, step):
-            rows = display[top : top + step]
-            out = np.repeat(rows[..., None], 3, axis=2) if rows.ndim == 2 else rows.copy()
-            draw_outlines(out, labels, top, palette)
-            yield out.reshape(out.shape[0], -1)
+    def rows_of(top: int, stop: int) -> np.ndarray:
+        rows = display[top:stop]
+        out = np.repeat(rows[..., None], 3, axis=2) if rows.ndim == 2 else rows.copy()
+        draw_outlines(out, labels, top, palette)
+        return out
 
-    return png_from_bands(width, height, 3, 8, bands())
+    return _rgb_png(labels, 3 * labels.shape[1], rows_of)
 
 
 def difference_png(display: np.ndarray, true: np.ndarray, pred: np.ndarray) -> bytes:
@@ -111,16 +116,12 @@ def difference_png(display: np.ndarray, true: np.ndarray, pred: np.ndarray) -> b
 
     ``display`` is :func:`display_image` of the image; ``true`` and ``pred`` its label images.
     """
-    height, width = pred.shape
-    step = min(outline_rows(pred), band_rows(12 * width))  # the band's float32 RGB rows
 
-    def bands() -> Iterator[np.ndarray]:
-        for top in range(0, height, step):
-            rows = display[top : top + step].astype(np.float32)
-            gray = rows if rows.ndim == 2 else rows.mean(axis=2)
-            yield difference_rows(gray, true, pred, top).reshape(gray.shape[0], -1)
+    def rows_of(top: int, stop: int) -> np.ndarray:
+        rows = display[top:stop].astype(np.float32)
+        return difference_rows(rows if rows.ndim == 2 else rows.mean(axis=2), true, pred, top)
 
-    return png_from_bands(width, height, 3, 8, bands())
+    return _rgb_png(pred, 12 * pred.shape[1], rows_of)  # the band's float32 RGB rows
 
 
 @dataclass(frozen=True)

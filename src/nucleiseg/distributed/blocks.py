@@ -40,7 +40,7 @@ import numpy as np
 
 from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.distributed.arrays import compute, open_array
-from nucleiseg.distributed.stitch import Box, assemble as _assemble
+from nucleiseg.distributed.stitch import Box, assemble
 from nucleiseg.bundle import ModelSpec
 from nucleiseg.distributed.workers import as_spec, cached_segmenter
 from nucleiseg.inference.segmenter import Segmenter
@@ -343,7 +343,7 @@ def segment_blocks(image: da.Array, plan: BlockPlan, device: str = "cpu") -> da.
         for j in range(grid.cols):
             core = grid.cores[i, j]
             parts = [(k, grid.exts[a, b], owned[a, b]) for k, a, b in grid.parts(i, j)]
-            tile = dask.delayed(_assemble, pure=True)(core, parts, grid.cap)
+            tile = dask.delayed(assemble, pure=True)(core, parts, grid.cap)
             row.append(da.from_delayed(tile, shape=(core[1] - core[0], core[3] - core[2]), dtype=np.int32))
         rows.append(row)
     return da.block(rows)

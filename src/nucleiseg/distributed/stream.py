@@ -22,11 +22,11 @@ from nucleiseg.config import InferConfig, PostprocessConfig
 from nucleiseg.distributed.blocks import (
     BlockPlan,
     Box,
-    _assemble,
     _grid,
     _owned_objects,
     plan_blocks,
 )
+from nucleiseg.distributed.stitch import assemble
 from nucleiseg.heap import map_large_blocks, trim_heap
 from nucleiseg.inference.segmenter import Segmenter
 
@@ -81,7 +81,7 @@ def iter_blocks(image: np.ndarray, plan: BlockPlan, device: str = "cpu") -> Iter
         trim_heap()
         for j in range(grid.cols):
             parts = [(k, grid.exts[a, b], own(a, b)) for k, a, b in grid.parts(i, j)]
-            yield grid.cores[i, j], _assemble(grid.cores[i, j], parts, grid.cap)
+            yield grid.cores[i, j], assemble(grid.cores[i, j], parts, grid.cap)
 
 
 class Renumber:

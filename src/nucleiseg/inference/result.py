@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nucleiseg.postprocess.watershed import label_sizes
+from nucleiseg.counting import label_sizes
 
 __all__ = ["Result", "SizeFinding"]
 
@@ -53,7 +53,7 @@ class Result:
     def count(self) -> int:
         """Number of nuclei found (distinct labels other than 0; counted in linear time, labels are >= 0).
 
-        Counted in chunks (:func:`~nucleiseg.postprocess.watershed.label_sizes`): a whole-image
+        Counted in chunks (:func:`~nucleiseg.counting.label_sizes`): a whole-image
         ``np.bincount`` would copy the labels to 8 bytes per pixel.
         """
         if self.labels.size == 0:

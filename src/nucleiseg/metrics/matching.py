@@ -37,12 +37,13 @@ Supported dtypes: any integer type (int32, uint16, uint32, int64, ...) and bool.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from nucleiseg.counting import CHUNK, chunks, label_sizes
 from nucleiseg.metrics.scores import ImageMatch, aggregate, aggregate_per_threshold
 
 __all__ = [
@@ -63,8 +64,6 @@ DEFAULT_THRESHOLDS.setflags(write=False)
 
 # Dense bincount tables are used while they stay this small relative to the image.
 _DENSE_SLACK = 1 << 20
-# Pixels per step: the images are read in chunks, so no whole-image ``intp`` copy is made.
-_CHUNK = 1 << 20
 
 
 def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
@@ -80,12 +79,6 @@ def _check_labels(name: str, labels: np.ndarray) -> np.ndarray:
     if labels.size and int(labels.max()) > np.iinfo(np.intp).max:
         raise ValueError(f"{name}: label id {int(labels.max())} does not fit in {np.dtype(np.intp)}")
     return labels.ravel()
-
-
-def _chunks(flat: np.ndarray) -> Iterator[np.ndarray]:
-    """``flat`` in :data:`_CHUNK`-pixel pieces, as ``intp``."""
-    for start in range(0, flat.size, _CHUNK):
-        yield flat[start : start + _CHUNK].astype(np.intp, copy=False)
 
 
 def _merge_counts(keys: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,16 +115,14 @@ def _relabel(flat: np.ndarray) -> _Ids:
         empty = np.zeros(0, np.int64)
         return _Ids(empty, empty, None)
     if top <= 4 * flat.size + _DENSE_SLACK:
-        counts = np.zeros(top + 1, np.intp)
-        for chunk in _chunks(flat):
-            counts += np.bincount(chunk, minlength=top + 1)
+        counts = label_sizes(flat)
         ids = np.flatnonzero(counts[1:]) + 1
         lut = None
         if ids.size != top:
             lut = np.zeros(top + 1, np.intp)
             lut[ids] = np.arange(1, ids.size + 1)
         return _Ids(ids.astype(np.int64), counts[ids].astype(np.int64), lut)
-    found = [np.unique(chunk, return_counts=True) for chunk in _chunks(flat)]
+    found = [np.unique(chunk, return_counts=True) for chunk in chunks(flat)]
     ids, counts = _merge_counts([f[0] for f in found], [f[1] for f in found])
     if ids[0] == 0:
         ids, counts = ids[1:], counts[1:]
@@ -141,10 +132,10 @@ def _relabel(flat: np.ndarray) -> _Ids:
 def _pair_counts(t: np.ndarray, p: np.ndarray, true: _Ids, pred: _Ids) -> tuple[np.ndarray, np.ndarray]:
     """Combined indices ``true * n_pred + pred`` (0-based) of the overlapping pairs, and their pixels."""
     n_t, n_p = true.ids.size, pred.ids.size
-    dense = n_t * n_p <= min(4 * t.size + _DENSE_SLACK, 4 * _CHUNK)
+    dense = n_t * n_p <= min(4 * t.size + _DENSE_SLACK, 4 * CHUNK)
     table = np.zeros(n_t * n_p if dense else 0, np.intp)
     keys, counts = [], []
-    for tc, pc in zip(_chunks(t), _chunks(p), strict=True):
+    for tc, pc in zip(chunks(t), chunks(p), strict=True):
         tc, pc = true.index(tc), pred.index(pc)
         both = (tc > 0) & (pc > 0)
         key = (tc[both] - 1) * n_p + (pc[both] - 1)

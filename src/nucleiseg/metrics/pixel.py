@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pixel_metrics"]
+from nucleiseg.counting import chunks
 
-_CHUNK = 1 << 20  # pixels per step
+__all__ = ["pixel_metrics"]
 
 
 def _iou(inter: int, union: int) -> float:
@@ -61,9 +61,8 @@ def pixel_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
             raise ValueError(f"{name}: expected a numeric or bool array, got {arr.dtype}")
     n, n_t, n_p, inter = int(true.size), 0, 0, 0
-    flat_true, flat_pred = true.reshape(-1), pred.reshape(-1)
-    for start in range(0, n, _CHUNK):  # chunks: three whole-image masks would take 3 bytes per pixel
-        t, p = flat_true[start : start + _CHUNK] > 0, flat_pred[start : start + _CHUNK] > 0
+    for t, p in zip(chunks(true.reshape(-1), None), chunks(pred.reshape(-1), None), strict=True):  # not 3 whole-image masks
+        t, p = t > 0, p > 0
         n_t += int(np.count_nonzero(t))
         n_p += int(np.count_nonzero(p))
         inter += int(np.count_nonzero(t & p))

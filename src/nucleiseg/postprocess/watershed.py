@@ -21,6 +21,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from nucleiseg.config import PostprocessConfig
+from nucleiseg.counting import CHUNK, label_sizes
 
 __all__ = [
     "drop_unconfident",
@@ -40,8 +41,6 @@ __all__ = [
 # Otsu thresholds on probabilities are clamped to this range so that an image without nuclei
 # (all probabilities near 0) does not get its noise split in two.
 OTSU_CLAMP = (0.1, 0.9)
-# Pixels per step of the chunked reductions (bounds their float64 temporaries to 8 MB).
-CHUNK = 1 << 20
 
 
 def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -68,19 +67,6 @@ def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
     if small.any():
         out[small[out]] = 0
     return out
-
-
-def label_sizes(labels: np.ndarray) -> np.ndarray:
-    """Pixels per id of a non-negative integer label image: ``np.bincount(labels.ravel())``.
-
-    Counted in chunks of :data:`CHUNK` pixels: ``np.bincount`` converts its input to intp, an
-    8-byte copy of the whole image otherwise (512 MB for a 64 Mpx label image).
-    """
-    flat = labels.ravel()
-    sizes = np.zeros(int(flat.max(initial=0)) + 1, np.intp)
-    for start in range(0, flat.size, CHUNK):
-        sizes += np.bincount(flat[start : start + CHUNK].astype(np.intp, copy=False), minlength=sizes.size)
-    return sizes
 
 
 def remove_small_mask(mask: np.ndarray, min_size: int) -> np.ndarray:
