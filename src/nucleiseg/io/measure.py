@@ -308,10 +308,8 @@ def measure_in_bands(
     other nuclei blanked, so the temporaries are those of one band (a nucleus as tall as the
     image makes its band the whole image).
     """
-    labels, _ = _check(labels, None)
+    labels, image = _check(labels, image)
     height, width = labels.shape
-    if image is not None and (np.ndim(image) not in (2, 3) or np.shape(image)[:2] != labels.shape):
-        raise ValueError(f"image shape {np.shape(image)} does not match labels shape {labels.shape}")
     if labels.size <= band_pixels or not labels.any():
         return measure(labels, image, pixel_size)
     present = [(k + 1, s[0].start, s[0].stop) for k, s in enumerate(ndi.find_objects(labels)) if s is not None]
